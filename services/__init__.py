@@ -1,0 +1,1 @@
+"""channelshift: inbound-mail gateway that steers citizens to better channels and measures the shift."""

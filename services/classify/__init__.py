@@ -1,0 +1,1 @@
+"""Classification: rule schema, loader with hot reload, and the engine that records an explain trace."""

@@ -1,0 +1,253 @@
+"""Compiled rules and the first-match engine; every evaluation records hits and misses for explain."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from services.classify.schema import Action, AddressMatch, Condition, Rule, RuleSettings, TextMatch
+from services.classify.text import fold, keyword_pattern
+from services.mail import InboundMail
+
+_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@dataclass(frozen=True)
+class MailFacts:
+    """The folded, precomputed view of one mail that conditions look at."""
+
+    mail: InboundMail
+    envelope_from: str
+    envelope_to: tuple[str, ...]
+    language: str
+    received_at: datetime
+    subject: str
+    body: str
+
+    @classmethod
+    def build(cls, mail: InboundMail, envelope_from: str, envelope_to: tuple[str, ...], language: str,
+              received_at: datetime) -> MailFacts:
+        return cls(mail=mail, envelope_from=envelope_from.lower(), envelope_to=tuple(a.lower() for a in envelope_to),
+                   language=language, received_at=received_at, subject=fold(mail.subject), body=fold(mail.own_text))
+
+    @property
+    def senders(self) -> tuple[str, ...]:
+        return tuple(address for address in (self.mail.from_address, self.envelope_from) if address)
+
+    @property
+    def recipients(self) -> tuple[str, ...]:
+        return (*self.envelope_to, *self.mail.to_addresses, *self.mail.cc_addresses)
+
+
+@dataclass(frozen=True)
+class Hit:
+    condition: str
+    matched: bool
+    detail: str = ""
+
+
+@dataclass
+class Trace:
+    hits: list[Hit] = field(default_factory=list)
+
+    def record(self, condition: str, matched: bool, detail: str = "") -> bool:
+        self.hits.append(Hit(condition, matched, detail))
+        return matched
+
+
+Predicate = Callable[[MailFacts, Trace], bool]
+
+
+@dataclass(frozen=True)
+class RuleTrial:
+    rule_id: str
+    matched: bool
+    hits: tuple[Hit, ...]
+
+
+@dataclass(frozen=True)
+class Classification:
+    rule: Rule
+    action: Action
+    trials: tuple[RuleTrial, ...]
+
+    @property
+    def rule_id(self) -> str:
+        return self.rule.id
+
+
+def domain_matches(domain: str, pattern: str) -> bool:
+    pattern = pattern.lower().strip()
+    if pattern.startswith("*."):
+        return domain.endswith(pattern[1:]) or domain == pattern[2:]
+    if pattern.startswith("."):
+        return domain.endswith(pattern) or domain == pattern[1:]
+    return domain == pattern
+
+
+def _address_predicate(name: str, spec: AddressMatch, lists: Mapping[str, tuple[str, ...]],
+                       pick: Callable[[MailFacts], tuple[str, ...]]) -> Predicate:
+    addresses = {a.lower() for a in spec.address}
+    domains = [d.lower() for d in spec.domain]
+    globs = [g.lower() for g in spec.glob]
+    if spec.list_name:
+        for entry in lists.get(spec.list_name, ()):
+            if "@" in entry:
+                addresses.add(entry)
+            else:
+                domains.append(entry)
+
+    def check(facts: MailFacts, trace: Trace) -> bool:
+        for address in pick(facts):
+            domain = address.rpartition("@")[2]
+            if address in addresses:
+                return trace.record(name, True, "address")
+            if any(domain_matches(domain, pattern) for pattern in domains):
+                return trace.record(name, True, f"domain {domain}")
+            if any(fnmatch.fnmatchcase(address, pattern) for pattern in globs):
+                return trace.record(name, True, "glob")
+        return trace.record(name, False)
+
+    return check
+
+
+def _text_predicate(name: str, spec: TextMatch, pick: Callable[[MailFacts], str]) -> Predicate:
+    keywords = keyword_pattern(spec.keywords) if spec.keywords else None
+    regexes = [re.compile(pattern, re.IGNORECASE) for pattern in spec.regex]
+
+    def check(facts: MailFacts, trace: Trace) -> bool:
+        text = pick(facts)
+        if keywords is not None:
+            found = keywords.search(text)
+            if found:
+                return trace.record(name, True, f"keyword {found.group(0)!r}")
+        for regex in regexes:
+            found = regex.search(text)
+            if found:
+                return trace.record(name, True, f"regex {regex.pattern!r}")
+        return trace.record(name, False)
+
+    return check
+
+
+def compile_condition(condition: Condition, lists: Mapping[str, tuple[str, ...]], path: str = "when") -> Predicate:
+    """Turn a validated condition into a predicate; lists are the named domain/address lists."""
+    if condition.all_ is not None:
+        parts = [compile_condition(c, lists, f"{path}.all[{i}]") for i, c in enumerate(condition.all_)]
+        return lambda facts, trace: trace.record(path + ".all", all(p(facts, trace) for p in parts))
+    if condition.any_ is not None:
+        parts = [compile_condition(c, lists, f"{path}.any[{i}]") for i, c in enumerate(condition.any_)]
+        return lambda facts, trace: trace.record(path + ".any", any(p(facts, trace) for p in parts))
+    if condition.not_ is not None:
+        inner = compile_condition(condition.not_, lists, f"{path}.not")
+        return lambda facts, trace: trace.record(path + ".not", not inner(facts, trace))
+    if condition.recipient is not None:
+        return _address_predicate(path + ".recipient", condition.recipient, lists, lambda f: f.recipients)
+    if condition.sender is not None:
+        return _address_predicate(path + ".sender", condition.sender, lists, lambda f: f.senders)
+    if condition.subject is not None:
+        return _text_predicate(path + ".subject", condition.subject, lambda f: f.subject)
+    if condition.body is not None:
+        return _text_predicate(path + ".body", condition.body, lambda f: f.body)
+    if condition.text is not None:
+        return _text_predicate(path + ".text", condition.text, lambda f: f.subject + "\n" + f.body)
+    if condition.attachments is not None:
+        spec = condition.attachments
+
+        def attachments(facts: MailFacts, trace: Trace) -> bool:
+            found = [
+                a for a in facts.mail.attachments
+                if (not spec.mime_types or any(fnmatch.fnmatchcase(a.content_type, m.lower()) for m in spec.mime_types))
+                and (not spec.filename or any(fnmatch.fnmatch(a.filename.lower(), g.lower()) for g in spec.filename))
+            ]
+            minimum = spec.min_count if spec.min_count is not None else 1
+            ok = len(found) >= minimum and (spec.max_count is None or len(found) <= spec.max_count)
+            return trace.record(path + ".attachments", ok, f"{len(found)} matching")
+
+        return attachments
+    if condition.language is not None:
+        wanted = set(condition.language)
+        return lambda facts, trace: trace.record(path + ".language", facts.language in wanted, facts.language)
+    if condition.header is not None:
+        header = condition.header
+        header_regex = re.compile(header.regex, re.IGNORECASE) if header.regex else None
+
+        def header_check(facts: MailFacts, trace: Trace) -> bool:
+            values = facts.mail.header_values(header.name)
+            if header.exists is not None:
+                ok = bool(values) == header.exists
+            elif header.equals is not None:
+                ok = any(v.strip().lower() == header.equals.lower() for v in values)
+            elif header_regex is not None:
+                ok = any(header_regex.search(v) for v in values)
+            else:
+                ok = bool(values)
+            return trace.record(f"{path}.header[{header.name}]", ok)
+
+        return header_check
+    if condition.automated is not None:
+        expected = condition.automated
+        return lambda facts, trace: trace.record(
+            path + ".automated", bool(facts.mail.automated_signals) == expected,
+            ",".join(facts.mail.automated_signals),
+        )
+    if condition.time is not None:
+        spec_time = condition.time
+        zone = ZoneInfo(spec_time.timezone)
+        holidays = set(lists.get(spec_time.holidays, ())) if spec_time.holidays else set()
+
+        def time_check(facts: MailFacts, trace: Trace) -> bool:
+            local = facts.received_at.astimezone(zone)
+            ok = local.date().isoformat() not in holidays
+            if ok and spec_time.weekdays:
+                ok = _WEEKDAYS[local.weekday()] in spec_time.weekdays
+            if ok and spec_time.hours:
+                start, end = spec_time.hours.split("-")
+                ok = start <= local.strftime("%H:%M") < end
+            return trace.record(path + ".time", ok, local.strftime("%a %H:%M"))
+
+        return time_check
+    return lambda facts, trace: trace.record(path + ".always", True)
+
+
+@dataclass(frozen=True)
+class CompiledRule:
+    rule: Rule
+    predicate: Predicate
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """A validated, compiled rule set. `version` is the content hash stored with every decision."""
+
+    version: str
+    settings: RuleSettings
+    rules: tuple[CompiledRule, ...]
+    lists: Mapping[str, tuple[str, ...]]
+    templates: frozenset[str]
+
+    def is_served(self, address: str) -> bool:
+        address = address.lower()
+        domain = address.rpartition("@")[2]
+        served = self.settings.served
+        return address in {a.lower() for a in served.addresses} or any(
+            domain_matches(domain, pattern) for pattern in served.domains
+        )
+
+    def is_own(self, address: str) -> bool:
+        return self.is_served(address) or address.lower() in {a.lower() for a in self.settings.own_addresses}
+
+    def classify(self, facts: MailFacts) -> Classification:
+        trials: list[RuleTrial] = []
+        for compiled in self.rules:
+            trace = Trace()
+            matched = compiled.predicate(facts, trace)
+            trials.append(RuleTrial(compiled.rule.id, matched, tuple(trace.hits)))
+            if matched:
+                return Classification(compiled.rule, compiled.rule.then, tuple(trials))
+        # The loader refuses rule sets without a catch-all, so this is only reached by a broken invariant.
+        raise LookupError("no rule matched and the rule set has no catch-all")

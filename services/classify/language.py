@@ -1,0 +1,43 @@
+"""Language detection of the sender's own words with lingua, limited to the languages we answer in."""
+
+from __future__ import annotations
+
+import re
+import threading
+
+from lingua import IsoCode639_1, Language, LanguageDetector, LanguageDetectorBuilder
+
+_SUPPORTED = {
+    Language.GERMAN: "de",
+    Language.ENGLISH: "en",
+    Language.UKRAINIAN: "uk",
+    Language.ARABIC: "ar",
+    Language.RUSSIAN: "ru",
+    Language.TURKISH: "tr",
+}
+_LETTERS = re.compile(r"[^\W\d_]", re.UNICODE)
+_detector: LanguageDetector | None = None
+_lock = threading.Lock()
+DEFAULT_LANGUAGE = "de"
+_ = IsoCode639_1  # re-exported for callers that map codes
+
+
+def _get_detector() -> LanguageDetector:
+    global _detector
+    with _lock:
+        if _detector is None:
+            _detector = (
+                LanguageDetectorBuilder.from_languages(*_SUPPORTED)
+                .with_minimum_relative_distance(0.05)
+                .build()
+            )
+        return _detector
+
+
+def detect_language(text: str) -> str:
+    """ISO 639-1 code of the dominant language, German when unsure (German is always in the reply)."""
+    sample = text[:3000]
+    if len(_LETTERS.findall(sample)) < 8:
+        return DEFAULT_LANGUAGE
+    detected = _get_detector().detect_language_of(sample)
+    return _SUPPORTED.get(detected, DEFAULT_LANGUAGE) if detected is not None else DEFAULT_LANGUAGE

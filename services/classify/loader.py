@@ -1,0 +1,210 @@
+"""Load a rule directory into a compiled RuleSet, or report every problem as file:line: field: message."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from services.classify.engine import CompiledRule, RuleSet, compile_condition
+from services.classify.schema import Condition, Rule, RuleFile, RuleSettings
+from services.classify.yamlsource import YamlSyntaxError, line_for, load_with_lines
+
+NO_CHANNEL = "none"
+
+
+@dataclass(frozen=True)
+class RuleError:
+    file: str
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.field}: {self.message}"
+
+
+class RuleSetInvalid(Exception):
+    def __init__(self, errors: list[RuleError]) -> None:
+        super().__init__("\n".join(map(str, errors)))
+        self.errors = errors
+
+
+def rule_files(directory: Path) -> list[Path]:
+    """Rule files in merge order: every *.yaml / *.yml at the top level, sorted by name."""
+    return sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+
+
+def list_files(directory: Path) -> list[Path]:
+    lists_dir = directory / "lists"
+    return sorted(lists_dir.glob("*.txt")) if lists_dir.is_dir() else []
+
+
+def fingerprint(directory: Path, templates_dir: Path | None = None) -> tuple[tuple[str, int, int], ...]:
+    """Cheap change detector for hot reload: names, sizes and mtimes of every file that matters."""
+    paths = [*rule_files(directory), *list_files(directory)] if directory.is_dir() else []
+    if templates_dir is not None and (templates_dir / "replies").is_dir():
+        paths.extend(sorted((templates_dir / "replies").glob("*/*.j2")))
+    result = []
+    for path in paths:
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        result.append((str(path), stat.st_size, stat.st_mtime_ns))
+    return tuple(result)
+
+
+def available_templates(templates_dir: Path) -> frozenset[str]:
+    """A template exists when it has at least the German text version."""
+    replies = templates_dir / "replies"
+    if not replies.is_dir():
+        return frozenset()
+    return frozenset(p.name for p in replies.iterdir() if (p / "de.txt.j2").is_file())
+
+
+def _read_list(path: Path) -> tuple[str, ...]:
+    entries = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        entry = line.split("#", 1)[0].strip().lower()
+        if entry:
+            entries.append(entry)
+    return tuple(entries)
+
+
+def _field(location: tuple[Any, ...]) -> str:
+    out = ""
+    for part in location:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif str(part).startswith("function-") or str(part) in ("list[...]",):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(file)"
+
+
+def load_rules(directory: Path, templates_dir: Path) -> RuleSet:
+    """Validate and compile; raise RuleSetInvalid with all errors found (not just the first)."""
+    errors: list[RuleError] = []
+    if not directory.is_dir():
+        raise RuleSetInvalid([RuleError(str(directory), 1, "(dir)", "rule directory does not exist")])
+    digest = hashlib.sha256()
+    lists: dict[str, tuple[str, ...]] = {}
+    for path in list_files(directory):
+        data = path.read_bytes()
+        digest.update(path.name.encode() + b"\0" + data)
+        lists[path.stem] = _read_list(path)
+
+    settings: RuleSettings | None = None
+    settings_file = ""
+    ordered: list[tuple[int, int, Rule, str, int]] = []
+    seen_ids: dict[str, str] = {}
+    files = rule_files(directory)
+    if not files:
+        errors.append(RuleError(str(directory), 1, "(dir)", "no *.yaml rule files"))
+    for file_index, path in enumerate(files):
+        name = str(path)
+        text = path.read_text(encoding="utf-8", errors="replace")
+        digest.update(path.name.encode() + b"\0" + text.encode())
+        try:
+            data, lines = load_with_lines(text)
+        except YamlSyntaxError as exc:
+            errors.append(RuleError(name, exc.line, "(yaml)", exc.message))
+            continue
+        if data is None:
+            continue
+        try:
+            parsed = RuleFile.model_validate(data)
+        except ValidationError as exc:
+            for error in exc.errors():
+                location = tuple(error["loc"])
+                errors.append(RuleError(name, line_for(lines, location), _field(location), error["msg"]))
+            continue
+        if parsed.settings is not None:
+            if settings is not None:
+                errors.append(RuleError(name, line_for(lines, ("settings",)), "settings",
+                                        f"settings already defined in {settings_file}"))
+            else:
+                settings, settings_file = parsed.settings, name
+        for rule_index, rule in enumerate(parsed.rules):
+            line = line_for(lines, ("rules", rule_index))
+            if rule.id in seen_ids:
+                errors.append(RuleError(name, line_for(lines, ("rules", rule_index, "id")), f"rules[{rule_index}].id",
+                                        f"duplicate rule id {rule.id!r} (first in {seen_ids[rule.id]})"))
+            seen_ids.setdefault(rule.id, f"{name}:{line}")
+            ordered.append((file_index, rule_index, rule, name, line))
+
+    if settings is None and not errors:
+        errors.append(RuleError(str(directory), 1, "settings", "no file defines settings"))
+    templates = available_templates(templates_dir)
+    ordered.sort(key=lambda item: (-item[2].priority, item[0], item[1]))
+    if settings is not None:
+        errors.extend(_semantic_errors(ordered, settings, lists, templates))
+    if errors:
+        raise RuleSetInvalid(errors)
+    assert settings is not None
+    compiled = tuple(
+        CompiledRule(rule, compile_condition(rule.when, lists) if rule.when else compile_condition(
+            Condition.model_validate({"always": True}), lists))
+        for _f, _r, rule, _n, _l in ordered
+    )
+    return RuleSet(version=digest.hexdigest()[:16], settings=settings, rules=compiled, lists=lists,
+                   templates=templates)
+
+
+def _condition_lists(condition: Condition) -> list[str]:
+    names: list[str] = []
+    for spec in (condition.sender, condition.recipient):
+        if spec is not None and spec.list_name:
+            names.append(spec.list_name)
+    if condition.time is not None and condition.time.holidays:
+        names.append(condition.time.holidays)
+    for child in [*(condition.all_ or []), *(condition.any_ or []), *([condition.not_] if condition.not_ else [])]:
+        names.extend(_condition_lists(child))
+    return names
+
+
+def _is_catch_all(rule: Rule) -> bool:
+    return rule.when is None or rule.when.always is True
+
+
+def _semantic_errors(ordered: list[tuple[int, int, Rule, str, int]], settings: RuleSettings,
+                     lists: dict[str, tuple[str, ...]], templates: frozenset[str]) -> list[RuleError]:
+    errors: list[RuleError] = []
+    seen_conditions: dict[str, str] = {}
+    catch_all: str | None = None
+    for _f, index, rule, name, line in ordered:
+        where = f"rules[{index}]"
+        if catch_all is not None:
+            errors.append(RuleError(name, line, f"{where}.when",
+                                    f"rule {rule.id!r} is unreachable: catch-all {catch_all} matches first"))
+        action = rule.then
+        if action.channel != NO_CHANNEL and action.channel not in settings.channels:
+            errors.append(RuleError(name, line, f"{where}.then.channel",
+                                    f"unknown channel {action.channel!r} (known: {', '.join(sorted(settings.channels))}, none)"))
+        if action.reply is not None and action.reply not in templates:
+            errors.append(RuleError(name, line, f"{where}.then.reply",
+                                    f"unknown reply template {action.reply!r} (no templates/replies/{action.reply}/de.txt.j2)"))
+        if action.deliver and action.deliver_to not in settings.targets:
+            errors.append(RuleError(name, line, f"{where}.then.deliver_to",
+                                    f"unknown delivery target {action.deliver_to!r}"))
+        if rule.when is not None:
+            for list_name in _condition_lists(rule.when):
+                if list_name not in lists:
+                    errors.append(RuleError(name, line, f"{where}.when",
+                                            f"unknown list {list_name!r} (no lists/{list_name}.txt)"))
+            key = rule.when.model_dump_json(by_alias=True, exclude_none=True)
+            if key in seen_conditions:
+                errors.append(RuleError(name, line, f"{where}.when",
+                                        f"rule {rule.id!r} is unreachable: same condition as {seen_conditions[key]}"))
+            seen_conditions.setdefault(key, f"{rule.id!r}")
+        if _is_catch_all(rule) and catch_all is None:
+            catch_all = f"{rule.id!r} ({name}:{line})"
+    if ordered and catch_all is None:
+        _f, _i, _rule, name, line = ordered[-1]
+        errors.append(RuleError(name, line, "rules", "no catch-all rule (a last rule without `when`)"))
+    return errors

@@ -1,0 +1,67 @@
+"""YAML loading that remembers the line of every key, so validation errors can name file:line."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+Path_ = tuple[str | int, ...]
+
+
+class YamlSyntaxError(Exception):
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.message = message
+
+
+def load_with_lines(text: str) -> tuple[Any, dict[Path_, int]]:
+    """Parse YAML and return (data, {path: 1-based line}) for every mapping key and sequence item."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        raise YamlSyntaxError(line, f"{exc.problem or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise YamlSyntaxError(1, str(exc)) from exc
+    lines: dict[Path_, int] = {}
+    if node is None:
+        return None, lines
+    return _construct(node, (), lines), lines
+
+
+def _construct(node: yaml.Node, path: Path_, lines: dict[Path_, int]) -> Any:
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        result: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value
+            child = (*path, key)
+            if key in result:
+                raise YamlSyntaxError(key_node.start_mark.line + 1, f"duplicate key {key!r}")
+            lines[child] = key_node.start_mark.line + 1
+            result[key] = _construct(value_node, child, lines)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [_construct(item, (*path, index), lines) for index, item in enumerate(node.value)]
+    return _scalar(node)
+
+
+def _scalar(node: yaml.Node) -> Any:
+    loader = yaml.SafeLoader("")
+    try:
+        return loader.construct_object(node, deep=True)
+    finally:
+        loader.dispose()
+
+
+def line_for(lines: dict[Path_, int], location: Path_) -> int:
+    """The line of the deepest known prefix of a pydantic error location."""
+    path = tuple(location)
+    while path:
+        if path in lines:
+            return lines[path]
+        path = path[:-1]
+    return lines.get((), 1)

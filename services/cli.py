@@ -1,0 +1,201 @@
+"""The `channelshift` command: serve | gateway | worker | web | inject | rules check/explain/eval | db."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import smtplib
+import sys
+from pathlib import Path
+
+from services.config import Settings, split_host_port
+from services.logging import configure_logging
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from services.runtime import serve
+
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_format)
+    serve(settings)
+    return 0
+
+
+def _single(args: argparse.Namespace, *, gateway: bool = False, worker: bool = False, web_app: bool = False) -> int:
+    from services.runtime import serve
+
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_format)
+    if not settings.redis_url:
+        print("error: separate gateway/worker/web processes share one Redis: set CHANNELSHIFT_REDIS_URL "
+              "(or use `channelshift serve` for the embedded all-in-one)", file=sys.stderr)
+        return 2
+    serve(settings, gateway=gateway, worker=worker, web_app=web_app, migrate=False)
+    return 0
+
+
+def cmd_inject(args: argparse.Namespace) -> int:
+    settings = _settings()
+    raw = Path(args.file).read_bytes()
+    host, port = split_host_port(args.server or settings.smtp_listen)
+    recipients = args.to or []
+    if not recipients:
+        from services.classify.explain import default_envelope
+        from services.classify.loader import load_rules
+
+        ruleset = load_rules(settings.rules_dir, settings.templates_dir)
+        recipients = list(default_envelope(ruleset, raw, None, None)[1])
+    sender = args.sender if args.sender is not None else _header_sender(raw)
+    try:
+        with smtplib.SMTP(host, port, timeout=30) as client:
+            refused = client.sendmail(sender, recipients, raw)
+    except smtplib.SMTPResponseException as exc:
+        print(f"refused: {exc.smtp_code} {exc.smtp_error.decode(errors='replace')}", file=sys.stderr)
+        return 1
+    except smtplib.SMTPRecipientsRefused as exc:
+        print(f"all recipients refused: {len(exc.recipients)}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"cannot reach gateway at {host}:{port}: {exc}", file=sys.stderr)
+        return 1
+    print(f"accepted for {len(recipients) - len(refused)} recipient(s)")
+    return 0
+
+
+def _header_sender(raw: bytes) -> str:
+    from services.mail import parse_mail
+
+    return parse_mail(raw).from_address
+
+
+def cmd_rules_check(args: argparse.Namespace) -> int:
+    from services.classify.loader import RuleSetInvalid, load_rules
+
+    settings = _settings()
+    directory = Path(args.dir) if args.dir else settings.rules_dir
+    templates = Path(args.templates) if args.templates else settings.templates_dir
+    try:
+        ruleset = load_rules(directory, templates)
+    except RuleSetInvalid as exc:
+        if args.json:
+            print(json.dumps({"ok": False, "errors": [e.__dict__ for e in exc.errors]}, ensure_ascii=False))
+        else:
+            for error in exc.errors:
+                print(error)
+            print(f"{len(exc.errors)} error(s)", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"ok": True, "version": ruleset.version, "rules": len(ruleset.rules), "errors": []}))
+    else:
+        print(f"ok: {len(ruleset.rules)} rules, version {ruleset.version}")
+    return 0
+
+
+def cmd_rules_explain(args: argparse.Namespace) -> int:
+    from services.classify.explain import explain, format_explain
+    from services.classify.loader import load_rules
+    from services.reply.policy import PolicyConfig
+
+    settings = _settings()
+    ruleset = load_rules(Path(args.rules) if args.rules else settings.rules_dir, settings.templates_dir)
+    result = explain(ruleset, Path(args.file).read_bytes(), mail_from=args.sender, rcpt_to=args.to,
+                     policy=PolicyConfig(settings.spam_score_header, settings.spam_score_threshold))
+    print(json.dumps(result, ensure_ascii=False, indent=2) if args.json else format_explain(result))
+    return 0
+
+
+def cmd_rules_eval(args: argparse.Namespace) -> int:
+    from services.classify.evaluate import evaluate
+    from services.classify.loader import load_rules
+
+    settings = _settings()
+    ruleset = load_rules(Path(args.rules) if args.rules else settings.rules_dir, settings.templates_dir)
+    report = evaluate(ruleset, Path(args.dir), Path(args.labels) if args.labels else None)
+    print(json.dumps(report.as_dict(), ensure_ascii=False, indent=2) if args.json else report.format())
+    if args.min_accuracy is not None and report.accuracy < args.min_accuracy:
+        print(f"accuracy {report.accuracy:.1%} below --min-accuracy {args.min_accuracy:.1%}", file=sys.stderr)
+        return 1
+    if args.no_missed_safety and report.missed_safety():
+        print("missed emergency/objection mails", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from services.store.migrate import downgrade, upgrade
+
+    settings = _settings()
+    if args.action == "upgrade":
+        upgrade(settings.effective_database_url, args.revision or "head")
+    else:
+        downgrade(settings.effective_database_url, args.revision or "-1")
+    print(f"database {args.action} done")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="channelshift",
+        description="Inbound-mail gateway that steers citizens to better channels. "
+                    "Configuration comes from CHANNELSHIFT_* environment variables.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("serve", help="gateway + worker + web in one process on the embedded default "
+                                 "(SQLite and redis-server under ./var)").set_defaults(func=cmd_serve)
+    sub.add_parser("gateway", help="SMTP/LMTP gateway only (needs CHANNELSHIFT_REDIS_URL)").set_defaults(
+        func=lambda a: _single(a, gateway=True))
+    sub.add_parser("worker", help="arq worker only (needs CHANNELSHIFT_REDIS_URL)").set_defaults(
+        func=lambda a: _single(a, worker=True))
+    sub.add_parser("web", help="HTTP API only (needs CHANNELSHIFT_REDIS_URL)").set_defaults(
+        func=lambda a: _single(a, web_app=True))
+
+    inject = sub.add_parser("inject", help="send an .eml file through the running gateway")
+    inject.add_argument("file")
+    inject.add_argument("--to", action="append", help="envelope recipient (repeatable); default: served To/Cc")
+    inject.add_argument("--from", dest="sender", help="envelope sender; default: the From header")
+    inject.add_argument("--server", help="HOST:PORT; default CHANNELSHIFT_SMTP_LISTEN")
+    inject.set_defaults(func=cmd_inject)
+
+    rules = sub.add_parser("rules", help="check, explain and evaluate rule files")
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True)
+    check = rules_sub.add_parser("check", help="validate a rule directory; prints file:line: field: message")
+    check.add_argument("dir", nargs="?", help="rule directory (default CHANNELSHIFT_RULES_DIR)")
+    check.add_argument("--templates", help="templates directory (default CHANNELSHIFT_TEMPLATES_DIR)")
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    check.set_defaults(func=cmd_rules_check)
+    explain = rules_sub.add_parser("explain", help="why a mail gets its category, with the full rule trace")
+    explain.add_argument("file")
+    explain.add_argument("--json", action="store_true", help="one JSON object")
+    explain.add_argument("--rules", help="rule directory (default CHANNELSHIFT_RULES_DIR)")
+    explain.add_argument("--from", dest="sender", help="envelope sender (default: From header)")
+    explain.add_argument("--to", action="append", help="envelope recipient (default: served To/Cc)")
+    explain.set_defaults(func=cmd_rules_explain)
+    evaluate = rules_sub.add_parser("eval", help="accuracy, precision/recall, confusion over DIR/labels.csv")
+    evaluate.add_argument("dir")
+    evaluate.add_argument("--labels", help="labels CSV (default DIR/labels.csv): file,category,...")
+    evaluate.add_argument("--rules", help="rule directory (default CHANNELSHIFT_RULES_DIR)")
+    evaluate.add_argument("--min-accuracy", type=float, help="exit 1 below this accuracy (0..1)")
+    evaluate.add_argument("--no-missed-safety", action="store_true", help="exit 1 if an emergency/objection is missed")
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.set_defaults(func=cmd_rules_eval)
+
+    db = sub.add_parser("db", help="database migrations (Alembic)")
+    db.add_argument("action", choices=["upgrade", "downgrade"])
+    db.add_argument("revision", nargs="?", help="default: head for upgrade, -1 for downgrade")
+    db.set_defaults(func=cmd_db)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

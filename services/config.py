@@ -1,0 +1,99 @@
+"""One typed Settings object, read from CHANNELSHIFT_* environment variables."""
+
+from __future__ import annotations
+
+import secrets
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _shipped(folder: str) -> Path:
+    """The folder shipped beside the package, or the one in the working directory."""
+    beside_package = PROJECT_ROOT / folder
+    return beside_package if beside_package.is_dir() else Path(folder)
+
+
+class Settings(BaseSettings):
+    """Runtime configuration; every field maps to CHANNELSHIFT_<FIELD>."""
+
+    model_config = SettingsConfigDict(env_prefix="CHANNELSHIFT_", extra="ignore")
+
+    var_dir: Path = Path("var")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default sqlite file under var_dir"
+    )
+    redis_url: str | None = Field(
+        default=None, description="redis://host:port/db; unset = embedded redis-server under var_dir"
+    )
+    smtp_listen: str = "127.0.0.1:2525"
+    lmtp_listen: str | None = Field(default="127.0.0.1:2424", description="empty disables LMTP")
+    web_listen: str = "127.0.0.1:8080"
+    hostname: str = "channelshift.local"
+    relay_url: str | None = Field(default=None, description="smtp://host:port for replies; unset = maildir")
+    delivery_url: str | None = Field(
+        default=None, description="smtp://host:port for originals to staff; unset = maildir"
+    )
+    rules_dir: Path = Field(default_factory=lambda: _shipped("routing_rules"))
+    templates_dir: Path = Field(default_factory=lambda: _shipped("templates"))
+    admin_token: str | None = None
+    pseudonym_key: str | None = Field(
+        default=None, description="HMAC key for sender pseudonyms; unset = random key kept in var_dir"
+    )
+    pseudonym_key_id: str = "k1"
+    retention_days: int = 30
+    max_message_size: int = 25 * 1024 * 1024
+    smtp_timeout: float = 300.0
+    reply_window_days: int = 7
+    reply_daily_cap: int = 3
+    sweep_after_seconds: int = 60
+    spam_score_header: str | None = Field(
+        default=None, description="e.g. X-Spam-Score; replies suppressed when the score reaches spam_score_threshold"
+    )
+    spam_score_threshold: float = 5.0
+    log_format: str = Field(default="auto", description="auto | json | console")
+    log_level: str = "INFO"
+    corpus_dir: Path | None = Field(default=None, description="../shared/corpus for corpus tests")
+
+    @field_validator("lmtp_listen", "relay_url", "delivery_url", "redis_url", "database_url", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @property
+    def effective_database_url(self) -> str:
+        url = self.database_url or f"sqlite:///{(self.var_dir / 'channelshift.db').resolve()}"
+        if url.startswith("postgresql://") or url.startswith("postgres://"):
+            url = "postgresql+psycopg://" + url.split("://", 1)[1]
+        return url
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.var_dir / "outbox"
+
+    @property
+    def delivered_dir(self) -> Path:
+        return self.var_dir / "delivered"
+
+    @cached_property
+    def effective_pseudonym_key(self) -> bytes:
+        if self.pseudonym_key:
+            return self.pseudonym_key.encode()
+        key_file = self.var_dir / "pseudonym.key"
+        if not key_file.exists():
+            key_file.parent.mkdir(parents=True, exist_ok=True)
+            key_file.write_text(secrets.token_hex(32))
+            key_file.chmod(0o600)
+        return key_file.read_text().strip().encode()
+
+
+def split_host_port(listen: str) -> tuple[str, int]:
+    """'127.0.0.1:2525' or '[::1]:2525' -> (host, port)."""
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"listen address must be HOST:PORT, got {listen!r}")
+    return host.strip("[]"), int(port)

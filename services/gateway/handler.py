@@ -1,0 +1,92 @@
+"""aiosmtpd handler: RCPT checks, durable store before 250, enqueue after; never raises to the session."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from sqlalchemy import Engine
+
+from services.classify.reload import RuleSetHolder
+from services.gateway import replies
+from services.store.models import Message, MessageState, utcnow
+from services.store.queries import bump_counter, store_messages
+from services.store.db import session_scope
+
+log = structlog.get_logger(__name__)
+
+Enqueue = Callable[[str], Awaitable[None]]
+_ADDRESS = re.compile(r"^[^\s@<>()\[\],;:\"\\]{1,64}@[A-Za-z0-9.-]{1,253}$")
+
+
+def new_message_id() -> str:
+    return uuid.uuid4().hex
+
+
+class GatewayHandler:
+    """One instance serves all sessions; `protocol` is 'smtp' or 'lmtp' (LMTP answers once per recipient)."""
+
+    def __init__(self, engine: Engine, rules: RuleSetHolder, enqueue: Enqueue, *, protocol: str,
+                 max_message_size: int, max_recipients: int = 100) -> None:
+        self.engine = engine
+        self.rules = rules
+        self.enqueue = enqueue
+        self.protocol = protocol
+        self.max_message_size = max_message_size
+        self.max_recipients = max_recipients
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          rcpt_options: list[str]) -> str:
+        if len(envelope.rcpt_tos) >= self.max_recipients:
+            return replies.REJECT_TOO_MANY_RECIPIENTS
+        if not _ADDRESS.match(address) or "\r" in address or "\n" in address:
+            return replies.REJECT_BAD_ADDRESS
+        if not self.rules.current.is_served(address):
+            await asyncio.to_thread(self._count_rejection)
+            return replies.REJECT_UNKNOWN_RECIPIENT.format(rcpt=address)
+        envelope.rcpt_tos.append(address)
+        return replies.OK_RECIPIENT
+
+    def _count_rejection(self) -> None:
+        try:
+            with session_scope(self.engine) as session:
+                bump_counter(session, hour=utcnow(), mailbox="(unserved)", category="(none)", channel="(none)",
+                             outcome="rejected:unknown-recipient")
+        except Exception:
+            log.warning("gateway.count_failed")
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        content: bytes = envelope.original_content or b""
+        recipients = list(envelope.rcpt_tos)
+        if len(content) > self.max_message_size:
+            return self._answer(replies.REJECT_TOO_BIG.format(limit=self.max_message_size), recipients)
+        message_id = new_message_id()
+        structlog.contextvars.bind_contextvars(message_id=message_id, protocol=self.protocol)
+        try:
+            message = Message(
+                id=message_id, protocol=self.protocol, mail_from=(envelope.mail_from or "")[:512],
+                rcpt_tos=[r.lower() for r in recipients], mailbox=recipients[0].lower() if recipients else "",
+                size=len(content), raw=content, state=MessageState.RECEIVED,
+            )
+            await asyncio.to_thread(store_messages, self.engine, [message])
+        except Exception as exc:
+            log.error("gateway.store_failed", error=type(exc).__name__)
+            structlog.contextvars.unbind_contextvars("message_id", "protocol")
+            return self._answer(replies.TEMPFAIL_STORAGE, recipients)
+        log.info("gateway.stored", size=len(content), recipients=len(recipients))
+        try:
+            await self.enqueue(message_id)
+        except Exception as exc:
+            # Stored is what counts: the sweep picks the message up once the queue is back.
+            log.warning("gateway.enqueue_failed", error=type(exc).__name__)
+        structlog.contextvars.unbind_contextvars("message_id", "protocol")
+        return self._answer(replies.OK_QUEUED.format(id=message_id), recipients)
+
+    def _answer(self, line: str, recipients: list[str]) -> str:
+        if self.protocol == "lmtp" and len(recipients) > 1:
+            return "\r\n".join([line] * len(recipients))
+        return line

@@ -1,0 +1,11 @@
+"""Named SMTP reply lines of the gateway, so every answer is greppable and consistent."""
+
+OK_QUEUED = "250 2.0.0 OK: queued as {id}"
+OK_RECIPIENT = "250 2.1.5 OK"
+REJECT_UNKNOWN_RECIPIENT = "550 5.1.1 <{rcpt}>: recipient not served here"
+REJECT_RELAY = "550 5.7.1 relaying denied"
+REJECT_TOO_MANY_RECIPIENTS = "452 4.5.3 too many recipients"
+REJECT_TOO_BIG = "552 5.3.4 message exceeds size limit of {limit} bytes"
+REJECT_BAD_ADDRESS = "501 5.1.3 bad address syntax"
+TEMPFAIL_STORAGE = "451 4.3.0 temporary storage failure, try again later"
+TEMPFAIL_RULES = "451 4.3.0 rules not loaded, try again later"

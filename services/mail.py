@@ -1,0 +1,410 @@
+"""Raw bytes -> InboundMail: headers, sender's own text, attachments, automated-mail signals; never raises."""
+
+from __future__ import annotations
+
+import email.utils
+import re
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from email.header import decode_header
+from email.message import Message
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from html.parser import HTMLParser
+
+MAX_PARTS = 500
+MAX_DEPTH = 20
+MAX_TEXT_CHARS = 200_000
+MAX_HEADER_VALUE_CHARS = 4_000
+MAX_ADDRESSES = 200
+
+_WS = re.compile(r"\s+")
+_AUTOMATED_LOCALPART = re.compile(
+    r"^(mailer-daemon|postmaster|no[-_.]?reply|do[-_.]?not[-_.]?reply|bounces?|owner-.+|.+-request|.+-owner)$",
+    re.IGNORECASE,
+)
+_BOUNCE_SUBJECT = re.compile(
+    r"(undeliver|undelivered mail|delivery status notification|returned mail|mail delivery fail"
+    r"|delivery failure|failure notice|nicht zustellbar|unzustellbar)",
+    re.IGNORECASE,
+)
+_AUTOREPLY_SUBJECT = re.compile(
+    r"^\s*(automatische antwort|auto(matic)?[- ]?reply|autoreply|out of office|abwesenheitsnotiz"
+    r"|otomatik yan[ıi]t|automatic reply|автоматический ответ|автоматична відповідь)\b",
+    re.IGNORECASE,
+)
+_QUOTE_HEADER = re.compile(
+    r"^\s*(am\s.{4,120}schrieb.{0,120}:|on\s.{4,120}wrote:|le\s.{4,120}a écrit\s*:"
+    r"|-{2,}\s*(original message|ursprüngliche nachricht|forwarded message|weitergeleitete nachricht)"
+    r"|(von|from):\s.+\s(gesendet|sent):\s)",
+    re.IGNORECASE,
+)
+_OUTLOOK_BLOCK_START = re.compile(r"^\s*(von|from)\s*:\s*\S", re.IGNORECASE)
+_OUTLOOK_BLOCK_NEXT = re.compile(r"^\s*(gesendet|sent|datum|date)\s*:\s*\S", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Attachment:
+    filename: str
+    content_type: str
+    size: int
+
+
+@dataclass(frozen=True)
+class InboundMail:
+    """What the classifier and reply policy see of a message. All strings are single-line where headers."""
+
+    message_id: str | None = None
+    subject: str = ""
+    from_address: str = ""
+    from_name: str = ""
+    to_addresses: tuple[str, ...] = ()
+    cc_addresses: tuple[str, ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()
+    content_type: str = "text/plain"
+    body_text: str = ""
+    own_text: str = ""
+    attachments: tuple[Attachment, ...] = ()
+    automated_signals: tuple[str, ...] = ()
+    references: tuple[str, ...] = ()
+    defects: tuple[str, ...] = field(default=())
+
+    def header(self, name: str) -> str | None:
+        wanted = name.lower()
+        for key, value in self.headers:
+            if key == wanted:
+                return value
+        return None
+
+    def header_values(self, name: str) -> list[str]:
+        wanted = name.lower()
+        return [value for key, value in self.headers if key == wanted]
+
+    @property
+    def parse_limited(self) -> bool:
+        return any(defect.startswith("limit:") for defect in self.defects)
+
+
+def single_line(text: str, limit: int = MAX_HEADER_VALUE_CHARS) -> str:
+    """Collapse CR, LF and other whitespace runs to one space and cap the length."""
+    return _WS.sub(" ", text).strip()[:limit]
+
+
+def decode_header_value(value: object) -> str:
+    """Decode RFC 2047 encoded-words leniently; unknown charsets fall back instead of raising."""
+    raw = str(value)
+    try:
+        chunks = decode_header(raw)
+    except Exception:
+        return single_line(raw)
+    out: list[str] = []
+    for chunk, charset in chunks:
+        if isinstance(chunk, str):
+            out.append(chunk)
+            continue
+        out.append(_decode_bytes(chunk, charset))
+    # decode_header drops the whitespace between plain and encoded chunks; rejoin sensibly.
+    return single_line(_join_decoded(chunks, out))
+
+
+def _join_decoded(chunks: list[tuple[bytes | str, str | None]], texts: list[str]) -> str:
+    if len(chunks) <= 1:
+        return "".join(texts)
+    joined = ""
+    for (_chunk, charset), text in zip(chunks, texts, strict=True):
+        if joined and charset is None and not text.startswith(" ") and not joined.endswith(" "):
+            joined += " "
+        joined += text
+    return joined
+
+
+def _decode_bytes(data: bytes, charset: str | None) -> str:
+    for candidate in (charset, "utf-8", "cp1252"):
+        if not candidate:
+            continue
+        try:
+            return data.decode(candidate)
+        except (LookupError, UnicodeDecodeError):
+            continue
+    return data.decode("latin-1")
+
+
+def _addresses(values: list[str]) -> tuple[str, ...]:
+    found: list[str] = []
+    try:
+        pairs = email.utils.getaddresses([str(v) for v in values])
+    except Exception:
+        return ()
+    for _name, addr in pairs[:MAX_ADDRESSES]:
+        addr = single_line(addr, 320).lower()
+        if "@" in addr:
+            found.append(addr)
+    return tuple(found)
+
+
+class _HtmlText(HTMLParser):
+    """Text of an HTML body; blockquotes and gmail/outlook quote blocks are prefixed with '> '."""
+
+    _BLOCK = frozenset({"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "table", "blockquote"})
+    _SKIP = frozenset({"script", "style", "head", "title"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.skip_depth = 0
+        self.quote_depth = 0
+        self._quote_stack: list[bool] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self._SKIP:
+            self.skip_depth += 1
+        classes = " ".join(v or "" for k, v in attrs if k in ("class", "id")).lower()
+        is_quote = tag == "blockquote" or "gmail_quote" in classes or "divrplyfwdmsg" in classes
+        if tag not in ("br", "img", "hr", "meta", "link", "input"):
+            self._quote_stack.append(is_quote)
+            if is_quote:
+                self.quote_depth += 1
+        if tag in self._BLOCK:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._SKIP and self.skip_depth:
+            self.skip_depth -= 1
+        if tag not in ("br", "img", "hr", "meta", "link", "input") and self._quote_stack:
+            if self._quote_stack.pop():
+                self.quote_depth -= 1
+        if tag in self._BLOCK:
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if self.skip_depth:
+            return
+        if self.quote_depth:
+            data = "\n".join("> " + line for line in data.split("\n"))
+        self.parts.append(data)
+
+
+def html_to_text(html: str) -> str:
+    parser = _HtmlText()
+    try:
+        parser.feed(html)
+        parser.close()
+    except Exception:
+        return re.sub(r"<[^>]+>", " ", html)
+    text = "".join(parser.parts).replace("\xa0", " ")
+    return re.sub(r"\n\s*\n+", "\n\n", text)
+
+
+def own_words(text: str) -> str:
+    """The sender's own words: drop '>' quoted lines and everything from a reply/forward header on."""
+    lines = text.splitlines()
+    kept: list[str] = []
+    for index, line in enumerate(lines):
+        if line.lstrip().startswith(">"):
+            continue
+        if _QUOTE_HEADER.match(line):
+            break
+        if _OUTLOOK_BLOCK_START.match(line) and any(
+            _OUTLOOK_BLOCK_NEXT.match(following) for following in lines[index + 1 : index + 4]
+        ):
+            break
+        # "Am 3. März 2026 um 10:00 schrieb X" is often wrapped over two lines.
+        if index + 1 < len(lines) and _QUOTE_HEADER.match(line + " " + lines[index + 1].strip()):
+            if re.match(r"^\s*(am|on)\s", line, re.IGNORECASE):
+                break
+        kept.append(line)
+    return "\n".join(kept).strip()
+
+
+def _payload_text(part: Message) -> str:
+    try:
+        payload = part.get_payload(decode=True)
+    except Exception:
+        payload = None
+    if not isinstance(payload, bytes):
+        raw = part.get_payload()
+        return raw if isinstance(raw, str) else ""
+    charset = None
+    try:
+        charset = part.get_content_charset()
+    except Exception:
+        charset = None
+    return _decode_bytes(payload[: MAX_TEXT_CHARS * 4], charset)
+
+
+def _content_type(part: Message) -> str:
+    try:
+        return part.get_content_type().lower()
+    except Exception:
+        return "application/octet-stream"
+
+
+def _walk(root: Message, defects: list[str]) -> list[tuple[Message, int]]:
+    """Leaf parts with their depth, bounded in count and depth (iterative, so no RecursionError)."""
+    leaves: list[tuple[Message, int]] = []
+    stack: list[tuple[Message, int]] = [(root, 0)]
+    seen = 0
+    while stack:
+        part, depth = stack.pop()
+        seen += 1
+        if seen > MAX_PARTS:
+            defects.append(f"limit:parts>{MAX_PARTS}")
+            break
+        if part.is_multipart():
+            if depth >= MAX_DEPTH:
+                defects.append(f"limit:depth>{MAX_DEPTH}")
+                continue
+            children = part.get_payload()
+            if isinstance(children, list):
+                stack.extend((child, depth + 1) for child in reversed(children) if isinstance(child, Message))
+            continue
+        leaves.append((part, depth))
+    return leaves
+
+
+def _filename(part: Message) -> str | None:
+    try:
+        name = part.get_filename()
+    except Exception:
+        return "unnamed"
+    return decode_header_value(name)[:255] if name else None
+
+
+def _automated_signals(mail_headers: dict[str, list[str]], content_type: str, from_address: str, subject: str,
+                       ) -> tuple[str, ...]:
+    signals: list[str] = []
+
+    def first(name: str) -> str:
+        values = mail_headers.get(name)
+        return values[0].strip().lower() if values else ""
+
+    auto_submitted = first("auto-submitted")
+    if auto_submitted and not auto_submitted.startswith("no"):
+        signals.append("auto-submitted")
+    if any(name in mail_headers for name in (
+        "list-id", "list-help", "list-subscribe", "list-unsubscribe", "list-post", "list-owner", "list-archive"
+    )):
+        signals.append("mailing-list")
+    if first("precedence") in ("bulk", "junk", "list", "auto_reply"):
+        signals.append("precedence")
+    suppress = first("x-auto-response-suppress")
+    if any(token in suppress for token in ("all", "oof", "autoreply")):
+        signals.append("auto-response-suppress")
+    if "x-autoreply" in mail_headers or "x-autorespond" in mail_headers:
+        signals.append("autoreply-header")
+    if first("x-apple-action") == "vacation":
+        signals.append("vacation")
+    if first("x-spam-flag") == "yes":
+        signals.append("spam")
+    if content_type == "multipart/report":
+        signals.append("report")
+    localpart = from_address.partition("@")[0]
+    if localpart and _AUTOMATED_LOCALPART.match(localpart):
+        signals.append("automated-sender")
+        if _BOUNCE_SUBJECT.search(subject):
+            signals.append("bounce")
+    if _AUTOREPLY_SUBJECT.match(subject):
+        signals.append("autoreply-subject")
+    return tuple(signals)
+
+
+def parse_mail(raw: bytes) -> InboundMail:
+    """Parse leniently. Bad MIME, unknown charsets or absurd structures give defects, never exceptions."""
+    defects: list[str] = []
+    try:
+        message = message_from_bytes(raw, policy=compat32)
+    except RecursionError:
+        defects.append("limit:nesting")
+        message = BytesHeaderParser(policy=compat32).parsebytes(raw)
+    except Exception as exc:
+        defects.append(f"unparseable:{type(exc).__name__}")
+        try:
+            message = BytesHeaderParser(policy=compat32).parsebytes(raw)
+        except Exception:
+            return InboundMail(defects=tuple(defects))
+    try:
+        return _build(message, defects)
+    except RecursionError:
+        defects.append("limit:nesting")
+    except Exception as exc:
+        defects.append(f"unparseable:{type(exc).__name__}")
+    return InboundMail(defects=tuple(defects))
+
+
+def _build(message: Message, defects: list[str]) -> InboundMail:
+    headers: list[tuple[str, str]] = []
+    by_name: dict[str, list[str]] = {}
+    header_chars = 0
+    for name, value in message.items():
+        decoded = decode_header_value(value)
+        header_chars += len(decoded)
+        if header_chars > 256_000:
+            defects.append("limit:header-size")
+            break
+        key = str(name).strip().lower()
+        headers.append((key, decoded))
+        by_name.setdefault(key, []).append(decoded)
+    raw_values: dict[str, list[str]] = {}
+    for name, value in message.items():
+        raw_values.setdefault(str(name).lower(), []).append(str(value))
+
+    subject = by_name.get("subject", [""])[0]
+    from_pairs = _addresses(raw_values.get("from", [])[:1])
+    from_address = from_pairs[0] if from_pairs else ""
+    from_name = ""
+    if raw_values.get("from"):
+        try:
+            from_name = decode_header_value(email.utils.parseaddr(raw_values["from"][0])[0])[:200]
+        except Exception:
+            from_name = ""
+    content_type = _content_type(message)
+
+    plain: list[str] = []
+    html: list[str] = []
+    attachments: list[Attachment] = []
+    text_chars = 0
+    for part, _depth in _walk(message, defects):
+        part_type = _content_type(part)
+        disposition = str(part.get("content-disposition", "")).lower()
+        filename = _filename(part)
+        is_attachment = disposition.startswith("attachment") or filename is not None
+        if part_type in ("text/plain", "text/html") and not is_attachment:
+            if text_chars > MAX_TEXT_CHARS:
+                defects.append("limit:text")
+                continue
+            text = _payload_text(part)
+            text_chars += len(text)
+            (plain if part_type == "text/plain" else html).append(text)
+            continue
+        if part_type.startswith("message/") or part_type == "text/rfc822-headers":
+            # delivery reports and forwarded messages: their content is not the sender's words
+            continue
+        try:
+            payload = part.get_payload(decode=True)
+            size = len(payload) if isinstance(payload, bytes) else 0
+        except Exception:
+            size = 0
+        attachments.append(Attachment(filename=filename or "unnamed", content_type=part_type, size=size))
+
+    body_text = "\n\n".join(plain) if plain else "\n\n".join(html_to_text(h) for h in html)
+    body_text = body_text[:MAX_TEXT_CHARS]
+    message_id = by_name.get("message-id", [None])[0]
+    references = tuple(
+        ref for ref in re.findall(r"<[^<>\s]{1,250}>", " ".join(by_name.get("references", [])))
+    )[-20:]
+    return InboundMail(
+        message_id=single_line(message_id, 250) if message_id else None,
+        subject=subject,
+        from_address=from_address,
+        from_name=from_name,
+        to_addresses=_addresses(raw_values.get("to", [])),
+        cc_addresses=_addresses(raw_values.get("cc", [])),
+        headers=tuple(headers),
+        content_type=content_type,
+        body_text=body_text,
+        own_text=own_words(body_text),
+        attachments=tuple(attachments),
+        automated_signals=_automated_signals(by_name, content_type, from_address, subject),
+        references=references,
+        defects=tuple(dict.fromkeys(defects)),
+    )

@@ -1,0 +1,124 @@
+"""Long-running processes: gateway, worker, web, and `serve` which runs all three on the embedded default."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+import structlog
+from aiohttp import web
+from arq.connections import ArqRedis
+
+from services import queue
+from services.classify.reload import RuleSetHolder
+from services.config import Settings, split_host_port
+from services.embedded_redis import EmbeddedRedis, start_embedded_redis
+from services.gateway.handler import GatewayHandler
+from services.gateway.server import start_listener
+from services.store.migrate import upgrade
+from services.web.app import create_app
+from services.worker.app import build_worker
+from services.worker.deps import Deps
+
+log = structlog.get_logger(__name__)
+
+
+def ensure_redis(settings: Settings) -> tuple[str, EmbeddedRedis | None]:
+    """The configured Redis URL, or a freshly started embedded redis-server under var/redis."""
+    if settings.redis_url:
+        return settings.redis_url, None
+    embedded = start_embedded_redis(settings.var_dir / "redis")
+    log.info("redis.embedded_started")
+    return embedded.url, embedded
+
+
+async def _wait_for_stop() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def start_gateway(settings: Settings, deps: Deps, pool: ArqRedis) -> list[asyncio.Server]:
+    async def enqueue(message_id: str) -> None:
+        await queue.enqueue(pool, queue.PROCESS, message_id)
+
+    servers = []
+    for protocol, listen in (("smtp", settings.smtp_listen), ("lmtp", settings.lmtp_listen)):
+        if not listen:
+            continue
+        handler = GatewayHandler(deps.engine, deps.rules, enqueue, protocol=protocol,
+                                 max_message_size=settings.max_message_size)
+        servers.append(await start_listener(handler, listen, hostname=settings.hostname,
+                                            timeout=settings.smtp_timeout))
+        log.info("gateway.listening", protocol=protocol, listen=listen)
+    return servers
+
+
+async def start_web(settings: Settings, deps: Deps, pool: ArqRedis) -> web.AppRunner:
+    app = create_app(settings, deps.engine, pool, deps.rules)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    host, port = split_host_port(settings.web_listen)
+    await web.TCPSite(runner, host, port).start()
+    log.info("web.listening", listen=settings.web_listen)
+    return runner
+
+
+async def run(settings: Settings, *, gateway: bool, worker: bool, web_app: bool, redis_url: str) -> None:
+    deps = Deps.build(settings)
+    pool = await queue.connect(redis_url)
+    servers: list[asyncio.Server] = []
+    runner: web.AppRunner | None = None
+    worker_task: asyncio.Task[None] | None = None
+    watcher: asyncio.Task[None] | None = None
+    try:
+        if gateway:
+            servers = await start_gateway(settings, deps, pool)
+            if not worker:
+                watcher = asyncio.create_task(_refresh_rules(deps.rules))
+        if web_app:
+            runner = await start_web(settings, deps, pool)
+        if worker:
+            arq_worker = build_worker(deps, pool, handle_signals=False)
+            worker_task = asyncio.create_task(arq_worker.async_run())
+        stop = asyncio.create_task(_wait_for_stop())
+        waiting: set[asyncio.Task[None]] = {stop} | ({worker_task} if worker_task else set())
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for server in servers:
+            server.close()
+        if worker_task is not None:
+            worker_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await worker_task
+        if watcher is not None:
+            watcher.cancel()
+        if runner is not None:
+            await runner.cleanup()
+        await pool.aclose()
+        deps.engine.dispose()
+        log.info("shutdown.complete")
+
+
+async def _refresh_rules(rules: RuleSetHolder) -> None:
+    while True:
+        await asyncio.sleep(2)
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(rules.refresh)
+
+
+def serve(settings: Settings, *, gateway: bool = True, worker: bool = True, web_app: bool = True,
+          migrate: bool = True) -> None:
+    if migrate:
+        upgrade(settings.effective_database_url)
+    redis_url, embedded = ensure_redis(settings)
+    try:
+        asyncio.run(run(settings, gateway=gateway, worker=worker, web_app=web_app, redis_url=redis_url))
+    finally:
+        if embedded is not None:
+            embedded.stop()
+

@@ -1,0 +1,1 @@
+"""Durable storage: SQLModel tables, engine/session helpers, queries and Alembic migrations."""

@@ -1,0 +1,124 @@
+"""SQLModel tables: messages, decisions, replies, deliveries, reply ledger and hourly counters."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import JSON, Column, Index, LargeBinary
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class MessageState:
+    """Life cycle of a stored message. DELIVERED and HELD are final."""
+
+    RECEIVED = "received"
+    CLASSIFIED = "classified"
+    DELIVERED = "delivered"
+    HELD = "held"
+    FINAL = (DELIVERED, HELD)
+
+
+class JobState:
+    """State of a reply or a delivery to staff."""
+
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+class Message(SQLModel, table=True):
+    __tablename__ = "message"
+    __table_args__ = (Index("ix_message_state_received", "state", "received_at"),)
+
+    id: str = Field(primary_key=True, max_length=32)
+    received_at: datetime = Field(default_factory=utcnow, index=True)
+    updated_at: datetime = Field(default_factory=utcnow)
+    protocol: str = Field(max_length=8)
+    mail_from: str = Field(max_length=512)
+    rcpt_tos: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    mailbox: str = Field(max_length=320, description="first served recipient")
+    size: int
+    raw: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    state: str = Field(default=MessageState.RECEIVED, max_length=16)
+    purged_at: datetime | None = None
+
+
+class Decision(SQLModel, table=True):
+    __tablename__ = "decision"
+
+    message_id: str = Field(primary_key=True, foreign_key="message.id", max_length=32)
+    decided_at: datetime = Field(default_factory=utcnow, index=True)
+    category: str = Field(max_length=64, index=True)
+    channel: str = Field(max_length=64)
+    rule_id: str = Field(max_length=128)
+    ruleset_version: str = Field(max_length=64)
+    template: str | None = Field(default=None, max_length=64)
+    priority: str = Field(default="normal", max_length=16)
+    deliver_to: str | None = Field(default=None, max_length=64)
+    language: str = Field(max_length=8)
+    reply: bool
+    suppressed: str | None = Field(default=None, max_length=64)
+    sender_pseudonym: str | None = Field(default=None, max_length=64, index=True)
+    pseudonym_key_id: str | None = Field(default=None, max_length=16)
+    tags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    defects: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+
+
+class Reply(SQLModel, table=True):
+    __tablename__ = "reply"
+    __table_args__ = (Index("ix_reply_state", "state"),)
+
+    message_id: str = Field(primary_key=True, foreign_key="message.id", max_length=32)
+    state: str = Field(default=JobState.PENDING, max_length=16)
+    attempts: int = 0
+    reply_message_id: str = Field(max_length=255)
+    in_reply_to: str | None = Field(default=None, max_length=255, description="sanitized Message-ID of the original")
+    references: str | None = Field(default=None, max_length=2000)
+    created_at: datetime = Field(default_factory=utcnow)
+    claimed_at: datetime | None = None
+    sent_at: datetime | None = None
+    error: str | None = Field(default=None, max_length=500)
+
+
+class Delivery(SQLModel, table=True):
+    __tablename__ = "delivery"
+    __table_args__ = (Index("ix_delivery_state", "state"),)
+
+    message_id: str = Field(primary_key=True, foreign_key="message.id", max_length=32)
+    state: str = Field(default=JobState.PENDING, max_length=16)
+    attempts: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+    claimed_at: datetime | None = None
+    delivered_at: datetime | None = None
+    error: str | None = Field(default=None, max_length=500)
+
+
+class ReplyLedger(SQLModel, table=True):
+    """One row per reply granted, keyed by sender pseudonym: drives the per-template window and daily cap."""
+
+    __tablename__ = "reply_ledger"
+    __table_args__ = (Index("ix_reply_ledger_sender_time", "sender_pseudonym", "granted_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    sender_pseudonym: str = Field(max_length=64)
+    template: str = Field(max_length=64)
+    granted_at: datetime = Field(default_factory=utcnow)
+    message_id: str = Field(max_length=32)
+
+
+class Counter(SQLModel, table=True):
+    """Hourly rollup per mailbox x category x channel x outcome; dashboards read this, not messages."""
+
+    __tablename__ = "counter"
+
+    hour: datetime = Field(primary_key=True)
+    mailbox: str = Field(primary_key=True, max_length=320)
+    category: str = Field(primary_key=True, max_length=64)
+    channel: str = Field(primary_key=True, max_length=64)
+    outcome: str = Field(primary_key=True, max_length=80)
+    count: int = 0

@@ -1,0 +1,103 @@
+"""Database operations of the pipeline; each function is one transaction (called from a worker thread)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, func, or_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col, select
+
+from services.store.db import session_scope
+from services.store.models import Counter, Delivery, JobState, Message, MessageState, Reply, ReplyLedger, utcnow
+
+
+def store_messages(engine: Engine, messages: Iterable[Message]) -> None:
+    """Durably write received messages in one transaction (the gateway answers 250 only after this)."""
+    with session_scope(engine) as session:
+        session.add_all(list(messages))
+
+
+def hour_of(moment: datetime) -> datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def bump_counter(session: Session, *, hour: datetime, mailbox: str, category: str, channel: str,
+                 outcome: str, amount: int = 1) -> None:
+    """Upsert into the hourly rollup within the caller's transaction."""
+    values = {"hour": hour_of(hour), "mailbox": mailbox, "category": category, "channel": channel,
+              "outcome": outcome[:80], "count": amount}
+    dialect = session.get_bind().dialect.name
+    table = Counter.__table__  # type: ignore[attr-defined]
+    keys = ["hour", "mailbox", "category", "channel", "outcome"]
+    if dialect == "postgresql":
+        pg_stmt = postgresql.insert(table).values(**values)
+        session.execute(pg_stmt.on_conflict_do_update(
+            index_elements=keys, set_={"count": table.c.count + pg_stmt.excluded.count}))
+    else:
+        lite_stmt = sqlite.insert(table).values(**values)
+        session.execute(lite_stmt.on_conflict_do_update(
+            index_elements=keys, set_={"count": table.c.count + lite_stmt.excluded.count}))
+
+
+def reply_allowance(session: Session, pseudonym: str, template: str, now: datetime, window: timedelta,
+                    daily_cap: int) -> str | None:
+    """None if a reply may go out, else the suppression reason (window per template, daily cap per sender)."""
+    recent_same = session.exec(
+        select(func.count()).select_from(ReplyLedger).where(
+            ReplyLedger.sender_pseudonym == pseudonym, ReplyLedger.template == template,
+            ReplyLedger.granted_at > now - window)
+    ).one()
+    if recent_same:
+        return "already-replied"
+    today = session.exec(
+        select(func.count()).select_from(ReplyLedger).where(
+            ReplyLedger.sender_pseudonym == pseudonym, ReplyLedger.granted_at > now - timedelta(days=1))
+    ).one()
+    if today >= daily_cap:
+        return "daily-cap"
+    return None
+
+
+def claim(engine: Engine, model: type[Reply] | type[Delivery], message_id: str, stale_after: timedelta) -> bool:
+    """Move a reply/delivery to SENDING if nobody else holds it; exactly one worker wins."""
+    now = utcnow()
+    table = model.__table__  # type: ignore[attr-defined]
+    with session_scope(engine) as session:
+        result = session.execute(
+            update(table)
+            .where(table.c.message_id == message_id)
+            .where(or_(table.c.state == JobState.PENDING,
+                       (table.c.state == JobState.SENDING) & (table.c.claimed_at < now - stale_after)))
+            .values(state=JobState.SENDING, claimed_at=now, attempts=table.c.attempts + 1)
+        )
+        return bool(getattr(result, "rowcount", 0) == 1)
+
+
+@dataclass(frozen=True)
+class StuckWork:
+    received: list[str]
+    replies: list[str]
+    deliveries: list[str]
+
+
+def find_stuck(engine: Engine, older_than: timedelta, stale_sending: timedelta, limit: int = 1000) -> StuckWork:
+    now = utcnow()
+    with Session(engine) as session:
+        received = session.exec(
+            select(Message.id).where(Message.state == MessageState.RECEIVED,
+                                     Message.received_at < now - older_than)
+            .order_by(col(Message.received_at)).limit(limit)).all()
+        replies = session.exec(
+            select(Reply.message_id).where(or_(
+                (col(Reply.state) == JobState.PENDING) & (col(Reply.created_at) < now - older_than),
+                (col(Reply.state) == JobState.SENDING) & (col(Reply.claimed_at) < now - stale_sending),
+            )).limit(limit)).all()
+        deliveries = session.exec(
+            select(Delivery.message_id).where(or_(
+                (col(Delivery.state) == JobState.PENDING) & (col(Delivery.created_at) < now - older_than),
+                (col(Delivery.state) == JobState.SENDING) & (col(Delivery.claimed_at) < now - stale_sending),
+            )).limit(limit)).all()
+    return StuckWork(list(received), list(replies), list(deliveries))

@@ -1,0 +1,1 @@
+"""aiohttp app: health and readiness, the JSON API, and the token check."""

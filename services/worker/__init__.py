@@ -1,0 +1,1 @@
+"""arq worker: process, reply and deliver jobs, the sweep, and the worker's start-up."""

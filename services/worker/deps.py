@@ -1,0 +1,39 @@
+"""What jobs need, built once at worker start-up: engine, rules, renderer, senders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import Engine
+
+from services.classify.reload import RuleSetHolder
+from services.config import Settings
+from services.reply.policy import PolicyConfig
+from services.reply.render import ReplyRenderer
+from services.reply.send import Sender, make_sender
+from services.store.db import make_engine
+
+
+@dataclass
+class Deps:
+    settings: Settings
+    engine: Engine
+    rules: RuleSetHolder
+    renderer: ReplyRenderer
+    reply_sender: Sender
+    delivery_sender: Sender
+    policy: PolicyConfig
+    stale_sending: timedelta = timedelta(minutes=10)
+
+    @classmethod
+    def build(cls, settings: Settings, engine: Engine | None = None, rules: RuleSetHolder | None = None) -> Deps:
+        return cls(
+            settings=settings,
+            engine=engine or make_engine(settings.effective_database_url),
+            rules=rules or RuleSetHolder(settings.rules_dir, settings.templates_dir),
+            renderer=ReplyRenderer(settings.templates_dir),
+            reply_sender=make_sender(settings.relay_url, settings.outbox_dir),
+            delivery_sender=make_sender(settings.delivery_url, settings.delivered_dir),
+            policy=PolicyConfig(settings.spam_score_header, settings.spam_score_threshold),
+        )
