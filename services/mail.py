@@ -19,8 +19,9 @@ MAX_HEADER_VALUE_CHARS = 4_000
 MAX_ADDRESSES = 200
 
 _WS = re.compile(r"\s+")
-_AUTOMATED_LOCALPART = re.compile(
-    r"^(mailer-daemon|postmaster|no[-_.]?reply|do[-_.]?not[-_.]?reply|bounces?|owner-.+|.+-request|.+-owner)$",
+AUTOMATED_LOCALPART = re.compile(
+    r"^(mailer[-_]?daemon|post[-_]?master|no[-_.]?reply|do[-_.]?not[-_.]?reply|bounces?|listserv|majordomo"
+    r"|owner-.+|.+-request|.+-owner|.+-admin|.+-bounces?)([+].*)?$",
     re.IGNORECASE,
 )
 _BOUNCE_SUBJECT = re.compile(
@@ -28,6 +29,16 @@ _BOUNCE_SUBJECT = re.compile(
     r"|delivery failure|failure notice|nicht zustellbar|unzustellbar)",
     re.IGNORECASE,
 )
+# Subjects that only MTAs and feedback loops write; a citizen does not start a subject like this.
+_SYSTEM_SUBJECT = re.compile(
+    r"^\s*((fwd?|wg|aw|re):\s*)?(returned mail:|undelivered mail returned to sender|undeliverable:"
+    r"|delivery status notification|mail delivery failed|delivery failure|failure notice"
+    r"|warning: could not send message|nicht zustellbar:|unzustellbar:|loop alert:"
+    r"|complaint about message from \d)",
+    re.IGNORECASE,
+)
+_REPORT_PARTS = frozenset({"message/delivery-status", "message/global-delivery-status",
+                           "message/disposition-notification", "message/feedback-report"})
 _AUTOREPLY_SUBJECT = re.compile(
     r"^\s*(automatische antwort|auto(matic)?[- ]?reply|autoreply|out of office|abwesenheitsnotiz"
     r"|otomatik yan[ıi]t|automatic reply|автоматический ответ|автоматична відповідь)\b",
@@ -66,6 +77,7 @@ class InboundMail:
     own_text: str = ""
     attachments: tuple[Attachment, ...] = ()
     automated_signals: tuple[str, ...] = ()
+    addressed_to: tuple[str, ...] = field(default=(), metadata={"doc": "To, Cc, Bcc and Resent-* addresses"})
     references: tuple[str, ...] = ()
     defects: tuple[str, ...] = field(default=())
 
@@ -216,6 +228,15 @@ def own_words(text: str) -> str:
     return "\n".join(kept).strip()
 
 
+def _bare_from(values: list[str]) -> str:
+    """A From without a domain, e.g. '<MAILER-DAEMON>', still tells us who sent it."""
+    try:
+        _name, addr = email.utils.parseaddr(str(values[0])) if values else ("", "")
+    except Exception:
+        return ""
+    return single_line(addr, 64).lower()
+
+
 def _payload_text(part: Message) -> str:
     try:
         payload = part.get_payload(decode=True)
@@ -271,7 +292,7 @@ def _filename(part: Message) -> str | None:
 
 
 def _automated_signals(mail_headers: dict[str, list[str]], content_type: str, from_address: str, subject: str,
-                       ) -> tuple[str, ...]:
+                       part_types: set[str]) -> tuple[str, ...]:
     signals: list[str] = []
 
     def first(name: str) -> str:
@@ -296,13 +317,15 @@ def _automated_signals(mail_headers: dict[str, list[str]], content_type: str, fr
         signals.append("vacation")
     if first("x-spam-flag") == "yes":
         signals.append("spam")
-    if content_type == "multipart/report":
+    if content_type == "multipart/report" or part_types & _REPORT_PARTS:
         signals.append("report")
     localpart = from_address.partition("@")[0]
-    if localpart and _AUTOMATED_LOCALPART.match(localpart):
+    if localpart and AUTOMATED_LOCALPART.match(localpart):
         signals.append("automated-sender")
         if _BOUNCE_SUBJECT.search(subject):
             signals.append("bounce")
+    if _SYSTEM_SUBJECT.match(subject):
+        signals.append("system-subject")
     if _AUTOREPLY_SUBJECT.match(subject):
         signals.append("autoreply-subject")
     return tuple(signals)
@@ -350,7 +373,7 @@ def _build(message: Message, defects: list[str]) -> InboundMail:
 
     subject = by_name.get("subject", [""])[0]
     from_pairs = _addresses(raw_values.get("from", [])[:1])
-    from_address = from_pairs[0] if from_pairs else ""
+    from_address = from_pairs[0] if from_pairs else _bare_from(raw_values.get("from", [])[:1])
     from_name = ""
     if raw_values.get("from"):
         try:
@@ -361,10 +384,12 @@ def _build(message: Message, defects: list[str]) -> InboundMail:
 
     plain: list[str] = []
     html: list[str] = []
+    part_types: set[str] = set()
     attachments: list[Attachment] = []
     text_chars = 0
     for part, _depth in _walk(message, defects):
         part_type = _content_type(part)
+        part_types.add(part_type)
         disposition = str(part.get("content-disposition", "")).lower()
         filename = _filename(part)
         is_attachment = disposition.startswith("attachment") or filename is not None
@@ -376,7 +401,7 @@ def _build(message: Message, defects: list[str]) -> InboundMail:
             text_chars += len(text)
             (plain if part_type == "text/plain" else html).append(text)
             continue
-        if part_type.startswith("message/") or part_type == "text/rfc822-headers":
+        if part_type.startswith("message/") or part_type in ("text/rfc822-headers",):
             # delivery reports and forwarded messages: their content is not the sender's words
             continue
         try:
@@ -404,7 +429,9 @@ def _build(message: Message, defects: list[str]) -> InboundMail:
         body_text=body_text,
         own_text=own_words(body_text),
         attachments=tuple(attachments),
-        automated_signals=_automated_signals(by_name, content_type, from_address, subject),
+        automated_signals=_automated_signals(by_name, content_type, from_address, subject, part_types),
+        addressed_to=_addresses([v for name in ("to", "cc", "bcc", "resent-to", "resent-cc", "resent-bcc")
+                                 for v in raw_values.get(name, [])]),
         references=references,
         defects=tuple(dict.fromkeys(defects)),
     )

@@ -6,13 +6,8 @@ import re
 from dataclasses import dataclass
 
 from services.classify.engine import RuleSet
-from services.mail import InboundMail
+from services.mail import AUTOMATED_LOCALPART, InboundMail
 
-_AUTOMATED_LOCALPART = re.compile(
-    r"^(mailer-daemon|postmaster|no[-_.]?reply|do[-_.]?not[-_.]?reply|bounces?|owner-.+|.+-request|.+-owner|listserv|majordomo)"
-    r"([+].*)?$",
-    re.IGNORECASE,
-)
 _ADDRESS = re.compile(r"^[^\s@<>()\[\],;:\"\\]{1,64}@[A-Za-z0-9.-]{1,253}\.[A-Za-z0-9-]{2,63}$")
 
 
@@ -33,12 +28,16 @@ def suppression_reason(mail: InboundMail, envelope_from: str, envelope_to: tuple
     if mail.automated_signals:
         return mail.automated_signals[0]
     localpart = sender.partition("@")[0]
-    if _AUTOMATED_LOCALPART.match(localpart):
+    if AUTOMATED_LOCALPART.match(localpart):
         return "automated-sender"
     if ruleset.is_own(sender) or (mail.from_address and ruleset.is_own(mail.from_address)):
         return "own-address"
     if not any(ruleset.is_served(rcpt) for rcpt in envelope_to):
         return "not-served"
+    # RFC 5230 4.5 (Sieve vacation): only answer mail that names one of our addresses in To/Cc/Bcc/Resent-*.
+    # Mail that reached us by Bcc, an alias or a list stays unanswered.
+    if not any(ruleset.is_own(address) for address in mail.addressed_to):
+        return "not-addressed"
     if config.spam_score_header:
         raw_score = mail.header(config.spam_score_header)
         if raw_score:

@@ -17,7 +17,15 @@ def alembic_config(database_url: str) -> Config:
     return config
 
 
+def _ensure_sqlite_dir(database_url: str) -> None:
+    if database_url.startswith("sqlite") and ":///" in database_url:
+        path = database_url.split(":///", 1)[1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
 def upgrade(database_url: str, revision: str = "head") -> None:
+    _ensure_sqlite_dir(database_url)
     command.upgrade(alembic_config(database_url), revision)
 
 
