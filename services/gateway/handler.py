@@ -23,6 +23,14 @@ Enqueue = Callable[[str], Awaitable[None]]
 _ADDRESS = re.compile(r"^[^\s@<>()\[\],;:\"\\]{1,64}@[A-Za-z0-9.-]{1,253}$")
 
 
+def envelope_sender(mail_from: str | None) -> str:
+    """The reverse-path without brackets; aiosmtpd reports the null sender as '<>', we store ''."""
+    sender = (mail_from or "").strip()
+    if sender.startswith("<") and sender.endswith(">"):
+        sender = sender[1:-1]
+    return sender[:512]
+
+
 def new_message_id() -> str:
     return uuid.uuid4().hex
 
@@ -68,7 +76,7 @@ class GatewayHandler:
         structlog.contextvars.bind_contextvars(message_id=message_id, protocol=self.protocol)
         try:
             message = Message(
-                id=message_id, protocol=self.protocol, mail_from=(envelope.mail_from or "")[:512],
+                id=message_id, protocol=self.protocol, mail_from=envelope_sender(envelope.mail_from),
                 rcpt_tos=[r.lower() for r in recipients], mailbox=recipients[0].lower() if recipients else "",
                 size=len(content), raw=content, state=MessageState.RECEIVED,
             )

@@ -42,6 +42,24 @@ def bump_counter(session: Session, *, hour: datetime, mailbox: str, category: st
             index_elements=keys, set_={"count": table.c.count + lite_stmt.excluded.count}))
 
 
+def begin_decision(session: Session, message_id: str, pseudonym: str | None) -> bool:
+    """Claim a message for deciding and serialise decisions per sender; False if someone else decided it.
+
+    The guarded UPDATE is the transaction's first statement, so SQLite takes its write lock before the
+    reply ledger is read; PostgreSQL additionally takes a transaction-scoped advisory lock per sender.
+    """
+    table = Message.__table__  # type: ignore[attr-defined]
+    result = session.execute(
+        update(table).where(table.c.id == message_id, table.c.state == MessageState.RECEIVED)
+        .values(updated_at=utcnow()))
+    if getattr(result, "rowcount", 0) != 1:
+        return False
+    if pseudonym and session.get_bind().dialect.name == "postgresql":
+        key = int.from_bytes(bytes.fromhex(pseudonym[:16]), "big", signed=True)
+        session.execute(select(func.pg_advisory_xact_lock(key)))
+    return True
+
+
 def reply_allowance(session: Session, pseudonym: str, template: str, now: datetime, window: timedelta,
                     daily_cap: int) -> str | None:
     """None if a reply may go out, else the suppression reason (window per template, daily cap per sender)."""

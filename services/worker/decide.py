@@ -26,7 +26,7 @@ from services.store.models import (
     ReplyLedger,
     utcnow,
 )
-from services.store.queries import bump_counter, reply_allowance
+from services.store.queries import begin_decision, bump_counter, reply_allowance
 from services.worker.deps import Deps
 
 log = structlog.get_logger(__name__)
@@ -90,9 +90,10 @@ def decide(deps: Deps, message_id: str) -> Pending | None:
 
     try:
         with session_scope(deps.engine) as session:
+            if not begin_decision(session, message_id, pseudonym):
+                return _pending_of(session, message_id)
             message = session.get(Message, message_id)
-            if message is None or message.state != MessageState.RECEIVED:
-                return _pending_of(session, message_id) if message else None
+            assert message is not None
             template = action.reply
             if template is not None and reason is None and pseudonym is not None:
                 reason = reply_allowance(session, pseudonym, template, now,

@@ -1,0 +1,90 @@
+"""Shared fixtures: embedded Redis, SQLite and PostgreSQL databases (migrated), corpus location, pipeline."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+from sqlalchemy import text
+
+from services.embedded_redis import start_embedded_redis
+from services.store.db import make_engine
+from services.store.migrate import upgrade
+from tests.support import Pipeline, start_pipeline
+
+ROOT = Path(__file__).resolve().parent.parent
+TABLES = ("counter", "reply_ledger", "reply", "delivery", "decision", "message")
+
+
+@pytest.fixture(scope="session")
+def corpus_dir() -> Path:
+    directory = Path(os.environ.get("CHANNELSHIFT_CORPUS_DIR", ROOT.parent / "shared" / "corpus"))
+    if not directory.is_dir():
+        pytest.skip("test corpus absent; set CHANNELSHIFT_CORPUS_DIR to ../shared/corpus")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The project's own embedded redis-server (the same code path as `channelshift serve`)."""
+    server = start_embedded_redis(tmp_path_factory.mktemp("redis"))
+    yield server.url
+    server.stop()
+
+
+def _postgres_database(base_url: str) -> tuple[str, str]:
+    name = f"cs_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(base_url, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    prefix, _slash, _db = base_url.rpartition("/")
+    return name, f"{prefix}/{name}"
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('sqlite')}/channelshift.db"
+        upgrade(url)
+        yield url
+        return
+    base = os.environ.get("CHANNELSHIFT_TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip("PostgreSQL tests need CHANNELSHIFT_TEST_POSTGRES_URL")
+    name, url = _postgres_database(base)
+    sa_url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    upgrade(sa_url)
+    yield sa_url
+    with psycopg.connect(base, autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def clean_database(database_url: str) -> str:
+    engine = make_engine(database_url)
+    with engine.begin() as connection:
+        for table in TABLES:
+            connection.execute(text(f"DELETE FROM {table}"))  # noqa: S608 - fixed table names
+    engine.dispose()
+    return database_url
+
+
+@pytest.fixture
+def clean_redis(redis_url: str) -> str:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    client.close()
+    return redis_url
+
+
+@pytest.fixture
+async def pipeline(tmp_path: Path, clean_database: str, clean_redis: str) -> AsyncIterator[Pipeline]:
+    running = await start_pipeline(tmp_path, clean_database, clean_redis)
+    yield running
+    await running.close()
+    await running.pool.aclose()
+    running.deps.engine.dispose()

@@ -1,0 +1,144 @@
+"""Test helpers: an aiosmtpd relay sink, a pipeline harness on ephemeral ports, smtplib in a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import smtplib
+from dataclasses import dataclass, field
+from email.message import EmailMessage, Message
+from email.policy import SMTP as SMTP_POLICY
+from email.policy import default as default_policy
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.smtp import SMTP
+from arq.connections import ArqRedis
+
+from services import queue
+from services.classify.reload import RuleSetHolder
+from services.config import Settings
+from services.gateway.handler import GatewayHandler
+from services.gateway.server import start_listener
+from services.store.db import make_engine
+from services.worker.app import build_worker
+from services.worker.deps import Deps
+
+SERVED = "info@jobcenter-musterstadt.example"
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+
+    @property
+    def message(self) -> Message:
+        return email.message_from_bytes(self.data, policy=default_policy)
+
+
+@dataclass
+class SinkHandler:
+    """Stands in for the relay: records every transaction; `answer` can make it fail with 4xx/5xx."""
+
+    received: list[Received] = field(default_factory=list)
+    answer: str = "250 2.0.0 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.answer.startswith("250"):
+            self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+        return self.answer
+
+
+async def start_sink() -> tuple[SinkHandler, asyncio.Server, int]:
+    handler = SinkHandler()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: SMTP(handler, hostname="sink", loop=loop), "127.0.0.1", 0)
+    return handler, server, server.sockets[0].getsockname()[1]
+
+
+def make_mail(*, subject: str = "Frage", body: str = "Guten Tag, ich habe eine Frage.",
+              sender: str = "citizen@example.org", to: str = SERVED, headers: dict[str, str] | None = None,
+              attachment: tuple[str, str, bytes] | None = None) -> bytes:
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = to
+    message["Subject"] = subject
+    message["Message-ID"] = f"<{abs(hash((subject, body, sender)))}@example.org>"
+    for name, value in (headers or {}).items():
+        message[name] = value
+    message.set_content(body)
+    if attachment:
+        filename, mime, data = attachment
+        maintype, subtype = mime.split("/")
+        message.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
+    return message.as_bytes(policy=SMTP_POLICY)
+
+
+def smtp_send(port: int, sender: str, recipients: list[str], data: bytes) -> dict[str, tuple[int, bytes]]:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        return client.sendmail(sender, recipients, data)
+
+
+async def send(port: int, sender: str, recipients: list[str], data: bytes) -> dict[str, tuple[int, bytes]]:
+    return await asyncio.to_thread(smtp_send, port, sender, recipients, data)
+
+
+@dataclass
+class Pipeline:
+    settings: Settings
+    deps: Deps
+    pool: ArqRedis
+    smtp_port: int
+    lmtp_port: int
+    relay: SinkHandler
+    delivery: SinkHandler
+    servers: list[asyncio.Server]
+
+    async def send(self, data: bytes, sender: str = "citizen@example.org", recipients: list[str] | None = None
+                   ) -> dict[str, tuple[int, bytes]]:
+        return await send(self.smtp_port, sender, recipients or [SERVED], data)
+
+    async def work(self) -> None:
+        """Run a burst worker until the queue is empty (follow-up jobs included)."""
+        for _ in range(3):
+            worker = build_worker(self.deps, self.pool, burst=True, handle_signals=False, watch_rules=False)
+            try:
+                await worker.main()
+            finally:
+                await worker.close()
+            if not await self.pool.zcard(queue.QUEUE_NAME):
+                return
+
+    async def close(self) -> None:
+        for server in self.servers:
+            server.close()
+
+
+async def start_pipeline(tmp_path: Path, database_url: str, redis_url: str, **overrides: Any) -> Pipeline:
+    relay, relay_server, relay_port = await start_sink()
+    delivery, delivery_server, delivery_port = await start_sink()
+    values: dict[str, Any] = {
+        "var_dir": tmp_path / "var", "database_url": database_url, "redis_url": redis_url,
+        "relay_url": f"smtp://127.0.0.1:{relay_port}", "delivery_url": f"smtp://127.0.0.1:{delivery_port}",
+        "pseudonym_key": "test-key", "hostname": "gateway.test",
+    }
+    values.update(overrides)
+    settings = Settings(**values)
+    engine = make_engine(settings.effective_database_url)
+    deps = Deps.build(settings, engine=engine, rules=RuleSetHolder(settings.rules_dir, settings.templates_dir))
+    pool = await queue.connect(redis_url)
+
+    async def enqueue(message_id: str) -> None:
+        await queue.enqueue(pool, queue.PROCESS, message_id)
+
+    servers = [relay_server, delivery_server]
+    ports = []
+    for protocol in ("smtp", "lmtp"):
+        handler = GatewayHandler(engine, deps.rules, enqueue, protocol=protocol,
+                                 max_message_size=settings.max_message_size)
+        server = await start_listener(handler, "127.0.0.1:0", hostname="gateway.test", timeout=30)
+        servers.append(server)
+        ports.append(server.sockets[0].getsockname()[1])
+    return Pipeline(settings, deps, pool, ports[0], ports[1], relay, delivery, servers)
