@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from services.classify.engine import CompiledRule, RuleSet, compile_condition
-from services.classify.schema import Condition, Rule, RuleFile, RuleSettings
+from services.classify.schema import CONDITION_KEYS, Condition, Rule, RuleFile, RuleSettings
 from services.classify.yamlsource import YamlSyntaxError, line_for, load_with_lines
 
 NO_CHANNEL = "none"
@@ -75,6 +75,19 @@ def _read_list(path: Path) -> tuple[str, ...]:
     return tuple(entries)
 
 
+def _precise_location(location: tuple[Any, ...], given: Any) -> tuple[Any, ...]:
+    """For a condition with a wrong or extra key, point at that key's own line, not its parent's."""
+    in_condition = bool(location) and (
+        location[-1] in ("when", "not") or (len(location) > 1 and location[-2] in ("all", "any")))
+    if in_condition and isinstance(given, dict) and len(given) >= 1:
+        keys = [str(key) for key in given]
+        unknown = [key for key in keys if key not in CONDITION_KEYS]
+        offending = unknown or keys[1:]
+        if offending:
+            return (*location, offending[0])
+    return location
+
+
 def _field(location: tuple[Any, ...]) -> str:
     out = ""
     for part in location:
@@ -121,7 +134,7 @@ def load_rules(directory: Path, templates_dir: Path) -> RuleSet:
             parsed = RuleFile.model_validate(data)
         except ValidationError as exc:
             for error in exc.errors():
-                location = tuple(error["loc"])
+                location = _precise_location(tuple(error["loc"]), error.get("input"))
                 errors.append(RuleError(name, line_for(lines, location), _field(location), error["msg"]))
             continue
         if parsed.settings is not None:
