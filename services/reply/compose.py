@@ -53,8 +53,9 @@ def compose_reply(rendered: RenderedReply, *, in_reply_to: str | None, reference
     message["Auto-Submitted"] = "auto-replied"
     message["X-Auto-Response-Suppress"] = "All"
     message["Precedence"] = "bulk"
-    message["Content-Language"] = rendered.language if rendered.language == "de" else f"{rendered.language}, de"
     message.set_content(rendered.text, subtype="plain", charset="utf-8", cte="quoted-printable")
     message.add_alternative(rendered.html, subtype="html", charset="utf-8", cte="quoted-printable")
+    # after set_content(), which drops every Content-* header set before it
+    message["Content-Language"] = rendered.language if rendered.language == "de" else f"{rendered.language}, de"
     return message
 

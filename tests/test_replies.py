@@ -1,0 +1,119 @@
+"""Replies: every template in six languages renders into valid MIME, German always included, nothing injected."""
+
+from __future__ import annotations
+
+import email
+import re
+from datetime import UTC, datetime
+from email.policy import default as default_policy
+
+import pytest
+
+from services.classify.loader import load_rules
+from services.config import PROJECT_ROOT
+from services.mail import parse_mail
+from services.reply.compose import compose_reply, threading_headers
+from services.reply.render import ReplyRenderer
+from tests.support import Pipeline, make_mail
+
+RULESET = load_rules(PROJECT_ROOT / "routing_rules", PROJECT_ROOT / "templates")
+RENDERER = ReplyRenderer(PROJECT_ROOT / "templates")
+TEMPLATES = sorted({r.rule.then.reply for r in RULESET.rules if r.rule.then.reply})
+LANGUAGES = ["de", "en", "uk", "ar", "ru", "tr"]
+SCRIPT = {"uk": "[іїєґ]", "ru": "[ыэъё]|[а-я]", "ar": "[\u0600-\u06ff]", "tr": "[ğışçöü]", "en": "[a-z]"}
+RECEIVED = datetime(2026, 3, 16, 7, 42, tzinfo=UTC)
+
+
+def test_every_template_exists_in_all_languages() -> None:
+    assert len(TEMPLATES) == 11
+    for template in TEMPLATES:
+        for language in LANGUAGES:
+            assert RENDERER.has(template, language), f"{template}/{language}"
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_reply_renders_and_parses(template: str, language: str) -> None:
+    rendered = RENDERER.render(template, language, RULESET.settings, RECEIVED, reference="abc123")
+    inbound = parse_mail(make_mail())
+    in_reply_to, references = threading_headers(inbound)
+    message = compose_reply(rendered, in_reply_to=in_reply_to, references=references,
+                            from_name="Jobcenter Musterstadt", from_address="info@jobcenter-musterstadt.example",
+                            to_address="citizen@example.org", reply_message_id="<reply.x@gateway.test>")
+    parsed = email.message_from_bytes(message.as_bytes(), policy=default_policy)
+    assert parsed.get_content_type() == "multipart/alternative"
+    text = parsed.get_body(("plain",)).get_content()
+    html = parsed.get_body(("html",)).get_content()
+    # receipt confirmed with date and local time (Berlin: 08:42 in March)
+    assert "16.03.2026" in text and "08:42" in text
+    # German is always there, and it is the legally binding text
+    assert "Ihre E-Mail ist am 16.03.2026 um 08:42 Uhr" in text
+    if language != "de":
+        assert re.search(SCRIPT[language], text.split("Deutsche Fassung")[0] if language != "en" else text)
+        assert "German version (legally binding)" in text or "Deutsche Fassung" in text
+        assert parsed["Content-Language"] == f"{language}, de"
+    assert "{{" not in text and "{%" not in text
+    if language == "ar":
+        assert 'dir="rtl"' in html
+    assert "<script" not in html
+
+
+def test_objection_reply_says_email_does_not_keep_deadline() -> None:
+    text = RENDERER.render("objection", "de", RULESET.settings, RECEIVED, reference="r").text
+    assert "kein wirksamer Widerspruch" in text and "einem Monat" in text
+    assert "Unterschrift" in text and "Niederschrift" in text
+
+
+def test_emergency_reply_gives_phone_and_in_person_today() -> None:
+    text = RENDERER.render("emergency", "en", RULESET.settings, RECEIVED, reference="r").text
+    assert RULESET.settings.channels["emergency"].phone in text
+    assert "in person today" in text and "persönlich vorbei" in text
+
+
+def test_html_part_escapes_everything() -> None:
+    settings = RULESET.settings.model_copy(update={"organisation": "<b>Amt</b> & Co"})
+    html = RENDERER.render("general", "de", settings, RECEIVED, reference="r").html
+    assert "<b>Amt</b>" not in html and "&lt;b&gt;Amt&lt;/b&gt; &amp; Co" in html
+
+
+def test_first_application_reply_says_mail_counts_as_received() -> None:
+    text = RENDERER.render("first_application", "de", RULESET.settings, RECEIVED, reference="r").text
+    assert "gilt bereits als Antrag" in text and "16.03.2026" in text
+
+
+INJECTED = (
+    b"From: =?UTF-8?Q?Eve=0D=0ABcc:_victim@example.net?= <eve@example.org>\r\n"
+    b"To: info@jobcenter-musterstadt.example\r\n"
+    b"Subject: =?UTF-8?Q?a=0ABcc:_x@y?= =?UTF-8?Q?=0D=0AX-Evil:_1?=\r\n"
+    b"Message-ID: <id1@example.org>=?UTF-8?Q?=0ABcc:_evil@example.net?=\r\n"
+    b"References: <r1@example.org> =?UTF-8?Q?=0D=0ABcc:_refs@example.net?=\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n\r\n"
+    b"Wann haben Sie ge\xc3\xb6ffnet?\r\n"
+)
+
+
+async def test_encoded_word_header_injection_cannot_reach_the_reply(pipeline: Pipeline) -> None:
+    await pipeline.send(INJECTED, sender="eve@example.org")
+    await pipeline.work()
+    [reply] = pipeline.relay.received
+    assert reply.rcpt_tos == ["eve@example.org"]
+    header_block = reply.data.split(b"\r\n\r\n", 1)[0]
+    for line in header_block.split(b"\r\n"):
+        assert not line.lower().startswith((b"bcc:", b"x-evil:")), line
+    parsed = reply.message
+    assert parsed["Bcc"] is None and parsed["X-Evil"] is None
+    assert parsed["In-Reply-To"] == "<id1@example.org>"
+    assert parsed["References"] == "<r1@example.org> <id1@example.org>"
+    body = parsed.get_body(("plain",)).get_content()
+    assert "victim@example.net" not in body and "Bcc" not in body
+
+
+async def test_reply_in_senders_language_with_german(pipeline: Pipeline) -> None:
+    data = make_mail(subject="Питання", body="Добрий день! Я хотів би дізнатися, коли ви працюєте і чи можна прийти "
+                                               "без запису. Дякую за відповідь.")
+    await pipeline.send(data)
+    await pipeline.work()
+    [reply] = pipeline.relay.received
+    text = reply.message.get_body(("plain",)).get_content()
+    assert text.startswith("Добрий день!")
+    assert "Guten Tag," in text
