@@ -31,8 +31,11 @@ def _single(args: argparse.Namespace, *, gateway: bool = False, worker: bool = F
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
     if not settings.redis_url:
-        print("error: separate gateway/worker/web processes share one Redis: set CHANNELSHIFT_REDIS_URL "
-              "(or use `channelshift serve` for the embedded all-in-one)", file=sys.stderr)
+        print(
+            "error: separate gateway/worker/web processes share one Redis: set CHANNELSHIFT_REDIS_URL "
+            "(or use `channelshift serve` for the embedded all-in-one)",
+            file=sys.stderr,
+        )
         return 2
     serve(settings, gateway=gateway, worker=worker, web_app=web_app, migrate=False)
     return 0
@@ -54,7 +57,8 @@ def cmd_inject(args: argparse.Namespace) -> int:
         with smtplib.SMTP(host, port, timeout=30) as client:
             refused = client.sendmail(sender, recipients, raw)
     except smtplib.SMTPResponseException as exc:
-        print(f"refused: {exc.smtp_code} {exc.smtp_error.decode(errors='replace')}", file=sys.stderr)
+        error = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else exc.smtp_error
+        print(f"refused: {exc.smtp_code} {error}", file=sys.stderr)
         return 1
     except smtplib.SMTPRecipientsRefused as exc:
         print(f"all recipients refused: {len(exc.recipients)}", file=sys.stderr)
@@ -102,8 +106,13 @@ def cmd_rules_explain(args: argparse.Namespace) -> int:
 
     settings = _settings()
     ruleset = load_rules(Path(args.rules) if args.rules else settings.rules_dir, settings.templates_dir)
-    result = explain(ruleset, Path(args.file).read_bytes(), mail_from=args.sender, rcpt_to=args.to,
-                     policy=PolicyConfig(settings.spam_score_header, settings.spam_score_threshold))
+    result = explain(
+        ruleset,
+        Path(args.file).read_bytes(),
+        mail_from=args.sender,
+        rcpt_to=args.to,
+        policy=PolicyConfig(settings.spam_score_header, settings.spam_score_threshold),
+    )
     print(json.dumps(result, ensure_ascii=False, indent=2) if args.json else format_explain(result))
     return 0
 
@@ -141,17 +150,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="channelshift",
         description="Inbound-mail gateway that steers citizens to better channels. "
-                    "Configuration comes from CHANNELSHIFT_* environment variables.")
+        "Configuration comes from CHANNELSHIFT_* environment variables.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("serve", help="gateway + worker + web in one process on the embedded default "
-                                 "(SQLite and redis-server under ./var)").set_defaults(func=cmd_serve)
+    sub.add_parser(
+        "serve",
+        help="gateway + worker + web in one process on the embedded default (SQLite and redis-server under ./var)",
+    ).set_defaults(func=cmd_serve)
     sub.add_parser("gateway", help="SMTP/LMTP gateway only (needs CHANNELSHIFT_REDIS_URL)").set_defaults(
-        func=lambda a: _single(a, gateway=True))
+        func=lambda a: _single(a, gateway=True)
+    )
     sub.add_parser("worker", help="arq worker only (needs CHANNELSHIFT_REDIS_URL)").set_defaults(
-        func=lambda a: _single(a, worker=True))
+        func=lambda a: _single(a, worker=True)
+    )
     sub.add_parser("web", help="HTTP API only (needs CHANNELSHIFT_REDIS_URL)").set_defaults(
-        func=lambda a: _single(a, web_app=True))
+        func=lambda a: _single(a, web_app=True)
+    )
 
     inject = sub.add_parser("inject", help="send an .eml file through the running gateway")
     inject.add_argument("file")

@@ -24,9 +24,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CHANNELSHIFT_", extra="ignore")
 
     var_dir: Path = Path("var")
-    database_url: str | None = Field(
-        default=None, description="SQLAlchemy URL; default sqlite file under var_dir"
-    )
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default sqlite file under var_dir")
     redis_url: str | None = Field(
         default=None, description="redis://host:port/db; unset = embedded redis-server under var_dir"
     )

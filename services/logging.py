@@ -15,9 +15,7 @@ _PERSONAL_KEYS = frozenset(
 )
 
 
-def redact_personal_data(
-    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
+def redact_personal_data(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key in _PERSONAL_KEYS.intersection(event_dict):
         event_dict[key] = "[redacted]"
     return event_dict

@@ -37,8 +37,14 @@ _SYSTEM_SUBJECT = re.compile(
     r"|complaint about message from \d)",
     re.IGNORECASE,
 )
-_REPORT_PARTS = frozenset({"message/delivery-status", "message/global-delivery-status",
-                           "message/disposition-notification", "message/feedback-report"})
+_REPORT_PARTS = frozenset(
+    {
+        "message/delivery-status",
+        "message/global-delivery-status",
+        "message/disposition-notification",
+        "message/feedback-report",
+    }
+)
 _AUTOREPLY_SUBJECT = re.compile(
     r"^\s*(automatische antwort|auto(matic)?[- ]?reply|autoreply|out of office|abwesenheitsnotiz"
     r"|otomatik yan[ıi]t|automatic reply|автоматический ответ|автоматична відповідь)\b",
@@ -182,9 +188,8 @@ class _HtmlText(HTMLParser):
     def handle_endtag(self, tag: str) -> None:
         if tag in self._SKIP and self.skip_depth:
             self.skip_depth -= 1
-        if tag not in ("br", "img", "hr", "meta", "link", "input") and self._quote_stack:
-            if self._quote_stack.pop():
-                self.quote_depth -= 1
+        if tag not in ("br", "img", "hr", "meta", "link", "input") and self._quote_stack and self._quote_stack.pop():
+            self.quote_depth -= 1
         if tag in self._BLOCK:
             self.parts.append("\n")
 
@@ -221,9 +226,12 @@ def own_words(text: str) -> str:
         ):
             break
         # "Am 3. März 2026 um 10:00 schrieb X" is often wrapped over two lines.
-        if index + 1 < len(lines) and _QUOTE_HEADER.match(line + " " + lines[index + 1].strip()):
-            if re.match(r"^\s*(am|on)\s", line, re.IGNORECASE):
-                break
+        if (
+            index + 1 < len(lines)
+            and re.match(r"^\s*(am|on)\s", line, re.IGNORECASE)
+            and _QUOTE_HEADER.match(line + " " + lines[index + 1].strip())
+        ):
+            break
         kept.append(line)
     return "\n".join(kept).strip()
 
@@ -291,8 +299,9 @@ def _filename(part: Message) -> str | None:
     return decode_header_value(name)[:255] if name else None
 
 
-def _automated_signals(mail_headers: dict[str, list[str]], content_type: str, from_address: str, subject: str,
-                       part_types: set[str]) -> tuple[str, ...]:
+def _automated_signals(
+    mail_headers: dict[str, list[str]], content_type: str, from_address: str, subject: str, part_types: set[str]
+) -> tuple[str, ...]:
     signals: list[str] = []
 
     def first(name: str) -> str:
@@ -302,9 +311,18 @@ def _automated_signals(mail_headers: dict[str, list[str]], content_type: str, fr
     auto_submitted = first("auto-submitted")
     if auto_submitted and not auto_submitted.startswith("no"):
         signals.append("auto-submitted")
-    if any(name in mail_headers for name in (
-        "list-id", "list-help", "list-subscribe", "list-unsubscribe", "list-post", "list-owner", "list-archive"
-    )):
+    if any(
+        name in mail_headers
+        for name in (
+            "list-id",
+            "list-help",
+            "list-subscribe",
+            "list-unsubscribe",
+            "list-post",
+            "list-owner",
+            "list-archive",
+        )
+    ):
         signals.append("mailing-list")
     if first("precedence") in ("bulk", "junk", "list", "auto_reply"):
         signals.append("precedence")
@@ -414,9 +432,7 @@ def _build(message: Message, defects: list[str]) -> InboundMail:
     body_text = "\n\n".join(plain) if plain else "\n\n".join(html_to_text(h) for h in html)
     body_text = body_text[:MAX_TEXT_CHARS]
     message_id = by_name.get("message-id", [None])[0]
-    references = tuple(
-        ref for ref in re.findall(r"<[^<>\s]{1,250}>", " ".join(by_name.get("references", [])))
-    )[-20:]
+    references = tuple(ref for ref in re.findall(r"<[^<>\s]{1,250}>", " ".join(by_name.get("references", []))))[-20:]
     return InboundMail(
         message_id=single_line(message_id, 250) if message_id else None,
         subject=subject,
@@ -430,8 +446,13 @@ def _build(message: Message, defects: list[str]) -> InboundMail:
         own_text=own_words(body_text),
         attachments=tuple(attachments),
         automated_signals=_automated_signals(by_name, content_type, from_address, subject, part_types),
-        addressed_to=_addresses([v for name in ("to", "cc", "bcc", "resent-to", "resent-cc", "resent-bcc")
-                                 for v in raw_values.get(name, [])]),
+        addressed_to=_addresses(
+            [
+                v
+                for name in ("to", "cc", "bcc", "resent-to", "resent-cc", "resent-bcc")
+                for v in raw_values.get(name, [])
+            ]
+        ),
         references=references,
         defects=tuple(dict.fromkeys(defects)),
     )

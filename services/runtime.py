@@ -50,10 +50,12 @@ async def start_gateway(settings: Settings, deps: Deps, pool: ArqRedis) -> list[
     for protocol, listen in (("smtp", settings.smtp_listen), ("lmtp", settings.lmtp_listen)):
         if not listen:
             continue
-        handler = GatewayHandler(deps.engine, deps.rules, enqueue, protocol=protocol,
-                                 max_message_size=settings.max_message_size)
-        servers.append(await start_listener(handler, listen, hostname=settings.hostname,
-                                            timeout=settings.smtp_timeout))
+        handler = GatewayHandler(
+            deps.engine, deps.rules, enqueue, protocol=protocol, max_message_size=settings.max_message_size
+        )
+        servers.append(
+            await start_listener(handler, listen, hostname=settings.hostname, session_timeout=settings.smtp_timeout)
+        )
         log.info("gateway.listening", protocol=protocol, listen=listen)
     return servers
 
@@ -111,8 +113,9 @@ async def _refresh_rules(rules: RuleSetHolder) -> None:
             await asyncio.to_thread(rules.refresh)
 
 
-def serve(settings: Settings, *, gateway: bool = True, worker: bool = True, web_app: bool = True,
-          migrate: bool = True) -> None:
+def serve(
+    settings: Settings, *, gateway: bool = True, worker: bool = True, web_app: bool = True, migrate: bool = True
+) -> None:
     if migrate:
         upgrade(settings.effective_database_url)
     redis_url, embedded = ensure_redis(settings)
@@ -121,4 +124,3 @@ def serve(settings: Settings, *, gateway: bool = True, worker: bool = True, web_
     finally:
         if embedded is not None:
             embedded.stop()
-

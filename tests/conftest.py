@@ -68,7 +68,7 @@ def clean_database(database_url: str) -> str:
     engine = make_engine(database_url)
     with engine.begin() as connection:
         for table in TABLES:
-            connection.execute(text(f"DELETE FROM {table}"))  # noqa: S608 - fixed table names
+            connection.execute(text(f"DELETE FROM {table}"))
     engine.dispose()
     return database_url
 

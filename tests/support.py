@@ -58,9 +58,15 @@ async def start_sink() -> tuple[SinkHandler, asyncio.Server, int]:
     return handler, server, server.sockets[0].getsockname()[1]
 
 
-def make_mail(*, subject: str = "Frage", body: str = "Guten Tag, ich habe eine Frage.",
-              sender: str = "citizen@example.org", to: str = SERVED, headers: dict[str, str] | None = None,
-              attachment: tuple[str, str, bytes] | None = None) -> bytes:
+def make_mail(
+    *,
+    subject: str = "Frage",
+    body: str = "Guten Tag, ich habe eine Frage.",
+    sender: str = "citizen@example.org",
+    to: str = SERVED,
+    headers: dict[str, str] | None = None,
+    attachment: tuple[str, str, bytes] | None = None,
+) -> bytes:
     message = EmailMessage()
     message["From"] = sender
     message["To"] = to
@@ -96,8 +102,9 @@ class Pipeline:
     delivery: SinkHandler
     servers: list[asyncio.Server]
 
-    async def send(self, data: bytes, sender: str = "citizen@example.org", recipients: list[str] | None = None
-                   ) -> dict[str, tuple[int, bytes]]:
+    async def send(
+        self, data: bytes, sender: str = "citizen@example.org", recipients: list[str] | None = None
+    ) -> dict[str, tuple[int, bytes]]:
         return await send(self.smtp_port, sender, recipients or [SERVED], data)
 
     async def work(self) -> None:
@@ -120,9 +127,13 @@ async def start_pipeline(tmp_path: Path, database_url: str, redis_url: str, **ov
     relay, relay_server, relay_port = await start_sink()
     delivery, delivery_server, delivery_port = await start_sink()
     values: dict[str, Any] = {
-        "var_dir": tmp_path / "var", "database_url": database_url, "redis_url": redis_url,
-        "relay_url": f"smtp://127.0.0.1:{relay_port}", "delivery_url": f"smtp://127.0.0.1:{delivery_port}",
-        "pseudonym_key": "test-key", "hostname": "gateway.test",
+        "var_dir": tmp_path / "var",
+        "database_url": database_url,
+        "redis_url": redis_url,
+        "relay_url": f"smtp://127.0.0.1:{relay_port}",
+        "delivery_url": f"smtp://127.0.0.1:{delivery_port}",
+        "pseudonym_key": "test-key",
+        "hostname": "gateway.test",
     }
     values.update(overrides)
     settings = Settings(**values)
@@ -136,9 +147,10 @@ async def start_pipeline(tmp_path: Path, database_url: str, redis_url: str, **ov
     servers = [relay_server, delivery_server]
     ports = []
     for protocol in ("smtp", "lmtp"):
-        handler = GatewayHandler(engine, deps.rules, enqueue, protocol=protocol,
-                                 max_message_size=settings.max_message_size)
-        server = await start_listener(handler, "127.0.0.1:0", hostname="gateway.test", timeout=30)
+        handler = GatewayHandler(
+            engine, deps.rules, enqueue, protocol=protocol, max_message_size=settings.max_message_size
+        )
+        server = await start_listener(handler, "127.0.0.1:0", hostname="gateway.test", session_timeout=30)
         servers.append(server)
         ports.append(server.sockets[0].getsockname()[1])
     return Pipeline(settings, deps, pool, ports[0], ports[1], relay, delivery, servers)

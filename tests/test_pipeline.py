@@ -22,8 +22,11 @@ def _messages(pipeline: Pipeline) -> list[Message]:
 
 
 async def test_documents_mail_gets_steering_reply_and_reaches_staff(pipeline: Pipeline) -> None:
-    data = make_mail(subject="Unterlagen", body="Anbei meine Kontoauszüge wie angefordert.",
-                     attachment=("kontoauszug.pdf", "application/pdf", PDF))
+    data = make_mail(
+        subject="Unterlagen",
+        body="Anbei meine Kontoauszüge wie angefordert.",
+        attachment=("kontoauszug.pdf", "application/pdf", PDF),
+    )
     await pipeline.send(data)
     [stored] = _messages(pipeline)
     assert stored.raw == data  # byte for byte what the client sent
@@ -79,8 +82,9 @@ async def test_concurrent_workers_decide_once(pipeline: Pipeline) -> None:
     [stored] = _messages(pipeline)
     ctx = {"deps": pipeline.deps, "redis": pipeline.pool}
     await asyncio.gather(*(process_message(ctx, stored.id) for _ in range(4)))
-    await asyncio.gather(*(send_reply(ctx, stored.id) for _ in range(4)),
-                         *(deliver_original(ctx, stored.id) for _ in range(4)))
+    await asyncio.gather(
+        *(send_reply(ctx, stored.id) for _ in range(4)), *(deliver_original(ctx, stored.id) for _ in range(4))
+    )
     assert len(pipeline.relay.received) == 1
     assert len(pipeline.delivery.received) == 1
     with Session(pipeline.deps.engine) as session:
@@ -104,9 +108,10 @@ async def test_oversized_mail_gets_552(pipeline: Pipeline) -> None:
     async def enqueue(message_id: str) -> None:
         await queue.enqueue(pipeline.pool, queue.PROCESS, message_id)
 
-    handler = GatewayHandler(pipeline.deps.engine, pipeline.deps.rules, enqueue, protocol="smtp",
-                             max_message_size=10_000)
-    server = await start_listener(handler, "127.0.0.1:0", hostname="t", timeout=30)
+    handler = GatewayHandler(
+        pipeline.deps.engine, pipeline.deps.rules, enqueue, protocol="smtp", max_message_size=10_000
+    )
+    server = await start_listener(handler, "127.0.0.1:0", hostname="t", session_timeout=30)
     port = server.sockets[0].getsockname()[1]
     from tests.support import send
 
@@ -158,7 +163,7 @@ async def test_database_unreachable_answers_451_never_250(pipeline: Pipeline) ->
         raise AssertionError("must not enqueue what was not stored")
 
     handler = GatewayHandler(dead, pipeline.deps.rules, enqueue, protocol="smtp", max_message_size=1_000_000)
-    server = await start_listener(handler, "127.0.0.1:0", hostname="t", timeout=30)
+    server = await start_listener(handler, "127.0.0.1:0", hostname="t", session_timeout=30)
     with pytest.raises(smtplib.SMTPDataError) as error:
         await send(server.sockets[0].getsockname()[1], "citizen@example.org", [SERVED], make_mail())
     assert error.value.smtp_code == 451
@@ -174,11 +179,16 @@ async def test_redis_down_at_arrival_mail_is_stored_and_swept_later(pipeline: Pi
     async def broken_enqueue(message_id: str) -> None:
         await queue.connect("unix:///nonexistent/redis.sock")
 
-    handler = GatewayHandler(pipeline.deps.engine, pipeline.deps.rules, broken_enqueue, protocol="smtp",
-                             max_message_size=1_000_000)
-    server = await start_listener(handler, "127.0.0.1:0", hostname="t", timeout=30)
-    await send(server.sockets[0].getsockname()[1], "citizen@example.org", [SERVED],
-               make_mail(subject="Neue Adresse", body="Ich bin umgezogen, meine neue Adresse ist ..."))
+    handler = GatewayHandler(
+        pipeline.deps.engine, pipeline.deps.rules, broken_enqueue, protocol="smtp", max_message_size=1_000_000
+    )
+    server = await start_listener(handler, "127.0.0.1:0", hostname="t", session_timeout=30)
+    await send(
+        server.sockets[0].getsockname()[1],
+        "citizen@example.org",
+        [SERVED],
+        make_mail(subject="Neue Adresse", body="Ich bin umgezogen, meine neue Adresse ist ..."),
+    )
     server.close()
     [stored] = _messages(pipeline)
     assert stored.state == MessageState.RECEIVED
@@ -205,8 +215,11 @@ async def test_relay_5xx_marks_reply_failed_original_still_delivered(pipeline: P
 
 
 async def test_automated_mail_is_held_without_reply(pipeline: Pipeline) -> None:
-    data = make_mail(subject="Automatische Antwort: Ihr Termin", body="Ich bin im Urlaub.",
-                     headers={"Auto-Submitted": "auto-replied"})
+    data = make_mail(
+        subject="Automatische Antwort: Ihr Termin",
+        body="Ich bin im Urlaub.",
+        headers={"Auto-Submitted": "auto-replied"},
+    )
     await pipeline.send(data)
     await pipeline.work()
     assert pipeline.relay.received == [] and pipeline.delivery.received == []
@@ -238,10 +251,12 @@ async def test_second_mail_in_window_gets_no_second_reply(pipeline: Pipeline) ->
 
 
 async def test_daily_cap_across_templates(pipeline: Pipeline) -> None:
-    bodies = [("Termin verschieben", "Kann ich meinen Termin verschieben?"),
-              ("Neue Adresse", "Ich bin umgezogen."),
-              ("Wo bleibt mein Geld", "Das Geld ist nicht angekommen."),
-              ("Frage", "Wann haben Sie geöffnet?")]
+    bodies = [
+        ("Termin verschieben", "Kann ich meinen Termin verschieben?"),
+        ("Neue Adresse", "Ich bin umgezogen."),
+        ("Wo bleibt mein Geld", "Das Geld ist nicht angekommen."),
+        ("Frage", "Wann haben Sie geöffnet?"),
+    ]
     for subject, body in bodies:
         await pipeline.send(make_mail(subject=subject, body=body))
     await pipeline.work()
@@ -251,8 +266,9 @@ async def test_daily_cap_across_templates(pipeline: Pipeline) -> None:
 
 
 async def test_emergency_goes_to_staff_with_urgent_priority(pipeline: Pipeline) -> None:
-    await pipeline.send(make_mail(subject="bitte helfen",
-                                  body="Morgen wird mein Strom abgestellt und ich habe ein Baby."))
+    await pipeline.send(
+        make_mail(subject="bitte helfen", body="Morgen wird mein Strom abgestellt und ich habe ein Baby.")
+    )
     await pipeline.work()
     [original] = pipeline.delivery.received
     assert original.message["X-Channelshift-Category"] == "emergency"
@@ -263,8 +279,11 @@ async def test_emergency_goes_to_staff_with_urgent_priority(pipeline: Pipeline) 
 
 
 async def test_forged_routing_headers_from_outside_are_replaced(pipeline: Pipeline) -> None:
-    data = make_mail(subject="Frage", body="Wann haben Sie geöffnet?",
-                     headers={"X-Channelshift-Priority": "urgent", "X-Channelshift-Category": "emergency"})
+    data = make_mail(
+        subject="Frage",
+        body="Wann haben Sie geöffnet?",
+        headers={"X-Channelshift-Priority": "urgent", "X-Channelshift-Category": "emergency"},
+    )
     await pipeline.send(data)
     await pipeline.work()
     [original] = pipeline.delivery.received

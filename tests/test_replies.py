@@ -37,9 +37,15 @@ def test_reply_renders_and_parses(template: str, language: str) -> None:
     rendered = RENDERER.render(template, language, RULESET.settings, RECEIVED, reference="abc123")
     inbound = parse_mail(make_mail())
     in_reply_to, references = threading_headers(inbound)
-    message = compose_reply(rendered, in_reply_to=in_reply_to, references=references,
-                            from_name="Jobcenter Musterstadt", from_address="info@jobcenter-musterstadt.example",
-                            to_address="citizen@example.org", reply_message_id="<reply.x@gateway.test>")
+    message = compose_reply(
+        rendered,
+        in_reply_to=in_reply_to,
+        references=references,
+        from_name="Jobcenter Musterstadt",
+        from_address="info@jobcenter-musterstadt.example",
+        to_address="citizen@example.org",
+        reply_message_id="<reply.x@gateway.test>",
+    )
     parsed = email.message_from_bytes(message.as_bytes(), policy=default_policy)
     assert parsed.get_content_type() == "multipart/alternative"
     text = parsed.get_body(("plain",)).get_content()
@@ -109,8 +115,10 @@ async def test_encoded_word_header_injection_cannot_reach_the_reply(pipeline: Pi
 
 
 async def test_reply_in_senders_language_with_german(pipeline: Pipeline) -> None:
-    data = make_mail(subject="Питання", body="Добрий день! Я хотів би дізнатися, коли ви працюєте і чи можна прийти "
-                                               "без запису. Дякую за відповідь.")
+    data = make_mail(
+        subject="Питання",
+        body="Добрий день! Я хотів би дізнатися, коли ви працюєте і чи можна прийти без запису. Дякую за відповідь.",
+    )
     await pipeline.send(data)
     await pipeline.work()
     [reply] = pipeline.relay.received

@@ -26,33 +26,85 @@ GOOD_RULE = """rules:
 
 # (file content, expected line, expected field fragment, expected message fragment)
 BROKEN = [
-    ("rules:\n  - id: a\n    when:\n      subject: {keywords: [x]\n    then: {category: general, channel: overview}\n",
-     5, "(yaml)", ""),
-    ("rules:\n  - id: a\n    then:\n      category: general\n      chanel: overview\n", 5, "rules[0].then.chanel",
-     "Extra inputs"),
-    ("rules:\n  - id: a\n    when:\n      subject:\n        regex: ['(unclosed']\n    then: {category: general, channel: overview}\n",
-     5, "rules[0].when.subject.regex", "bad regex"),
-    ("rules:\n  - id: a\n    when:\n      subjekt: {keywords: [x]}\n    then: {category: general, channel: overview}\n",
-     4, "rules[0].when", "exactly one key"),
-    ("rules:\n  - id: a\n    when:\n      subject: {keywords: [x]}\n    then: {category: general, channel: fax}\n",
-     2, "rules[0].then.channel", "unknown channel 'fax'"),
-    ("rules:\n  - id: a\n    when:\n      subject: {keywords: [x]}\n    then: {category: general, channel: overview, reply: nosuch}\n",
-     2, "rules[0].then.reply", "unknown reply template 'nosuch'"),
-    ("rules:\n  - id: emergency\n    when:\n      subject: {keywords: [x]}\n    then: {category: general, channel: overview}\n",
-     2, "rules[0].id", "duplicate rule id 'emergency'"),
-    ("rules:\n  - id: a\n    when:\n      sender: {list: nosuch_list}\n    then: {category: partner, channel: none}\n",
-     2, "rules[0].when", "unknown list 'nosuch_list'"),
+    (
+        "rules:\n  - id: a\n    when:\n      subject: {keywords: [x]\n    then: {category: general, channel: overview}\n",
+        5,
+        "(yaml)",
+        "",
+    ),
+    (
+        "rules:\n  - id: a\n    then:\n      category: general\n      chanel: overview\n",
+        5,
+        "rules[0].then.chanel",
+        "Extra inputs",
+    ),
+    (
+        "rules:\n  - id: a\n    when:\n      subject:\n        regex: ['(unclosed']\n    then: {category: general, channel: overview}\n",
+        5,
+        "rules[0].when.subject.regex",
+        "bad regex",
+    ),
+    (
+        "rules:\n  - id: a\n    when:\n      subjekt: {keywords: [x]}\n    then: {category: general, channel: overview}\n",
+        4,
+        "rules[0].when",
+        "exactly one key",
+    ),
+    (
+        "rules:\n  - id: a\n    when:\n      subject: {keywords: [x]}\n    then: {category: general, channel: fax}\n",
+        2,
+        "rules[0].then.channel",
+        "unknown channel 'fax'",
+    ),
+    (
+        "rules:\n  - id: a\n    when:\n      subject: {keywords: [x]}\n    then: {category: general, channel: overview, reply: nosuch}\n",
+        2,
+        "rules[0].then.reply",
+        "unknown reply template 'nosuch'",
+    ),
+    (
+        "rules:\n  - id: emergency\n    when:\n      subject: {keywords: [x]}\n    then: {category: general, channel: overview}\n",
+        2,
+        "rules[0].id",
+        "duplicate rule id 'emergency'",
+    ),
+    (
+        "rules:\n  - id: a\n    when:\n      sender: {list: nosuch_list}\n    then: {category: partner, channel: none}\n",
+        2,
+        "rules[0].when",
+        "unknown list 'nosuch_list'",
+    ),
     ("rules:\n  - id: Bad Id\n    then: {category: general, channel: overview}\n", 2, "rules[0].id", "pattern"),
-    ("rules:\n  - id: a\n    when:\n      language: [fr]\n    then: {category: general, channel: overview}\n",
-     4, "rules[0].when.language[0]", ""),
-    ("rules:\n  - id: a\n    priority: high\n    when:\n      subject: {keywords: [x]}\n    then: {category: general, channel: overview}\n",
-     3, "rules[0].priority", "integer"),
-    ("rules:\n  - id: a\n    when:\n      subject: {keywords: [x]}\n    then: {category: general, channel: overview, priority: asap}\n",
-     5, "rules[0].then.priority", ""),
-    ("rules:\n  - id: a\n    when:\n      time: {hours: '8-18'}\n    then: {category: general, channel: overview}\n",
-     4, "rules[0].when.time.hours", "08:00-18:00"),
-    ("rules:\n  - id: a\n    when:\n      subject: {keywords: [x]}\n    then: {category: general, channel: overview, deliver_to: nowhere}\n",
-     2, "rules[0].then.deliver_to", "unknown delivery target"),
+    (
+        "rules:\n  - id: a\n    when:\n      language: [fr]\n    then: {category: general, channel: overview}\n",
+        4,
+        "rules[0].when.language[0]",
+        "",
+    ),
+    (
+        "rules:\n  - id: a\n    priority: high\n    when:\n      subject: {keywords: [x]}\n    then: {category: general, channel: overview}\n",
+        3,
+        "rules[0].priority",
+        "integer",
+    ),
+    (
+        "rules:\n  - id: a\n    when:\n      subject: {keywords: [x]}\n    then: {category: general, channel: overview, priority: asap}\n",
+        5,
+        "rules[0].then.priority",
+        "",
+    ),
+    (
+        "rules:\n  - id: a\n    when:\n      time: {hours: '8-18'}\n    then: {category: general, channel: overview}\n",
+        4,
+        "rules[0].when.time.hours",
+        "08:00-18:00",
+    ),
+    (
+        "rules:\n  - id: a\n    when:\n      subject: {keywords: [x]}\n    then: {category: general, channel: overview, deliver_to: nowhere}\n",
+        2,
+        "rules[0].then.deliver_to",
+        "unknown delivery target",
+    ),
 ]
 
 
@@ -70,15 +122,13 @@ def test_shipped_rules_are_valid() -> None:
 
 
 @pytest.mark.parametrize(("content", "line", "field", "message"), BROKEN)
-def test_broken_file_reports_file_line_field(tmp_path: Path, content: str, line: int, field: str,
-                                             message: str) -> None:
+def test_broken_file_reports_file_line_field(tmp_path: Path, content: str, line: int, field: str, message: str) -> None:
     directory = _rule_dir(tmp_path, "60-broken.yaml", content)
     with pytest.raises(RuleSetInvalid) as invalid:
         load_rules(directory, TEMPLATES)
     errors = [e for e in invalid.value.errors if e.file.endswith("60-broken.yaml")]
     assert errors, invalid.value.errors
-    assert any(e.line == line and field in e.field and message in e.message for e in errors), \
-        [str(e) for e in errors]
+    assert any(e.line == line and field in e.field and message in e.message for e in errors), [str(e) for e in errors]
 
 
 def test_rule_after_catch_all_is_unreachable(tmp_path: Path) -> None:
@@ -98,12 +148,20 @@ def test_missing_catch_all(tmp_path: Path) -> None:
 
 def test_cli_check_prints_errors_and_exits_1(tmp_path: Path) -> None:
     directory = _rule_dir(tmp_path, "60-broken.yaml", BROKEN[4][0])
-    result = subprocess.run([sys.executable, "-m", "services", "rules", "check", str(directory)],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "services", "rules", "check", str(directory)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 1
     assert f"{directory}/60-broken.yaml:2: rules[0].then.channel: unknown channel 'fax'" in result.stdout
-    as_json = subprocess.run([sys.executable, "-m", "services", "rules", "check", "--json", str(directory)],
-                             capture_output=True, text=True, check=False)
+    as_json = subprocess.run(
+        [sys.executable, "-m", "services", "rules", "check", "--json", str(directory)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     payload = json.loads(as_json.stdout)
     assert payload["ok"] is False and payload["errors"][0]["line"] == 2
 

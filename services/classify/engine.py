@@ -29,10 +29,18 @@ class MailFacts:
     body: str
 
     @classmethod
-    def build(cls, mail: InboundMail, envelope_from: str, envelope_to: tuple[str, ...], language: str,
-              received_at: datetime) -> MailFacts:
-        return cls(mail=mail, envelope_from=envelope_from.lower(), envelope_to=tuple(a.lower() for a in envelope_to),
-                   language=language, received_at=received_at, subject=fold(mail.subject), body=fold(mail.own_text))
+    def build(
+        cls, mail: InboundMail, envelope_from: str, envelope_to: tuple[str, ...], language: str, received_at: datetime
+    ) -> MailFacts:
+        return cls(
+            mail=mail,
+            envelope_from=envelope_from.lower(),
+            envelope_to=tuple(a.lower() for a in envelope_to),
+            language=language,
+            received_at=received_at,
+            subject=fold(mail.subject),
+            body=fold(mail.own_text),
+        )
 
     @property
     def senders(self) -> tuple[str, ...]:
@@ -89,8 +97,9 @@ def domain_matches(domain: str, pattern: str) -> bool:
     return domain == pattern
 
 
-def _address_predicate(name: str, spec: AddressMatch, lists: Mapping[str, tuple[str, ...]],
-                       pick: Callable[[MailFacts], tuple[str, ...]]) -> Predicate:
+def _address_predicate(
+    name: str, spec: AddressMatch, lists: Mapping[str, tuple[str, ...]], pick: Callable[[MailFacts], tuple[str, ...]]
+) -> Predicate:
     addresses = {a.lower() for a in spec.address}
     domains = [d.lower() for d in spec.domain]
     globs = [g.lower() for g in spec.glob]
@@ -160,7 +169,8 @@ def compile_condition(condition: Condition, lists: Mapping[str, tuple[str, ...]]
 
         def attachments(facts: MailFacts, trace: Trace) -> bool:
             found = [
-                a for a in facts.mail.attachments
+                a
+                for a in facts.mail.attachments
                 if (not spec.mime_types or any(fnmatch.fnmatchcase(a.content_type, m.lower()) for m in spec.mime_types))
                 and (not spec.filename or any(fnmatch.fnmatch(a.filename.lower(), g.lower()) for g in spec.filename))
             ]
@@ -192,7 +202,8 @@ def compile_condition(condition: Condition, lists: Mapping[str, tuple[str, ...]]
     if condition.automated is not None:
         expected = condition.automated
         return lambda facts, trace: trace.record(
-            path + ".automated", bool(facts.mail.automated_signals) == expected,
+            path + ".automated",
+            bool(facts.mail.automated_signals) == expected,
             ",".join(facts.mail.automated_signals),
         )
     if condition.time is not None:

@@ -47,15 +47,22 @@ class EvalReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "total": self.total, "correct": self.correct, "accuracy": round(self.accuracy, 4),
+            "total": self.total,
+            "correct": self.correct,
+            "accuracy": round(self.accuracy, 4),
             "per_category": self.per_category(),
             "confusion": [{"expected": e, "predicted": p, "count": n} for (e, p), n in sorted(self.confusion.items())],
-            "misses": self.misses, "missed_safety": self.missed_safety(), "missing_files": self.missing_files,
+            "misses": self.misses,
+            "missed_safety": self.missed_safety(),
+            "missing_files": self.missing_files,
         }
 
     def format(self) -> str:
-        lines = [f"accuracy: {self.correct}/{self.total} = {self.accuracy:.1%}", "",
-                 f"{'category':<20}{'support':>8}{'precision':>11}{'recall':>8}"]
+        lines = [
+            f"accuracy: {self.correct}/{self.total} = {self.accuracy:.1%}",
+            "",
+            f"{'category':<20}{'support':>8}{'precision':>11}{'recall':>8}",
+        ]
         for category, stats in self.per_category().items():
             lines.append(f"{category:<20}{stats['support']:>8}{stats['precision']:>11.2f}{stats['recall']:>8.2f}")
         categories = self.categories()
@@ -65,8 +72,9 @@ class EvalReport:
             lines.append(f"{expected:<20}" + "".join(f"{self.confusion[(expected, p)] or '.':>7}" for p in categories))
         if self.misses:
             lines += ["", "misclassified:"]
-            lines += [f"  {m['file']}: expected {m['expected']}, got {m['predicted']} (rule {m['rule']})"
-                      for m in self.misses]
+            lines += [
+                f"  {m['file']}: expected {m['expected']}, got {m['predicted']} (rule {m['rule']})" for m in self.misses
+            ]
         if self.missing_files:
             lines += ["", "listed in labels.csv but missing: " + ", ".join(self.missing_files)]
         return "\n".join(lines)
@@ -88,6 +96,7 @@ def evaluate(ruleset: RuleSet, directory: Path, labels_file: Path | None = None)
             if expected == predicted:
                 report.correct += 1
             else:
-                report.misses.append({"file": row["file"], "expected": expected, "predicted": predicted,
-                                      "rule": result["rule"]})
+                report.misses.append(
+                    {"file": row["file"], "expected": expected, "predicted": predicted, "rule": result["rule"]}
+                )
     return report

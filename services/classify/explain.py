@@ -12,19 +12,30 @@ from services.reply.policy import PolicyConfig, suppression_reason
 from services.store.models import utcnow
 
 
-def default_envelope(ruleset: RuleSet, raw: bytes, mail_from: str | None, rcpt_to: list[str] | None
-                     ) -> tuple[str, tuple[str, ...]]:
+def default_envelope(
+    ruleset: RuleSet, raw: bytes, mail_from: str | None, rcpt_to: list[str] | None
+) -> tuple[str, tuple[str, ...]]:
     mail = parse_mail(raw)
     sender = mail_from if mail_from is not None else mail.from_address
-    recipients = tuple(rcpt_to) if rcpt_to else tuple(
-        a for a in (*mail.to_addresses, *mail.cc_addresses) if ruleset.is_served(a))
+    recipients = (
+        tuple(rcpt_to)
+        if rcpt_to
+        else tuple(a for a in (*mail.to_addresses, *mail.cc_addresses) if ruleset.is_served(a))
+    )
     if not recipients and ruleset.settings.served.domains:
         recipients = (f"info@{ruleset.settings.served.domains[0].lstrip('*.')}",)
     return sender, recipients
 
 
-def explain(ruleset: RuleSet, raw: bytes, *, mail_from: str | None = None, rcpt_to: list[str] | None = None,
-            received_at: datetime | None = None, policy: PolicyConfig | None = None) -> dict[str, Any]:
+def explain(
+    ruleset: RuleSet,
+    raw: bytes,
+    *,
+    mail_from: str | None = None,
+    rcpt_to: list[str] | None = None,
+    received_at: datetime | None = None,
+    policy: PolicyConfig | None = None,
+) -> dict[str, Any]:
     """The DESIGN.md explain contract: category, channel, rule, reply, suppressed, language, trace (+ extras)."""
     mail = parse_mail(raw)
     envelope_from, envelope_to = default_envelope(ruleset, raw, mail_from, rcpt_to)
@@ -49,9 +60,13 @@ def explain(ruleset: RuleSet, raw: bytes, *, mail_from: str | None = None, rcpt_
         "defects": list(mail.defects),
         "ruleset_version": ruleset.version,
         "trace": [
-            {"rule": trial.rule_id, "matched": trial.matched,
-             "conditions": [{"condition": h.condition, "matched": h.matched, "detail": h.detail}
-                            for h in trial.hits]}
+            {
+                "rule": trial.rule_id,
+                "matched": trial.matched,
+                "conditions": [
+                    {"condition": h.condition, "matched": h.matched, "detail": h.detail} for h in trial.hits
+                ],
+            }
             for trial in result.trials
         ],
     }

@@ -26,11 +26,7 @@ def _get_detector() -> LanguageDetector:
     global _detector
     with _lock:
         if _detector is None:
-            _detector = (
-                LanguageDetectorBuilder.from_languages(*_SUPPORTED)
-                .with_minimum_relative_distance(0.05)
-                .build()
-            )
+            _detector = LanguageDetectorBuilder.from_languages(*_SUPPORTED).with_minimum_relative_distance(0.05).build()
         return _detector
 
 

@@ -78,7 +78,8 @@ def _read_list(path: Path) -> tuple[str, ...]:
 def _precise_location(location: tuple[Any, ...], given: Any) -> tuple[Any, ...]:
     """For a condition with a wrong or extra key, point at that key's own line, not its parent's."""
     in_condition = bool(location) and (
-        location[-1] in ("when", "not") or (len(location) > 1 and location[-2] in ("all", "any")))
+        location[-1] in ("when", "not") or (len(location) > 1 and location[-2] in ("all", "any"))
+    )
     if in_condition and isinstance(given, dict) and len(given) >= 1:
         keys = [str(key) for key in given]
         unknown = [key for key in keys if key not in CONDITION_KEYS]
@@ -139,15 +140,24 @@ def load_rules(directory: Path, templates_dir: Path) -> RuleSet:
             continue
         if parsed.settings is not None:
             if settings is not None:
-                errors.append(RuleError(name, line_for(lines, ("settings",)), "settings",
-                                        f"settings already defined in {settings_file}"))
+                errors.append(
+                    RuleError(
+                        name, line_for(lines, ("settings",)), "settings", f"settings already defined in {settings_file}"
+                    )
+                )
             else:
                 settings, settings_file = parsed.settings, name
         for rule_index, rule in enumerate(parsed.rules):
             line = line_for(lines, ("rules", rule_index))
             if rule.id in seen_ids:
-                errors.append(RuleError(name, line_for(lines, ("rules", rule_index, "id")), f"rules[{rule_index}].id",
-                                        f"duplicate rule id {rule.id!r} (first in {seen_ids[rule.id]})"))
+                errors.append(
+                    RuleError(
+                        name,
+                        line_for(lines, ("rules", rule_index, "id")),
+                        f"rules[{rule_index}].id",
+                        f"duplicate rule id {rule.id!r} (first in {seen_ids[rule.id]})",
+                    )
+                )
             seen_ids.setdefault(rule.id, f"{name}:{line}")
             ordered.append((file_index, rule_index, rule, name, line))
 
@@ -161,12 +171,15 @@ def load_rules(directory: Path, templates_dir: Path) -> RuleSet:
         raise RuleSetInvalid(errors)
     assert settings is not None
     compiled = tuple(
-        CompiledRule(rule, compile_condition(rule.when, lists) if rule.when else compile_condition(
-            Condition.model_validate({"always": True}), lists))
+        CompiledRule(
+            rule,
+            compile_condition(rule.when, lists)
+            if rule.when
+            else compile_condition(Condition.model_validate({"always": True}), lists),
+        )
         for _f, _r, rule, _n, _l in ordered
     )
-    return RuleSet(version=digest.hexdigest()[:16], settings=settings, rules=compiled, lists=lists,
-                   templates=templates)
+    return RuleSet(version=digest.hexdigest()[:16], settings=settings, rules=compiled, lists=lists, templates=templates)
 
 
 def _condition_lists(condition: Condition) -> list[str]:
@@ -185,35 +198,62 @@ def _is_catch_all(rule: Rule) -> bool:
     return rule.when is None or rule.when.always is True
 
 
-def _semantic_errors(ordered: list[tuple[int, int, Rule, str, int]], settings: RuleSettings,
-                     lists: dict[str, tuple[str, ...]], templates: frozenset[str]) -> list[RuleError]:
+def _semantic_errors(
+    ordered: list[tuple[int, int, Rule, str, int]],
+    settings: RuleSettings,
+    lists: dict[str, tuple[str, ...]],
+    templates: frozenset[str],
+) -> list[RuleError]:
     errors: list[RuleError] = []
     seen_conditions: dict[str, str] = {}
     catch_all: str | None = None
     for _f, index, rule, name, line in ordered:
         where = f"rules[{index}]"
         if catch_all is not None:
-            errors.append(RuleError(name, line, f"{where}.when",
-                                    f"rule {rule.id!r} is unreachable: catch-all {catch_all} matches first"))
+            errors.append(
+                RuleError(
+                    name, line, f"{where}.when", f"rule {rule.id!r} is unreachable: catch-all {catch_all} matches first"
+                )
+            )
         action = rule.then
         if action.channel != NO_CHANNEL and action.channel not in settings.channels:
-            errors.append(RuleError(name, line, f"{where}.then.channel",
-                                    f"unknown channel {action.channel!r} (known: {', '.join(sorted(settings.channels))}, none)"))
+            errors.append(
+                RuleError(
+                    name,
+                    line,
+                    f"{where}.then.channel",
+                    f"unknown channel {action.channel!r} (known: {', '.join(sorted(settings.channels))}, none)",
+                )
+            )
         if action.reply is not None and action.reply not in templates:
-            errors.append(RuleError(name, line, f"{where}.then.reply",
-                                    f"unknown reply template {action.reply!r} (no templates/replies/{action.reply}/de.txt.j2)"))
+            errors.append(
+                RuleError(
+                    name,
+                    line,
+                    f"{where}.then.reply",
+                    f"unknown reply template {action.reply!r} (no templates/replies/{action.reply}/de.txt.j2)",
+                )
+            )
         if action.deliver and action.deliver_to not in settings.targets:
-            errors.append(RuleError(name, line, f"{where}.then.deliver_to",
-                                    f"unknown delivery target {action.deliver_to!r}"))
+            errors.append(
+                RuleError(name, line, f"{where}.then.deliver_to", f"unknown delivery target {action.deliver_to!r}")
+            )
         if rule.when is not None:
             for list_name in _condition_lists(rule.when):
                 if list_name not in lists:
-                    errors.append(RuleError(name, line, f"{where}.when",
-                                            f"unknown list {list_name!r} (no lists/{list_name}.txt)"))
+                    errors.append(
+                        RuleError(name, line, f"{where}.when", f"unknown list {list_name!r} (no lists/{list_name}.txt)")
+                    )
             key = rule.when.model_dump_json(by_alias=True, exclude_none=True)
             if key in seen_conditions:
-                errors.append(RuleError(name, line, f"{where}.when",
-                                        f"rule {rule.id!r} is unreachable: same condition as {seen_conditions[key]}"))
+                errors.append(
+                    RuleError(
+                        name,
+                        line,
+                        f"{where}.when",
+                        f"rule {rule.id!r} is unreachable: same condition as {seen_conditions[key]}",
+                    )
+                )
             seen_conditions.setdefault(key, f"{rule.id!r}")
         if _is_catch_all(rule) and catch_all is None:
             catch_all = f"{rule.id!r} ({name}:{line})"

@@ -36,14 +36,19 @@ class RuleSetHolder:
         except RuleSetInvalid as exc:
             self.errors = exc.errors
             self.reload_failures += 1
-            log.error("rules.reload_refused", errors=[str(e) for e in exc.errors[:20]],
-                      running_version=self.current.version)
+            log.error(
+                "rules.reload_refused", errors=[str(e) for e in exc.errors[:20]], running_version=self.current.version
+            )
             return False
         self.errors = []
         if candidate.version == self.current.version:
             return False
-        log.info("rules.reloaded", old_version=self.current.version, new_version=candidate.version,
-                 rules=len(candidate.rules))
+        log.info(
+            "rules.reloaded",
+            old_version=self.current.version,
+            new_version=candidate.version,
+            rules=len(candidate.rules),
+        )
         self.current = candidate
         self.loaded_at = time.time()
         return True

@@ -8,7 +8,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 PRIORITIES = ("low", "normal", "high", "urgent")
-LANGUAGES = ("de", "en", "uk", "ar", "ru", "tr")
+Language = Literal["de", "en", "uk", "ar", "ru", "tr"]
+LANGUAGES: tuple[Language, ...] = ("de", "en", "uk", "ar", "ru", "tr")
+
+
+def _default_targets() -> dict[str, str | None]:
+    return {"staff": None}
+
+
+def _all_languages() -> list[Language]:
+    return list(LANGUAGES)
 
 
 class _Strict(BaseModel):
@@ -97,8 +106,20 @@ class TimeMatch(_Strict):
 
 
 CONDITION_KEYS = (
-    "all", "any", "not", "recipient", "sender", "subject", "body", "text",
-    "attachments", "language", "header", "automated", "time", "always",
+    "all",
+    "any",
+    "not",
+    "recipient",
+    "sender",
+    "subject",
+    "body",
+    "text",
+    "attachments",
+    "language",
+    "header",
+    "automated",
+    "time",
+    "always",
 )
 
 
@@ -172,13 +193,11 @@ class RuleSettings(_Strict):
     own_addresses: list[str] = Field(default_factory=list, description="extra addresses that are ours (loops)")
     channels: dict[str, ChannelInfo]
     targets: dict[str, str | None] = Field(
-        default_factory=lambda: {"staff": None},
+        default_factory=_default_targets,
         description="deliver_to name -> staff address; null keeps the original recipients",
     )
     timezone: str = "Europe/Berlin"
-    reply_languages: list[Literal["de", "en", "uk", "ar", "ru", "tr"]] = Field(
-        default_factory=lambda: list(LANGUAGES)
-    )
+    reply_languages: list[Language] = Field(default_factory=_all_languages)
 
 
 class RuleFile(_Strict):

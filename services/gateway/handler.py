@@ -13,9 +13,9 @@ from sqlalchemy import Engine
 
 from services.classify.reload import RuleSetHolder
 from services.gateway import replies
+from services.store.db import session_scope
 from services.store.models import Message, MessageState, utcnow
 from services.store.queries import bump_counter, store_messages
-from services.store.db import session_scope
 
 log = structlog.get_logger(__name__)
 
@@ -38,8 +38,16 @@ def new_message_id() -> str:
 class GatewayHandler:
     """One instance serves all sessions; `protocol` is 'smtp' or 'lmtp' (LMTP answers once per recipient)."""
 
-    def __init__(self, engine: Engine, rules: RuleSetHolder, enqueue: Enqueue, *, protocol: str,
-                 max_message_size: int, max_recipients: int = 100) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        rules: RuleSetHolder,
+        enqueue: Enqueue,
+        *,
+        protocol: str,
+        max_message_size: int,
+        max_recipients: int = 100,
+    ) -> None:
         self.engine = engine
         self.rules = rules
         self.enqueue = enqueue
@@ -47,8 +55,7 @@ class GatewayHandler:
         self.max_message_size = max_message_size
         self.max_recipients = max_recipients
 
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
-                          rcpt_options: list[str]) -> str:
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]) -> str:
         if len(envelope.rcpt_tos) >= self.max_recipients:
             return replies.REJECT_TOO_MANY_RECIPIENTS
         if not _ADDRESS.match(address) or "\r" in address or "\n" in address:
@@ -62,8 +69,14 @@ class GatewayHandler:
     def _count_rejection(self) -> None:
         try:
             with session_scope(self.engine) as session:
-                bump_counter(session, hour=utcnow(), mailbox="(unserved)", category="(none)", channel="(none)",
-                             outcome="rejected:unknown-recipient")
+                bump_counter(
+                    session,
+                    hour=utcnow(),
+                    mailbox="(unserved)",
+                    category="(none)",
+                    channel="(none)",
+                    outcome="rejected:unknown-recipient",
+                )
         except Exception:
             log.warning("gateway.count_failed")
 
@@ -76,9 +89,14 @@ class GatewayHandler:
         structlog.contextvars.bind_contextvars(message_id=message_id, protocol=self.protocol)
         try:
             message = Message(
-                id=message_id, protocol=self.protocol, mail_from=envelope_sender(envelope.mail_from),
-                rcpt_tos=[r.lower() for r in recipients], mailbox=recipients[0].lower() if recipients else "",
-                size=len(content), raw=content, state=MessageState.RECEIVED,
+                id=message_id,
+                protocol=self.protocol,
+                mail_from=envelope_sender(envelope.mail_from),
+                rcpt_tos=[r.lower() for r in recipients],
+                mailbox=recipients[0].lower() if recipients else "",
+                size=len(content),
+                raw=content,
+                state=MessageState.RECEIVED,
             )
             await asyncio.to_thread(store_messages, self.engine, [message])
         except Exception as exc:

@@ -27,8 +27,14 @@ class Listeners:
             await server.wait_closed()
 
 
-async def start_listener(handler: GatewayHandler, listen: str, *, hostname: str, timeout: float,
-                         tls_context: ssl.SSLContext | None = None) -> asyncio.Server:
+async def start_listener(
+    handler: GatewayHandler,
+    listen: str,
+    *,
+    hostname: str,
+    session_timeout: float,
+    tls_context: ssl.SSLContext | None = None,
+) -> asyncio.Server:
     host, port = split_host_port(listen)
     loop = asyncio.get_running_loop()
     session_class = LMTP if handler.protocol == "lmtp" else SMTP
@@ -37,8 +43,15 @@ async def start_listener(handler: GatewayHandler, listen: str, *, hostname: str,
 
     def factory() -> SMTP:
         return session_class(
-            handler, data_size_limit=size_limit, enable_SMTPUTF8=True, decode_data=False,
-            hostname=hostname, ident="channelshift", timeout=timeout, tls_context=tls_context, loop=loop,
+            handler,
+            data_size_limit=size_limit,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=hostname,
+            ident="channelshift",
+            timeout=session_timeout,
+            tls_context=tls_context,
+            loop=loop,
         )
 
     return await loop.create_server(factory, host=host, port=port, reuse_address=True)

@@ -39,8 +39,16 @@ def threading_headers(inbound: InboundMail) -> tuple[str | None, str | None]:
     return original[0], " ".join(chain)
 
 
-def compose_reply(rendered: RenderedReply, *, in_reply_to: str | None, references: str | None, from_name: str,
-                  from_address: str, to_address: str, reply_message_id: str) -> EmailMessage:
+def compose_reply(
+    rendered: RenderedReply,
+    *,
+    in_reply_to: str | None,
+    references: str | None,
+    from_name: str,
+    from_address: str,
+    to_address: str,
+    reply_message_id: str,
+) -> EmailMessage:
     message = EmailMessage(policy=SMTP)
     message["From"] = Address(display_name=safe_header(from_name, 100), addr_spec=from_address)
     message["To"] = Address(addr_spec=to_address)
@@ -58,4 +66,3 @@ def compose_reply(rendered: RenderedReply, *, in_reply_to: str | None, reference
     # after set_content(), which drops every Content-* header set before it
     message["Content-Language"] = rendered.language if rendered.language == "de" else f"{rendered.language}, de"
     return message
-

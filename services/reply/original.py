@@ -11,7 +11,7 @@ _OURS = re.compile(rb"^x-channelshift-", re.IGNORECASE)
 def strip_our_headers(raw: bytes) -> bytes:
     """Drop X-Channelshift-* header fields (and their folded continuation lines) from the header block."""
     match = _HEADER_END.search(raw)
-    head, rest = (raw[: match.start()], raw[match.start():]) if match else (raw, b"")
+    head, rest = (raw[: match.start()], raw[match.start() :]) if match else (raw, b"")
     kept: list[bytes] = []
     dropping = False
     for line in head.splitlines(keepends=True):
@@ -26,7 +26,5 @@ def strip_our_headers(raw: bytes) -> bytes:
 
 
 def with_routing_headers(raw: bytes, headers: dict[str, str]) -> bytes:
-    lines = b"".join(
-        f"{name}: {value}\r\n".encode("ascii", "replace") for name, value in headers.items()
-    )
+    lines = b"".join(f"{name}: {value}\r\n".encode("ascii", "replace") for name, value in headers.items())
     return lines + strip_our_headers(raw)

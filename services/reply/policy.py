@@ -17,8 +17,9 @@ class PolicyConfig:
     spam_score_threshold: float = 5.0
 
 
-def suppression_reason(mail: InboundMail, envelope_from: str, envelope_to: tuple[str, ...], ruleset: RuleSet,
-                       config: PolicyConfig) -> str | None:
+def suppression_reason(
+    mail: InboundMail, envelope_from: str, envelope_to: tuple[str, ...], ruleset: RuleSet, config: PolicyConfig
+) -> str | None:
     """The reason not to reply, or None when a reply is allowed (dedup and caps are checked later)."""
     sender = envelope_from.strip().lower()
     if not sender:

@@ -71,7 +71,7 @@ class SmtpSender:
             if 500 <= exc.code < 600:
                 raise PermanentSendError(f"relay answered {exc.code}") from exc
             raise TransientSendError(f"relay answered {exc.code}") from exc
-        except (aiosmtplib.SMTPException, OSError, ssl.SSLError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
             raise TransientSendError(f"relay unreachable: {type(exc).__name__}") from exc
         if errors:
             codes = [code for code, _msg in errors.values()]

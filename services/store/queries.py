@@ -11,7 +11,16 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from services.store.db import session_scope
-from services.store.models import Counter, Delivery, JobState, Message, MessageState, Reply, ReplyLedger, utcnow
+from services.store.models import (
+    Counter,
+    Delivery,
+    JobState,
+    Message,
+    MessageState,
+    Reply,
+    ReplyLedger,
+    utcnow,
+)
 
 
 def store_messages(engine: Engine, messages: Iterable[Message]) -> None:
@@ -24,22 +33,33 @@ def hour_of(moment: datetime) -> datetime:
     return moment.replace(minute=0, second=0, microsecond=0)
 
 
-def bump_counter(session: Session, *, hour: datetime, mailbox: str, category: str, channel: str,
-                 outcome: str, amount: int = 1) -> None:
+def bump_counter(
+    session: Session, *, hour: datetime, mailbox: str, category: str, channel: str, outcome: str, amount: int = 1
+) -> None:
     """Upsert into the hourly rollup within the caller's transaction."""
-    values = {"hour": hour_of(hour), "mailbox": mailbox, "category": category, "channel": channel,
-              "outcome": outcome[:80], "count": amount}
+    values = {
+        "hour": hour_of(hour),
+        "mailbox": mailbox,
+        "category": category,
+        "channel": channel,
+        "outcome": outcome[:80],
+        "count": amount,
+    }
     dialect = session.get_bind().dialect.name
     table = Counter.__table__  # type: ignore[attr-defined]
     keys = ["hour", "mailbox", "category", "channel", "outcome"]
     if dialect == "postgresql":
         pg_stmt = postgresql.insert(table).values(**values)
-        session.execute(pg_stmt.on_conflict_do_update(
-            index_elements=keys, set_={"count": table.c.count + pg_stmt.excluded.count}))
+        session.execute(
+            pg_stmt.on_conflict_do_update(index_elements=keys, set_={"count": table.c.count + pg_stmt.excluded.count})
+        )
     else:
         lite_stmt = sqlite.insert(table).values(**values)
-        session.execute(lite_stmt.on_conflict_do_update(
-            index_elements=keys, set_={"count": table.c.count + lite_stmt.excluded.count}))
+        session.execute(
+            lite_stmt.on_conflict_do_update(
+                index_elements=keys, set_={"count": table.c.count + lite_stmt.excluded.count}
+            )
+        )
 
 
 def begin_decision(session: Session, message_id: str, pseudonym: str | None) -> bool:
@@ -50,8 +70,10 @@ def begin_decision(session: Session, message_id: str, pseudonym: str | None) -> 
     """
     table = Message.__table__  # type: ignore[attr-defined]
     result = session.execute(
-        update(table).where(table.c.id == message_id, table.c.state == MessageState.RECEIVED)
-        .values(updated_at=utcnow()))
+        update(table)
+        .where(table.c.id == message_id, table.c.state == MessageState.RECEIVED)
+        .values(updated_at=utcnow())
+    )
     if getattr(result, "rowcount", 0) != 1:
         return False
     if pseudonym and session.get_bind().dialect.name == "postgresql":
@@ -60,19 +82,25 @@ def begin_decision(session: Session, message_id: str, pseudonym: str | None) -> 
     return True
 
 
-def reply_allowance(session: Session, pseudonym: str, template: str, now: datetime, window: timedelta,
-                    daily_cap: int) -> str | None:
+def reply_allowance(
+    session: Session, pseudonym: str, template: str, now: datetime, window: timedelta, daily_cap: int
+) -> str | None:
     """None if a reply may go out, else the suppression reason (window per template, daily cap per sender)."""
     recent_same = session.exec(
-        select(func.count()).select_from(ReplyLedger).where(
-            ReplyLedger.sender_pseudonym == pseudonym, ReplyLedger.template == template,
-            ReplyLedger.granted_at > now - window)
+        select(func.count())
+        .select_from(ReplyLedger)
+        .where(
+            ReplyLedger.sender_pseudonym == pseudonym,
+            ReplyLedger.template == template,
+            ReplyLedger.granted_at > now - window,
+        )
     ).one()
     if recent_same:
         return "already-replied"
     today = session.exec(
-        select(func.count()).select_from(ReplyLedger).where(
-            ReplyLedger.sender_pseudonym == pseudonym, ReplyLedger.granted_at > now - timedelta(days=1))
+        select(func.count())
+        .select_from(ReplyLedger)
+        .where(ReplyLedger.sender_pseudonym == pseudonym, ReplyLedger.granted_at > now - timedelta(days=1))
     ).one()
     if today >= daily_cap:
         return "daily-cap"
@@ -82,13 +110,17 @@ def reply_allowance(session: Session, pseudonym: str, template: str, now: dateti
 def claim(engine: Engine, model: type[Reply] | type[Delivery], message_id: str, stale_after: timedelta) -> bool:
     """Move a reply/delivery to SENDING if nobody else holds it; exactly one worker wins."""
     now = utcnow()
-    table = model.__table__  # type: ignore[attr-defined]
+    table = model.__table__  # type: ignore[union-attr]
     with session_scope(engine) as session:
         result = session.execute(
             update(table)
             .where(table.c.message_id == message_id)
-            .where(or_(table.c.state == JobState.PENDING,
-                       (table.c.state == JobState.SENDING) & (table.c.claimed_at < now - stale_after)))
+            .where(
+                or_(
+                    table.c.state == JobState.PENDING,
+                    (table.c.state == JobState.SENDING) & (table.c.claimed_at < now - stale_after),
+                )
+            )
             .values(state=JobState.SENDING, claimed_at=now, attempts=table.c.attempts + 1)
         )
         return bool(getattr(result, "rowcount", 0) == 1)
@@ -105,17 +137,29 @@ def find_stuck(engine: Engine, older_than: timedelta, stale_sending: timedelta, 
     now = utcnow()
     with Session(engine) as session:
         received = session.exec(
-            select(Message.id).where(Message.state == MessageState.RECEIVED,
-                                     Message.received_at < now - older_than)
-            .order_by(col(Message.received_at)).limit(limit)).all()
+            select(Message.id)
+            .where(Message.state == MessageState.RECEIVED, Message.received_at < now - older_than)
+            .order_by(col(Message.received_at))
+            .limit(limit)
+        ).all()
         replies = session.exec(
-            select(Reply.message_id).where(or_(
-                (col(Reply.state) == JobState.PENDING) & (col(Reply.created_at) < now - older_than),
-                (col(Reply.state) == JobState.SENDING) & (col(Reply.claimed_at) < now - stale_sending),
-            )).limit(limit)).all()
+            select(Reply.message_id)
+            .where(
+                or_(
+                    (col(Reply.state) == JobState.PENDING) & (col(Reply.created_at) < now - older_than),
+                    (col(Reply.state) == JobState.SENDING) & (col(Reply.claimed_at) < now - stale_sending),
+                )
+            )
+            .limit(limit)
+        ).all()
         deliveries = session.exec(
-            select(Delivery.message_id).where(or_(
-                (col(Delivery.state) == JobState.PENDING) & (col(Delivery.created_at) < now - older_than),
-                (col(Delivery.state) == JobState.SENDING) & (col(Delivery.claimed_at) < now - stale_sending),
-            )).limit(limit)).all()
+            select(Delivery.message_id)
+            .where(
+                or_(
+                    (col(Delivery.state) == JobState.PENDING) & (col(Delivery.created_at) < now - older_than),
+                    (col(Delivery.state) == JobState.SENDING) & (col(Delivery.claimed_at) < now - stale_sending),
+                )
+            )
+            .limit(limit)
+        ).all()
     return StuckWork(list(received), list(replies), list(deliveries))

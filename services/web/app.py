@@ -40,8 +40,11 @@ async def readyz(request: web.Request) -> web.Response:
         checks["redis"] = f"error: {type(exc).__name__}"
     holder = request.app[RULES]
     await asyncio.to_thread(holder.refresh)
-    checks["rules"] = {"version": holder.current.version, "rules": len(holder.current.rules),
-                       "reload_errors": [str(e) for e in holder.errors[:20]]}
+    checks["rules"] = {
+        "version": holder.current.version,
+        "rules": len(holder.current.rules),
+        "reload_errors": [str(e) for e in holder.errors[:20]],
+    }
     ready = checks["database"] == "ok" and checks["redis"] == "ok"
     return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
 
@@ -59,25 +62,47 @@ def _message_view(engine: Engine, message_id: str) -> dict[str, Any] | None:
         reply = session.get(Reply, message_id)
         delivery = session.get(Delivery, message_id)
         view: dict[str, Any] = {
-            "id": message.id, "state": message.state, "protocol": message.protocol,
-            "received_at": _iso(message.received_at), "size": message.size,
-            "recipients": len(message.rcpt_tos), "purged": message.raw is None,
-            "decision": None, "reply": None, "delivery": None,
+            "id": message.id,
+            "state": message.state,
+            "protocol": message.protocol,
+            "received_at": _iso(message.received_at),
+            "size": message.size,
+            "recipients": len(message.rcpt_tos),
+            "purged": message.raw is None,
+            "decision": None,
+            "reply": None,
+            "delivery": None,
         }
         if decision is not None:
             view["decision"] = {
-                "category": decision.category, "channel": decision.channel, "rule": decision.rule_id,
-                "ruleset_version": decision.ruleset_version, "template": decision.template,
-                "priority": decision.priority, "language": decision.language, "reply": decision.reply,
-                "suppressed": decision.suppressed, "deliver_to": decision.deliver_to,
-                "tags": decision.tags, "defects": decision.defects, "decided_at": _iso(decision.decided_at),
+                "category": decision.category,
+                "channel": decision.channel,
+                "rule": decision.rule_id,
+                "ruleset_version": decision.ruleset_version,
+                "template": decision.template,
+                "priority": decision.priority,
+                "language": decision.language,
+                "reply": decision.reply,
+                "suppressed": decision.suppressed,
+                "deliver_to": decision.deliver_to,
+                "tags": decision.tags,
+                "defects": decision.defects,
+                "decided_at": _iso(decision.decided_at),
             }
         if reply is not None:
-            view["reply"] = {"state": reply.state, "attempts": reply.attempts, "sent_at": _iso(reply.sent_at),
-                             "error": reply.error}
+            view["reply"] = {
+                "state": reply.state,
+                "attempts": reply.attempts,
+                "sent_at": _iso(reply.sent_at),
+                "error": reply.error,
+            }
         if delivery is not None:
-            view["delivery"] = {"state": delivery.state, "attempts": delivery.attempts,
-                                "delivered_at": _iso(delivery.delivered_at), "error": delivery.error}
+            view["delivery"] = {
+                "state": delivery.state,
+                "attempts": delivery.attempts,
+                "delivered_at": _iso(delivery.delivered_at),
+                "error": delivery.error,
+            }
         return view
 
 

@@ -16,25 +16,52 @@ OPENAPI: dict[str, Any] = {
     "security": [{"bearer": []}],
     "paths": {
         "/healthz": {"get": {"security": [], "summary": "Liveness", "responses": {"200": {"description": "alive"}}}},
-        "/readyz": {"get": {"security": [], "summary": "Database, Redis and rule set status",
-                            "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
-        "/api/v1/messages/{message_id}": {"get": {
-            "summary": "State and decision of one message (no addresses, no content)",
-            "parameters": [{"name": "message_id", "in": "path", "required": True,
-                            "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}],
-            "responses": {
-                "200": {"description": "the message", "content": {"application/json": {"schema": {
-                    "type": "object",
-                    "properties": {
-                        "id": {"type": "string"}, "state": {"type": "string",
-                                                           "enum": ["received", "classified", "delivered", "held"]},
-                        "decision": {"type": ["object", "null"]}, "reply": {"type": ["object", "null"]},
-                        "delivery": {"type": ["object", "null"]},
-                    }}}}},
-                "401": {"description": "token missing"},
-                "404": {"description": "unknown id",
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
-            },
-        }},
+        "/readyz": {
+            "get": {
+                "security": [],
+                "summary": "Database, Redis and rule set status",
+                "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
+            }
+        },
+        "/api/v1/messages/{message_id}": {
+            "get": {
+                "summary": "State and decision of one message (no addresses, no content)",
+                "parameters": [
+                    {
+                        "name": "message_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the message",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "id": {"type": "string"},
+                                        "state": {
+                                            "type": "string",
+                                            "enum": ["received", "classified", "delivered", "held"],
+                                        },
+                                        "decision": {"type": ["object", "null"]},
+                                        "reply": {"type": ["object", "null"]},
+                                        "delivery": {"type": ["object", "null"]},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "401": {"description": "token missing"},
+                    "404": {
+                        "description": "unknown id",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                    },
+                },
+            }
+        },
     },
 }

@@ -29,8 +29,15 @@ async def _watch_rules(deps: Deps) -> None:
             log.error("rules.watch_failed", error=type(exc).__name__)
 
 
-def build_worker(deps: Deps, pool: ArqRedis, *, burst: bool = False, handle_signals: bool = True,
-                 max_jobs: int = 20, watch_rules: bool = True) -> Worker:
+def build_worker(
+    deps: Deps,
+    pool: ArqRedis,
+    *,
+    burst: bool = False,
+    handle_signals: bool = True,
+    max_jobs: int = 20,
+    watch_rules: bool = True,
+) -> Worker:
     tasks: list[asyncio.Task[None]] = []
 
     async def on_startup(ctx: dict[str, Any]) -> None:
@@ -39,8 +46,7 @@ def build_worker(deps: Deps, pool: ArqRedis, *, burst: bool = False, handle_sign
             tasks.append(asyncio.create_task(_watch_rules(deps)))
         if handle_signals:
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                asyncio.get_running_loop().add_signal_handler(
-                    signal.SIGHUP, lambda: deps.rules.refresh(force=True))
+                asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: deps.rules.refresh(force=True))
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
         for task in tasks:

@@ -76,9 +76,10 @@ def decide(deps: Deps, message_id: str) -> Pending | None:
     action = classification.action
     category = action.category
     deliver = action.deliver or category in SAFETY_PRIORITY
-    priority = action.priority
+    priority: str = action.priority
     if category in SAFETY_PRIORITY and _PRIORITY_ORDER.index(priority) < _PRIORITY_ORDER.index(
-            SAFETY_PRIORITY[category]):
+        SAFETY_PRIORITY[category]
+    ):
         priority = SAFETY_PRIORITY[category]
 
     settings = deps.settings
@@ -96,41 +97,83 @@ def decide(deps: Deps, message_id: str) -> Pending | None:
             assert message is not None
             template = action.reply
             if template is not None and reason is None and pseudonym is not None:
-                reason = reply_allowance(session, pseudonym, template, now,
-                                         timedelta(days=settings.reply_window_days), settings.reply_daily_cap)
+                reason = reply_allowance(
+                    session,
+                    pseudonym,
+                    template,
+                    now,
+                    timedelta(days=settings.reply_window_days),
+                    settings.reply_daily_cap,
+                )
             will_reply = template is not None and reason is None
-            session.add(Decision(
-                message_id=message_id, category=category, channel=action.channel, rule_id=classification.rule_id,
-                ruleset_version=ruleset.version, template=template, priority=priority,
-                deliver_to=action.deliver_to if deliver else None, language=language, reply=will_reply,
-                suppressed=reason, sender_pseudonym=pseudonym, pseudonym_key_id=settings.pseudonym_key_id,
-                tags=list(action.tags), defects=list(mail.defects),
-            ))
+            session.add(
+                Decision(
+                    message_id=message_id,
+                    category=category,
+                    channel=action.channel,
+                    rule_id=classification.rule_id,
+                    ruleset_version=ruleset.version,
+                    template=template,
+                    priority=priority,
+                    deliver_to=action.deliver_to if deliver else None,
+                    language=language,
+                    reply=will_reply,
+                    suppressed=reason,
+                    sender_pseudonym=pseudonym,
+                    pseudonym_key_id=settings.pseudonym_key_id,
+                    tags=list(action.tags),
+                    defects=list(mail.defects),
+                )
+            )
             if will_reply:
                 assert template is not None and pseudonym is not None
-                session.add(Reply(message_id=message_id, reply_message_id=f"<reply.{message_id}@{settings.hostname}>",
-                                  in_reply_to=in_reply_to, references=references))
+                session.add(
+                    Reply(
+                        message_id=message_id,
+                        reply_message_id=f"<reply.{message_id}@{settings.hostname}>",
+                        in_reply_to=in_reply_to,
+                        references=references,
+                    )
+                )
                 session.add(ReplyLedger(sender_pseudonym=pseudonym, template=template, message_id=message_id))
             if deliver:
                 session.add(Delivery(message_id=message_id))
             message.state = MessageState.CLASSIFIED if deliver else MessageState.HELD
             message.updated_at = now
             session.add(message)
-            counter = {"hour": received_at, "mailbox": mailbox, "category": category, "channel": action.channel}
-            bump_counter(session, outcome="received", **counter)
+
+            def count(outcome: str) -> None:
+                bump_counter(
+                    session,
+                    hour=received_at,
+                    mailbox=mailbox,
+                    category=category,
+                    channel=action.channel,
+                    outcome=outcome,
+                )
+
+            count("received")
             if will_reply:
-                bump_counter(session, outcome="replied", **counter)
+                count("replied")
             elif reason is not None:
-                bump_counter(session, outcome=f"suppressed:{reason}", **counter)
+                count(f"suppressed:{reason}")
             else:
-                bump_counter(session, outcome="no-reply", **counter)
+                count("no-reply")
             if not deliver:
-                bump_counter(session, outcome="held", **counter)
+                count("held")
     except IntegrityError:
         # A duplicate job decided the same message at the same moment; its decision stands.
         log.info("process.lost_race")
         return None
-    log.info("process.decided", category=category, rule=classification.rule_id, language=language,
-             reply=will_reply, suppressed=reason, priority=priority, ruleset=ruleset.version,
-             defects=len(mail.defects))
+    log.info(
+        "process.decided",
+        category=category,
+        rule=classification.rule_id,
+        language=language,
+        reply=will_reply,
+        suppressed=reason,
+        priority=priority,
+        ruleset=ruleset.version,
+        defects=len(mail.defects),
+    )
     return Pending(reply=will_reply, deliver=deliver)

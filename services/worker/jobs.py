@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from arq import Retry
@@ -40,8 +40,9 @@ async def process_message(ctx: dict[str, Any], message_id: str) -> str:
     return "decided"
 
 
-def _finish(deps: Deps, model: type[Reply] | type[Delivery], message_id: str, state: str, error: str | None,
-            outcome: str | None) -> None:
+def _finish(
+    deps: Deps, model: type[Reply] | type[Delivery], message_id: str, state: str, error: str | None, outcome: str | None
+) -> None:
     with session_scope(deps.engine) as session:
         row = session.get(model, message_id)
         message = session.get(Message, message_id)
@@ -60,12 +61,19 @@ def _finish(deps: Deps, model: type[Reply] | type[Delivery], message_id: str, st
                 session.add(message)
         session.add(row)
         if outcome:
-            bump_counter(session, hour=message.received_at, mailbox=message.mailbox, category=decision.category,
-                         channel=decision.channel, outcome=outcome)
+            bump_counter(
+                session,
+                hour=message.received_at,
+                mailbox=message.mailbox,
+                category=decision.category,
+                channel=decision.channel,
+                outcome=outcome,
+            )
 
 
-def _load(deps: Deps, model: type[Reply] | type[Delivery], message_id: str
-          ) -> tuple[Message, Decision, Reply | Delivery] | None:
+def _load(
+    deps: Deps, model: type[Reply] | type[Delivery], message_id: str
+) -> tuple[Message, Decision, Reply | Delivery] | None:
     with Session(deps.engine, expire_on_commit=False) as session:
         message = session.get(Message, message_id)
         decision = session.get(Decision, message_id)
@@ -73,7 +81,7 @@ def _load(deps: Deps, model: type[Reply] | type[Delivery], message_id: str
         if message is None or decision is None or row is None:
             return None
         session.expunge_all()
-        return message, decision, row
+        return message, decision, cast(Reply | Delivery, row)
 
 
 async def _send(deps: Deps, model: type[Reply] | type[Delivery], message_id: str, kind: str) -> str:
@@ -97,8 +105,9 @@ async def _send(deps: Deps, model: type[Reply] | type[Delivery], message_id: str
         await asyncio.to_thread(_finish, deps, model, message_id, JobState.FAILED, str(exc), f"{kind}-failed")
         log.error(f"{kind}.failed", error=str(exc))
         return "failed"
-    await asyncio.to_thread(_finish, deps, model, message_id, JobState.SENT, None,
-                            "reply-sent" if kind == "reply" else "delivered")
+    await asyncio.to_thread(
+        _finish, deps, model, message_id, JobState.SENT, None, "reply-sent" if kind == "reply" else "delivered"
+    )
     log.info(f"{kind}.sent", attempt=row.attempts)
     return "sent"
 
@@ -106,11 +115,18 @@ async def _send(deps: Deps, model: type[Reply] | type[Delivery], message_id: str
 async def _send_reply(deps: Deps, message: Message, decision: Decision, reply: Reply) -> None:
     assert decision.template is not None
     settings = deps.rules.current.settings
-    rendered = deps.renderer.render(decision.template, decision.language, settings, message.received_at,
-                                    reference=message.id[:12])
+    rendered = deps.renderer.render(
+        decision.template, decision.language, settings, message.received_at, reference=message.id[:12]
+    )
     email_message = compose_reply(
-        rendered, in_reply_to=reply.in_reply_to, references=reply.references, from_name=settings.organisation,
-        from_address=message.mailbox, to_address=message.mail_from, reply_message_id=reply.reply_message_id)
+        rendered,
+        in_reply_to=reply.in_reply_to,
+        references=reply.references,
+        from_name=settings.organisation,
+        from_address=message.mailbox,
+        to_address=message.mail_from,
+        reply_message_id=reply.reply_message_id,
+    )
     await deps.reply_sender.send(f"{message.id}.reply", "", [message.mail_from], email_message.as_bytes())
 
 
@@ -155,8 +171,9 @@ async def deliver_original(ctx: dict[str, Any], message_id: str) -> str:
 async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
     """Re-enqueue anything stuck: received but never processed, or replies/deliveries left pending."""
     deps: Deps = ctx["deps"]
-    stuck = await asyncio.to_thread(find_stuck, deps.engine, timedelta(seconds=deps.settings.sweep_after_seconds),
-                                    deps.stale_sending)
+    stuck = await asyncio.to_thread(
+        find_stuck, deps.engine, timedelta(seconds=deps.settings.sweep_after_seconds), deps.stale_sending
+    )
     pool = ctx["redis"]
     for message_id in stuck.received:
         await queue.enqueue(pool, queue.PROCESS, message_id)

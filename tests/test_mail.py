@@ -1,0 +1,132 @@
+"""The parser: lenient decoding, the sender's own words, attachments, automated signals, hard limits."""
+
+from __future__ import annotations
+
+import time
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from services.classify.engine import MailFacts
+from services.classify.loader import load_rules
+from services.config import PROJECT_ROOT
+from services.mail import decode_header_value, html_to_text, own_words, parse_mail
+from services.store.models import utcnow
+
+
+def test_encoded_word_newlines_are_flattened() -> None:
+    assert decode_header_value("=?UTF-8?Q?a=0ABcc:_x@y?=") == "a Bcc: x@y"
+    assert "\n" not in decode_header_value("=?UTF-8?Q?=0D=0A=0D=0Ax?=")
+
+
+def test_unknown_charset_does_not_raise() -> None:
+    assert decode_header_value("=?x-unknown-42?Q?caf=E9?=") == "café"
+    raw = b"Subject: x\r\nContent-Type: text/plain; charset=x-nonsense\r\n\r\nK\xe4se\r\n"
+    assert "se" in parse_mail(raw).body_text
+
+
+def test_quotes_and_reply_headers_are_not_the_senders_words() -> None:
+    text = (
+        "Ich bin einverstanden.\n\nAm 03.03.2026 um 10:00 schrieb Jobcenter <info@x.de>:\n"
+        "> Widerspruch ist innerhalb eines Monats ...\n"
+    )
+    assert own_words(text) == "Ich bin einverstanden."
+    outlook = "Danke.\n\nVon: Jobcenter\nGesendet: Montag, 2. März 2026\nBetreff: Widerspruch\n\nText"
+    assert own_words(outlook) == "Danke."
+    forwarded = "FYI\n---------- Forwarded message ---------\nFrom: a\nobjection"
+    assert own_words(forwarded) == "FYI"
+
+
+def test_html_only_mail_and_blockquotes() -> None:
+    html = "<html><body><p>Hallo,<br>anbei die Unterlagen.</p><blockquote>Widerspruch alt</blockquote></body></html>"
+    text = html_to_text(html)
+    assert "anbei die Unterlagen." in text
+    assert "Widerspruch" not in own_words(text)
+
+
+def test_attachments_with_rfc2231_names() -> None:
+    raw = (
+        b"From: a@example.org\r\nTo: info@jobcenter-musterstadt.example\r\nSubject: x\r\n"
+        b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
+        b"Content-Type: text/plain\r\n\r\nanbei\r\n--b\r\nContent-Type: application/pdf\r\n"
+        b"Content-Disposition: attachment; filename*=iso-8859-1''Nebenkostenabrechnung_M%E4rz.pdf\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0=\r\n--b--\r\n"
+    )
+    [attachment] = parse_mail(raw).attachments
+    assert attachment.filename == "Nebenkostenabrechnung_März.pdf"
+    assert attachment.content_type == "application/pdf" and attachment.size == 5
+
+
+def test_deep_nesting_and_many_parts_are_bounded() -> None:
+    depth = 1000
+    nested = b"".join(b"Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n" % (i, i) for i in range(depth))
+    raw = (
+        b"From: a@example.org\r\nSubject: bomb\r\nMIME-Version: 1.0\r\n"
+        + nested
+        + b"Content-Type: text/plain\r\n\r\nhi\r\n"
+    )
+    start = time.process_time()
+    mail = parse_mail(raw)
+    assert mail.subject == "bomb" and mail.defects
+    many = b"".join(b"--b\r\nContent-Type: text/plain\r\n\r\npart\r\n" for _ in range(5000))
+    raw_many = (
+        b"From: a@example.org\r\nSubject: many\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: multipart/mixed; boundary=b\r\n\r\n" + many + b"--b--\r\n"
+    )
+    assert parse_mail(raw_many).parse_limited
+    addresses = b", ".join(b"u%d@example.org" % i for i in range(50_000))
+    assert len(parse_mail(b"From: a@example.org\r\nTo: " + addresses + b"\r\n\r\nx").to_addresses) <= 200
+    assert time.process_time() - start < 60  # bounded, not a speed test
+
+
+def test_automated_signals() -> None:
+    def signals(headers: str, sender: str = "a@example.org", ctype: str = "text/plain") -> tuple[str, ...]:
+        raw = f"From: {sender}\r\nSubject: Hallo\r\nContent-Type: {ctype}\r\n{headers}\r\nText\r\n".encode()
+        return parse_mail(raw).automated_signals
+
+    assert signals("Auto-Submitted: auto-replied\r\n") == ("auto-submitted",)
+    assert signals("Auto-Submitted: no\r\n") == ()
+    assert signals("List-Unsubscribe: <mailto:x@y>\r\n") == ("mailing-list",)
+    assert signals("Precedence: junk\r\n") == ("precedence",)
+    assert signals("X-Auto-Response-Suppress: OOF, DR\r\n") == ("auto-response-suppress",)
+    assert signals("X-Autoreply: yes\r\n") == ("autoreply-header",)
+    assert signals("X-Apple-Action: VACATION\r\n") == ("vacation",)
+    assert signals("X-Spam-Flag: YES\r\n") == ("spam",)
+    assert signals("", ctype="multipart/report; report-type=delivery-status; boundary=x") == ("report",)
+    for sender in (
+        "MAILER-DAEMON@x.org",
+        "no-reply@shop.example",
+        "owner-list@x.org",
+        "list-request@x.org",
+        "postmaster@x.org",
+        "donotreply@x.org",
+    ):
+        assert "automated-sender" in signals("", sender=sender), sender
+
+
+RULESET = load_rules(PROJECT_ROOT / "routing_rules", PROJECT_ROOT / "templates")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=3000) | st.text(max_size=2000).map(lambda t: t.encode("utf-8", "surrogatepass")))
+def test_parser_and_classifier_never_raise(raw: bytes) -> None:
+    mail = parse_mail(raw)
+    facts = MailFacts.build(mail, "a@example.org", ("info@jobcenter-musterstadt.example",), "de", utcnow())
+    assert RULESET.classify(facts).action.category
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["Subject", "From", "To", "Content-Type", "Message-ID", "Auto-Submitted"]),
+        st.text(max_size=200),
+        max_size=6,
+    ),
+    st.text(max_size=500),
+)
+def test_structured_messages_always_get_a_decision(headers: dict[str, str], body: str) -> None:
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    raw = (head + "\r\n" + body).encode("utf-8", "surrogatepass")
+    mail = parse_mail(raw)
+    facts = MailFacts.build(mail, "a@example.org", ("info@jobcenter-musterstadt.example",), "de", utcnow())
+    assert RULESET.classify(facts).rule_id

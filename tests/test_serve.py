@@ -1,0 +1,144 @@
+"""`channelshift serve` as a real subprocess on the embedded default, with rule hot reload."""
+
+from __future__ import annotations
+
+import email
+import os
+import re
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from email.policy import default as default_policy
+from pathlib import Path
+
+import pytest
+
+from services.config import PROJECT_ROOT
+from tests.support import SERVED, make_mail
+
+PROBE_RULE = """rules:
+  - id: probe
+    description: test rule added while the service runs
+    when:
+      subject: {keywords: [zauberwort]}
+    then: {category: complaint, channel: feedback, reply: complaint}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Served:
+    process: subprocess.Popen[bytes]
+    var: Path
+    rules: Path
+    smtp_port: int
+    web_port: int
+
+    def send(self, data: bytes) -> str:
+        with smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=30) as client:
+            client.ehlo()
+            assert client.mail("citizen@example.org")[0] == 250
+            assert client.rcpt(SERVED)[0] == 250
+            code, text = client.data(data)
+        assert code == 250
+        found = re.search(rb"queued as ([0-9a-f]{32})", text)
+        assert found
+        return found.group(1).decode()
+
+    def delivered(self, message_id: str, timeout: float = 20) -> email.message.Message:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for path in (self.var / "delivered" / "new").glob(f"{message_id}.original.*"):
+                return email.message_from_bytes(path.read_bytes(), policy=default_policy)
+            time.sleep(0.1)
+        raise AssertionError(f"{message_id} not delivered within {timeout}s")
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    rules = tmp_path / "rules"
+    shutil.copytree(PROJECT_ROOT / "routing_rules", rules, ignore=shutil.ignore_patterns("tests"))
+    smtp_port, lmtp_port, web_port = free_port(), free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHANNELSHIFT_")}
+    env.update(
+        {
+            "CHANNELSHIFT_SMTP_LISTEN": f"127.0.0.1:{smtp_port}",
+            "CHANNELSHIFT_LMTP_LISTEN": f"127.0.0.1:{lmtp_port}",
+            "CHANNELSHIFT_WEB_LISTEN": f"127.0.0.1:{web_port}",
+            "CHANNELSHIFT_RULES_DIR": str(rules),
+            "CHANNELSHIFT_LOG_FORMAT": "json",
+        }
+    )
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed in teardown
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services", "serve"], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            log.close()
+            raise AssertionError("serve did not become ready:\n" + (tmp_path / "serve.log").read_text())
+        time.sleep(0.2)
+    yield Served(process, tmp_path / "var", rules, smtp_port, web_port)
+    process.send_signal(signal.SIGTERM)
+    try:
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        log.close()
+    output = (tmp_path / "serve.log").read_text()
+    assert "citizen@example.org" not in output and "Zauberwort" not in output  # no personal data in logs
+
+
+def test_serve_replies_and_delivers(served: Served) -> None:
+    message_id = served.send(
+        make_mail(
+            subject="Kontoauszüge",
+            body="Anbei meine Kontoauszüge.",
+            attachment=("k.pdf", "application/pdf", b"%PDF-1.4 test"),
+        )
+    )
+    original = served.delivered(message_id)
+    assert original["X-Channelshift-Category"] == "documents"
+    [reply_file] = list((served.var / "outbox" / "new").glob(f"{message_id}.reply.*"))
+    reply = email.message_from_bytes(reply_file.read_bytes(), policy=default_policy)
+    assert reply["Auto-Submitted"] == "auto-replied" and reply["To"] == "citizen@example.org"
+    assert (served.var / "redis" / "redis.log").exists()  # the embedded redis-server ran under var/
+
+
+def test_rule_edit_applies_without_restart_and_broken_edit_is_refused(served: Served) -> None:
+    first = served.send(make_mail(subject="Zauberwort", body="Nur ein Test."))
+    assert served.delivered(first)["X-Channelshift-Category"] == "general"
+
+    (served.rules / "35-probe.yaml").write_text(PROBE_RULE, encoding="utf-8")
+    time.sleep(3)  # the worker polls rule files every 2 seconds
+    second = served.send(make_mail(subject="Zauberwort", body="Noch ein Test."))
+    assert served.delivered(second)["X-Channelshift-Category"] == "complaint"
+    assert served.delivered(second)["X-Channelshift-Rule"] == "probe"
+
+    (served.rules / "35-probe.yaml").write_text(PROBE_RULE.replace("feedback", "fax"), encoding="utf-8")
+    time.sleep(3)
+    third = served.send(make_mail(subject="Zauberwort", body="Dritter Test."))
+    assert served.delivered(third)["X-Channelshift-Category"] == "complaint"
+    with urllib.request.urlopen(f"http://127.0.0.1:{served.web_port}/readyz", timeout=5) as response:
+        body = response.read().decode()
+    assert "35-probe.yaml:2: rules[0].then.channel: unknown channel 'fax'" in body
