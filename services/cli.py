@@ -1,4 +1,4 @@
-"""The `channelshift` command: serve | gateway | worker | web | inject | rules check/explain/eval | db."""
+"""The `channelshift` command: serve | gateway | worker | web | inject | rules check/explain/eval | replay | db."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import smtplib
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from services.config import Settings, split_host_port
@@ -134,6 +135,36 @@ def cmd_rules_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _date(value: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an ISO date: {value!r} (use 2026-03-01 or 2026-03-01T08:00)") from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from services.classify.loader import RuleSetInvalid, load_rules
+    from services.classify.replay import replay
+    from services.store.db import make_engine
+
+    settings = _settings()
+    try:
+        ruleset = load_rules(Path(args.rules) if args.rules else settings.rules_dir, settings.templates_dir)
+    except RuleSetInvalid as exc:
+        for error in exc.errors:
+            print(error, file=sys.stderr)
+        return 1
+    engine = make_engine(settings.effective_database_url)
+    report = replay(engine, ruleset, args.since, args.until)
+    engine.dispose()
+    if args.json:
+        print(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
+    else:
+        print(report.format())
+    return 0
+
+
 def cmd_db(args: argparse.Namespace) -> int:
     from services.store.migrate import downgrade, upgrade
 
@@ -197,6 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-missed-safety", action="store_true", help="exit 1 if an emergency/objection is missed")
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(func=cmd_rules_eval)
+
+    replay_parser = sub.add_parser(
+        "replay", help="re-classify stored messages with a candidate rule set; shows the shift, sends nothing"
+    )
+    replay_parser.add_argument("--since", type=_date, required=True, help="ISO date/time (UTC unless given)")
+    replay_parser.add_argument("--until", type=_date, help="ISO date/time, exclusive")
+    replay_parser.add_argument("--rules", help="candidate rule directory (default CHANNELSHIFT_RULES_DIR)")
+    replay_parser.add_argument("--json", action="store_true")
+    replay_parser.set_defaults(func=cmd_replay)
 
     db = sub.add_parser("db", help="database migrations (Alembic)")
     db.add_argument("action", choices=["upgrade", "downgrade"])

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 from services.config import PROJECT_ROOT
-from tests.support import make_mail
+from tests.support import Pipeline, make_mail
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -57,3 +58,44 @@ def test_help_lists_every_command() -> None:
     result = run("--help")
     for command in ("serve", "gateway", "worker", "web", "inject", "rules", "db"):
         assert command in result.stdout
+
+
+async def test_replay_shows_shift_and_changes_nothing(pipeline: Pipeline, tmp_path: Path) -> None:
+    import shutil
+    from datetime import UTC, datetime
+
+    from sqlmodel import Session, select
+
+    from services.classify.loader import load_rules
+    from services.classify.replay import replay
+    from services.store.models import Decision
+
+    await pipeline.send(make_mail(subject="Zauberwort", body="Nur eine Frage."))
+    await pipeline.send(make_mail(subject="Termin", body="Ich muss den Termin absagen.", sender="b@example.org"))
+    await pipeline.work()
+    candidate = tmp_path / "candidate"
+    shutil.copytree(PROJECT_ROOT / "routing_rules", candidate, ignore=shutil.ignore_patterns("tests"))
+    (candidate / "35-probe.yaml").write_text(
+        "rules:\n  - id: probe\n    when:\n      subject: {keywords: [zauberwort]}\n"
+        "    then: {category: complaint, channel: feedback, reply: complaint}\n"
+    )
+    ruleset = load_rules(candidate, PROJECT_ROOT / "templates")
+    report = replay(pipeline.deps.engine, ruleset, datetime(2000, 1, 1, tzinfo=UTC))
+    assert report.total == 2 and report.changed == 1
+    assert report.categories[("general", "complaint")] == 1 and report.categories[("appointment", "appointment")] == 1
+    assert "general -> complaint: 1" in report.format()
+    with Session(pipeline.deps.engine) as session:
+        assert sorted(d.category for d in session.exec(select(Decision)).all()) == ["appointment", "general"]
+    assert len(pipeline.relay.received) == 2
+
+    if pipeline.settings.effective_database_url.startswith("sqlite"):
+        env_run = subprocess.run(
+            [sys.executable, "-m", "services", "replay", "--since", "2000-01-01", "--rules", str(candidate), "--json"],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=PROJECT_ROOT,
+            env={**os.environ, "CHANNELSHIFT_DATABASE_URL": pipeline.settings.effective_database_url},
+        )
+        assert env_run.returncode == 0, env_run.stderr
+        assert json.loads(env_run.stdout)["category_shift"] == [{"from": "general", "to": "complaint", "count": 1}]

@@ -29,6 +29,7 @@ def test_every_template_exists_in_all_languages() -> None:
     for template in TEMPLATES:
         for language in LANGUAGES:
             assert RENDERER.has(template, language), f"{template}/{language}"
+            assert (PROJECT_ROOT / "templates" / "replies" / template / f"{language}.html.j2").is_file()
 
 
 @pytest.mark.parametrize("language", LANGUAGES)
