@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     reply_window_days: int = 7
     reply_daily_cap: int = 3
     sweep_after_seconds: int = 60
+    rules_reload_seconds: float = Field(default=2.0, description="poll interval for rule files; 0 = only on SIGHUP")
     spam_score_header: str | None = Field(
         default=None, description="e.g. X-Spam-Score; replies suppressed when the score reaches spam_score_threshold"
     )

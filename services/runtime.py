@@ -80,13 +80,14 @@ async def run(settings: Settings, *, gateway: bool, worker: bool, web_app: bool,
     try:
         if gateway:
             servers = await start_gateway(settings, deps, pool)
-            if not worker:
-                watcher = asyncio.create_task(_refresh_rules(deps.rules))
         if web_app:
             runner = await start_web(settings, deps, pool)
         if worker:
             arq_worker = build_worker(deps, pool, handle_signals=False)
             worker_task = asyncio.create_task(arq_worker.async_run())
+        watcher = asyncio.create_task(_refresh_rules(deps.rules, settings.rules_reload_seconds))
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reload_now, deps.rules)
         stop = asyncio.create_task(_wait_for_stop())
         waiting: set[asyncio.Task[None]] = {stop} | ({worker_task} if worker_task else set())
         await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
@@ -106,11 +107,21 @@ async def run(settings: Settings, *, gateway: bool, worker: bool, web_app: bool,
         log.info("shutdown.complete")
 
 
-async def _refresh_rules(rules: RuleSetHolder) -> None:
+async def _refresh_rules(rules: RuleSetHolder, interval: float) -> None:
+    """Poll the rule files; interval 0 leaves reloading to SIGHUP alone."""
+    if interval <= 0:
+        return
     while True:
-        await asyncio.sleep(2)
-        with contextlib.suppress(Exception):
+        await asyncio.sleep(interval)
+        try:
             await asyncio.to_thread(rules.refresh)
+        except Exception as exc:
+            log.error("rules.watch_failed", error=type(exc).__name__)
+
+
+def _reload_now(rules: RuleSetHolder) -> None:
+    log.info("rules.sighup")
+    asyncio.get_running_loop().run_in_executor(None, lambda: rules.refresh(force=True))
 
 
 def serve(

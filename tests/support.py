@@ -110,7 +110,7 @@ class Pipeline:
     async def work(self) -> None:
         """Run a burst worker until the queue is empty (follow-up jobs included)."""
         for _ in range(3):
-            worker = build_worker(self.deps, self.pool, burst=True, handle_signals=False, watch_rules=False)
+            worker = build_worker(self.deps, self.pool, burst=True, handle_signals=False)
             try:
                 await worker.main()
             finally:

@@ -66,8 +66,13 @@ class Served:
         raise AssertionError(f"{message_id} not delivered within {timeout}s")
 
 
+@pytest.fixture(params=[2.0], ids=["polling"])
+def reload_seconds(request: pytest.FixtureRequest) -> float:
+    return float(request.param)
+
+
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
+def served(tmp_path: Path, reload_seconds: float) -> Iterator[Served]:
     rules = tmp_path / "rules"
     shutil.copytree(PROJECT_ROOT / "routing_rules", rules, ignore=shutil.ignore_patterns("tests"))
     smtp_port, lmtp_port, web_port = free_port(), free_port(), free_port()
@@ -79,6 +84,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
             "CHANNELSHIFT_WEB_LISTEN": f"127.0.0.1:{web_port}",
             "CHANNELSHIFT_RULES_DIR": str(rules),
             "CHANNELSHIFT_LOG_FORMAT": "json",
+            "CHANNELSHIFT_RULES_RELOAD_SECONDS": str(reload_seconds),
         }
     )
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed in teardown
@@ -142,3 +148,15 @@ def test_rule_edit_applies_without_restart_and_broken_edit_is_refused(served: Se
     with urllib.request.urlopen(f"http://127.0.0.1:{served.web_port}/readyz", timeout=5) as response:
         body = response.read().decode()
     assert "35-probe.yaml:2: rules[0].then.channel: unknown channel 'fax'" in body
+
+
+@pytest.mark.parametrize("reload_seconds", [0.0], ids=["sighup-only"])
+def test_sighup_reloads_rules(served: Served) -> None:
+    (served.rules / "35-probe.yaml").write_text(PROBE_RULE, encoding="utf-8")
+    time.sleep(1)
+    before = served.send(make_mail(subject="Zauberwort", body="Vor dem Signal."))
+    assert served.delivered(before)["X-Channelshift-Category"] == "general"  # polling is off
+    served.process.send_signal(signal.SIGHUP)
+    time.sleep(1.5)
+    after = served.send(make_mail(subject="Zauberwort", body="Nach dem Signal."))
+    assert served.delivered(after)["X-Channelshift-Category"] == "complaint"
