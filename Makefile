@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/channelshift serve
+	CHANNELSHIFT_DEMO_DATES=$${CHANNELSHIFT_DEMO_DATES:-true} $(BIN)/channelshift serve
 
 test: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)

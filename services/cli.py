@@ -1,4 +1,4 @@
-"""The `channelshift` command: serve | gateway | worker | web | inject | rules check/explain/eval | replay | db."""
+"""The `channelshift` command: serve | gateway | worker | web | inject | rules | replay | demo-traffic | purge | db."""
 
 from __future__ import annotations
 
@@ -165,6 +165,59 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo_traffic(args: argparse.Namespace) -> int:
+    from services.demo import run_demo
+
+    settings = _settings()
+    host, port = split_host_port(args.server or settings.smtp_listen)
+    outbox = None if settings.relay_url else settings.outbox_dir
+    try:
+        result = run_demo(
+            host=host,
+            port=port,
+            days=args.days,
+            per_day=args.per_day,
+            cutoff_day=args.cutoff_day,
+            concurrency=args.concurrency,
+            click_share=args.clicks,
+            outbox=outbox,
+        )
+    except OSError as exc:
+        print(f"cannot reach gateway at {host}:{port}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(
+            f"sent {result['sent']} mails ({result['accepted']} accepted, {result['refused']} refused) "
+            f"for {result['first_day']} .. today; cut-off {result['cutoff']}: "
+            f"{result['per_day_before']}/day before, {result['per_day_after']}/day after; "
+            f"{result['clicks']} reply links clicked"
+        )
+        print(
+            "The gateway keeps these dates only with CHANNELSHIFT_DEMO_DATES=true (set by `make run`); "
+            f"see the dashboard at http://{settings.web_listen}/dashboard"
+        )
+    return 0 if result["refused"] == 0 else 1
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    from services.store.db import make_engine
+    from services.store.purge import purge
+
+    settings = _settings()
+    days = args.days if args.days is not None else settings.retention_days
+    engine = make_engine(settings.effective_database_url)
+    result = purge(engine, days, dry_run=args.dry_run)
+    engine.dispose()
+    verb = "would purge" if args.dry_run else "purged"
+    print(
+        f"{verb} {result.messages} message bodies older than {days} days"
+        + ("" if args.dry_run else f"; removed {result.ledger_rows} reply-ledger rows, {result.clicks} click rows")
+    )
+    return 0
+
+
 def cmd_db(args: argparse.Namespace) -> int:
     from services.store.migrate import downgrade, upgrade
 
@@ -237,6 +290,25 @@ def build_parser() -> argparse.ArgumentParser:
     replay_parser.add_argument("--rules", help="candidate rule directory (default CHANNELSHIFT_RULES_DIR)")
     replay_parser.add_argument("--json", action="store_true")
     replay_parser.set_defaults(func=cmd_replay)
+
+    demo = sub.add_parser(
+        "demo-traffic", help="send a synthetic mail stream (declining after a cut-off) through the running gateway"
+    )
+    demo.add_argument("--days", type=int, default=60)
+    demo.add_argument("--per-day", type=int, default=60, help="mails per weekday before the cut-off")
+    demo.add_argument("--cutoff-day", type=int, help="day index of the reachability change (default: middle)")
+    demo.add_argument("--concurrency", type=int, default=8, help="parallel SMTP sessions")
+    demo.add_argument("--clicks", type=float, default=0.3, help="share of reply links to open (maildir outbox)")
+    demo.add_argument("--server", help="HOST:PORT; default CHANNELSHIFT_SMTP_LISTEN")
+    demo.add_argument("--json", action="store_true")
+    demo.set_defaults(func=cmd_demo_traffic)
+
+    purge_parser = sub.add_parser(
+        "purge", help="drop raw bodies and sender addresses of finished messages past retention (also a daily job)"
+    )
+    purge_parser.add_argument("--days", type=int, help="default CHANNELSHIFT_RETENTION_DAYS (30)")
+    purge_parser.add_argument("--dry-run", action="store_true", help="only count")
+    purge_parser.set_defaults(func=cmd_purge)
 
     db = sub.add_parser("db", help="database migrations (Alembic)")
     db.add_argument("action", choices=["upgrade", "downgrade"])

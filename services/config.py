@@ -39,6 +39,14 @@ class Settings(BaseSettings):
     rules_dir: Path = Field(default_factory=lambda: _shipped("routing_rules"))
     templates_dir: Path = Field(default_factory=lambda: _shipped("templates"))
     admin_token: str | None = None
+    public_url: str = Field(
+        default="http://127.0.0.1:8080", description="base URL of the web process as citizens reach it (/r/ links)"
+    )
+    demo_dates: bool = Field(
+        default=False,
+        description="honour X-Channelshift-Demo-Received from loopback clients (demo-traffic); never in production",
+    )
+    track_clicks: bool = Field(default=True, description="route reply links through /r/<token> to count clicks")
     pseudonym_key: str | None = Field(
         default=None, description="HMAC key for sender pseudonyms; unset = random key kept in var_dir"
     )

@@ -51,7 +51,12 @@ async def start_gateway(settings: Settings, deps: Deps, pool: ArqRedis) -> list[
         if not listen:
             continue
         handler = GatewayHandler(
-            deps.engine, deps.rules, enqueue, protocol=protocol, max_message_size=settings.max_message_size
+            deps.engine,
+            deps.rules,
+            enqueue,
+            protocol=protocol,
+            max_message_size=settings.max_message_size,
+            demo_dates=settings.demo_dates,
         )
         servers.append(
             await start_listener(handler, listen, hostname=settings.hostname, session_timeout=settings.smtp_timeout)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import re
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -31,6 +33,29 @@ def envelope_sender(mail_from: str | None) -> str:
     return sender[:512]
 
 
+_DEMO_HEADER = re.compile(rb"^X-Channelshift-Demo-Received:[ \t]*(\S+)\r?$", re.IGNORECASE | re.MULTILINE)
+
+
+def _is_loopback(peer: Any) -> bool:
+    try:
+        return ipaddress.ip_address(str(peer[0])).is_loopback
+    except (TypeError, ValueError, IndexError):
+        return False
+
+
+def demo_received_at(content: bytes) -> datetime | None:
+    """The backdated arrival of a `channelshift demo-traffic` mail (honoured only when configured, from loopback)."""
+    head = content.split(b"\r\n\r\n", 1)[0][:20_000]
+    found = _DEMO_HEADER.search(head)
+    if not found:
+        return None
+    try:
+        moment = datetime.fromisoformat(found.group(1).decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return moment if moment.tzinfo else None
+
+
 def new_message_id() -> str:
     return uuid.uuid4().hex
 
@@ -47,7 +72,9 @@ class GatewayHandler:
         protocol: str,
         max_message_size: int,
         max_recipients: int = 100,
+        demo_dates: bool = False,
     ) -> None:
+        self.demo_dates = demo_dates
         self.engine = engine
         self.rules = rules
         self.enqueue = enqueue
@@ -87,8 +114,12 @@ class GatewayHandler:
             return self._answer(replies.REJECT_TOO_BIG.format(limit=self.max_message_size), recipients)
         message_id = new_message_id()
         structlog.contextvars.bind_contextvars(message_id=message_id, protocol=self.protocol)
+        received_at = utcnow()
+        if self.demo_dates and _is_loopback(session.peer):
+            received_at = demo_received_at(content) or received_at
         try:
             message = Message(
+                received_at=received_at,
                 id=message_id,
                 protocol=self.protocol,
                 mail_from=envelope_sender(envelope.mail_from),

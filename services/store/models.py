@@ -99,16 +99,40 @@ class Delivery(SQLModel, table=True):
 
 
 class ReplyLedger(SQLModel, table=True):
-    """One row per reply granted, keyed by sender pseudonym: drives the per-template window and daily cap."""
+    """One row per steering reply granted, keyed by sender pseudonym.
+
+    Drives the per-template window and the daily cap, and the repeat-sender measure: the first later
+    e-mail from the same pseudonym within 7 / 30 days marks the row once and bumps a counter in the
+    hour of the original mail, with the original category and channel.
+    """
 
     __tablename__ = "reply_ledger"
     __table_args__ = (Index("ix_reply_ledger_sender_time", "sender_pseudonym", "granted_at"),)
 
     id: int | None = Field(default=None, primary_key=True)
     sender_pseudonym: str = Field(max_length=64)
+    key_id: str = Field(default="k1", max_length=16)
     template: str = Field(max_length=64)
     granted_at: datetime = Field(default_factory=utcnow)
     message_id: str = Field(max_length=32)
+    received_at: datetime
+    mailbox: str = Field(max_length=320)
+    category: str = Field(max_length=64)
+    channel: str = Field(max_length=64)
+    repeat_7d: bool = False
+    repeat_30d: bool = False
+
+
+class LinkClick(SQLModel, table=True):
+    """First click per reply link (token); later clicks only bump the counter. No IP, no user agent."""
+
+    __tablename__ = "link_click"
+
+    token: str = Field(primary_key=True, max_length=64)
+    message_id: str = Field(max_length=32, index=True)
+    channel: str = Field(max_length=64)
+    first_clicked_at: datetime = Field(default_factory=utcnow)
+    clicks: int = 1
 
 
 class Counter(SQLModel, table=True):

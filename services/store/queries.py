@@ -107,6 +107,32 @@ def reply_allowance(
     return None
 
 
+def mark_repeat_contact(session: Session, pseudonym: str, now: datetime) -> None:
+    """This sender writes again: mark their earlier steering replies (7 / 30 days) as followed by e-mail, once."""
+    earlier = session.exec(
+        select(ReplyLedger).where(
+            ReplyLedger.sender_pseudonym == pseudonym,
+            ReplyLedger.granted_at > now - timedelta(days=30),
+            ReplyLedger.granted_at < now,
+            col(ReplyLedger.repeat_30d).is_(False),
+        )
+    ).all()
+    for entry in earlier:
+        windows = ["30d"] + (["7d"] if entry.granted_at > now - timedelta(days=7) else [])
+        for window in windows:
+            bump_counter(
+                session,
+                hour=entry.received_at,
+                mailbox=entry.mailbox,
+                category=entry.category,
+                channel=entry.channel,
+                outcome=f"repeat-{window}",
+            )
+        entry.repeat_30d = True
+        entry.repeat_7d = "7d" in windows
+        session.add(entry)
+
+
 def claim(engine: Engine, model: type[Reply] | type[Delivery], message_id: str, stale_after: timedelta) -> bool:
     """Move a reply/delivery to SENDING if nobody else holds it; exactly one worker wins."""
     now = utcnow()

@@ -1,4 +1,4 @@
-"""create_app(settings): /healthz, /readyz, /api/v1/messages/{id} and the OpenAPI document."""
+"""create_app(settings): health, readiness, the JSON API, /metrics, /dashboard and the /r/ click redirect."""
 
 from __future__ import annotations
 
@@ -14,7 +14,11 @@ from services.classify.reload import RuleSetHolder
 from services.config import Settings
 from services.store.db import ping
 from services.store.models import Decision, Delivery, Message, Reply
+from services.web.api import ReportsApi
 from services.web.auth import token_middleware
+from services.web.clicks import make_redirect_handler
+from services.web.dashboard import Dashboard
+from services.web.metrics import MetricsEndpoint
 from services.web.openapi import OPENAPI
 
 ENGINE = web.AppKey("engine", Engine)
@@ -129,4 +133,8 @@ def create_app(settings: Settings, engine: Engine, redis: ArqRedis, rules: RuleS
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/api/v1/openapi.json", openapi)
     app.router.add_get("/api/v1/messages/{message_id}", message_detail)
+    ReportsApi(engine, rules).register(app)
+    Dashboard(engine, rules, settings.templates_dir, settings.admin_token).register(app)
+    app.router.add_get("/metrics", MetricsEndpoint(engine, rules, redis).handle)
+    app.router.add_get("/r/{token}", make_redirect_handler(engine, rules, settings.effective_pseudonym_key))
     return app

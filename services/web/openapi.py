@@ -5,13 +5,75 @@ from __future__ import annotations
 from typing import Any
 
 _ERROR = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
+_JSON_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+_DATE = {"type": "string", "format": "date"}
+
+
+def _query(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema or _DATE}
+
+
+_PERIOD = [
+    _query("from", "first local day (default: 29 days before `to`)"),
+    _query("to", "last local day, inclusive (default: today)"),
+]
+_VOLUME_PARAMS = [
+    *_PERIOD,
+    _query("group_by", "bucket size", {"type": "string", "enum": ["day", "week", "month"], "default": "day"}),
+    _query(
+        "by",
+        "series key",
+        {"type": "string", "enum": ["none", "mailbox", "category", "channel", "outcome"], "default": "category"},
+    ),
+    _query(
+        "outcome",
+        "counter outcome, or a prefix ending in ':' (e.g. suppressed:)",
+        {"type": "string", "default": "received"},
+    ),
+    _query("mailbox", "only this served mailbox", {"type": "string"}),
+    _query("category", "only this category", {"type": "string"}),
+    _query("channel", "only this channel", {"type": "string"}),
+]
+_RESPONSES_COMMON = {
+    "400": {"description": "bad parameter", "content": _JSON_ERROR},
+    "401": {"description": "token missing or wrong", "content": _JSON_ERROR},
+}
+_FIGURES = {
+    "type": "object",
+    "properties": {
+        name: {"type": ["number", "null"]}
+        for name in (
+            "received",
+            "replied",
+            "reply_rate",
+            "suppressed",
+            "no_reply",
+            "held",
+            "replies_sent",
+            "replies_failed",
+            "delivered",
+            "deliveries_failed",
+            "repeat_7d",
+            "repeat_30d",
+            "repeat_rate_7d",
+            "repeat_rate_30d",
+            "clicks",
+            "unique_clicks",
+            "click_through",
+        )
+    },
+}
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
-    "info": {"title": "channelshift API", "version": "1"},
+    "info": {
+        "title": "channelshift API",
+        "version": "1",
+        "description": "Volumes and channel-shift measures from the hourly counter rollup. No personal data.",
+    },
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        "schemas": {"Error": _ERROR},
+        "schemas": {"Error": _ERROR, "Figures": _FIGURES},
     },
     "security": [{"bearer": []}],
     "paths": {
@@ -55,11 +117,94 @@ OPENAPI: dict[str, Any] = {
                             }
                         },
                     },
-                    "401": {"description": "token missing"},
-                    "404": {
-                        "description": "unknown id",
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                    "404": {"description": "unknown id", "content": _JSON_ERROR},
+                    **_RESPONSES_COMMON,
+                },
+            }
+        },
+        "/api/v1/volumes": {
+            "get": {
+                "summary": "Counts per day/week/month, split by mailbox, category, channel or outcome",
+                "parameters": _VOLUME_PARAMS,
+                "responses": {
+                    "200": {
+                        "description": "series",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "series": {
+                                            "type": "array",
+                                            "items": {
+                                                "type": "object",
+                                                "properties": {
+                                                    "period": {"type": "string"},
+                                                    "key": {"type": "string"},
+                                                    "count": {"type": "integer"},
+                                                },
+                                            },
+                                        }
+                                    },
+                                }
+                            }
+                        },
                     },
+                    **_RESPONSES_COMMON,
+                },
+            }
+        },
+        "/api/v1/volumes.csv": {
+            "get": {
+                "summary": "The same series as CSV (period, key, outcome, count)",
+                "parameters": _VOLUME_PARAMS,
+                "responses": {
+                    "200": {"description": "CSV", "content": {"text/csv": {"schema": {"type": "string"}}}},
+                    **_RESPONSES_COMMON,
+                },
+            }
+        },
+        "/api/v1/summary": {
+            "get": {
+                "summary": "Totals, reply rate, suppression reasons, repeat senders, click-through",
+                "parameters": _PERIOD,
+                "responses": {
+                    "200": {
+                        "description": "summary",
+                        "content": {
+                            "application/json": {"schema": {"allOf": [{"$ref": "#/components/schemas/Figures"}]}}
+                        },
+                    },
+                    **_RESPONSES_COMMON,
+                },
+            }
+        },
+        "/api/v1/compare": {
+            "get": {
+                "summary": "Two periods side by side (before/after a reachability change) with relative change",
+                "parameters": [
+                    _query("before_from", "first day of the first period"),
+                    _query("before_to", "last day, inclusive"),
+                    _query("after_from", "first day of the second period"),
+                    _query("after_to", "last day, inclusive"),
+                ],
+                "responses": {
+                    "200": {
+                        "description": "comparison",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "before": {"type": "object"},
+                                        "after": {"type": "object"},
+                                        "change": {"type": "object"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    **_RESPONSES_COMMON,
                 },
             }
         },

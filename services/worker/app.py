@@ -10,7 +10,7 @@ from arq.worker import Worker, func
 
 from services import queue
 from services.worker.deps import Deps
-from services.worker.jobs import deliver_original, process_message, send_reply, sweep
+from services.worker.jobs import deliver_original, process_message, purge_expired, send_reply, sweep
 
 # Transient send failures retry with backoff this often; the sweep re-enqueues anything beyond.
 MANY_TRIES = 1000
@@ -30,7 +30,12 @@ def build_worker(
             func(send_reply, name=queue.SEND_REPLY, max_tries=MANY_TRIES),
             func(deliver_original, name=queue.DELIVER, max_tries=MANY_TRIES),
         ],
-        cron_jobs=[] if burst else [cron(sweep, second={0, 30}, run_at_startup=True, unique=True)],
+        cron_jobs=[]
+        if burst
+        else [
+            cron(sweep, second={0, 30}, run_at_startup=True, unique=True),
+            cron(purge_expired, hour={3}, minute={17}, second={0}, unique=True, timeout=3600),
+        ],
         redis_pool=pool,
         queue_name=queue.QUEUE_NAME,
         burst=burst,

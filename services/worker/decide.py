@@ -26,7 +26,7 @@ from services.store.models import (
     ReplyLedger,
     utcnow,
 )
-from services.store.queries import begin_decision, bump_counter, reply_allowance
+from services.store.queries import begin_decision, bump_counter, mark_repeat_contact, reply_allowance
 from services.worker.deps import Deps
 
 log = structlog.get_logger(__name__)
@@ -86,7 +86,8 @@ def decide(deps: Deps, message_id: str) -> Pending | None:
     reason = suppression_reason(mail, envelope_from, envelope_to, ruleset, deps.policy)
     sender_key = envelope_from or mail.from_address
     pseudonym = pseudonymize(sender_key, settings.effective_pseudonym_key) if sender_key else None
-    now = utcnow()
+    # windows (dedup, daily cap, repeat senders) are measured on arrival time, not on processing time
+    now = received_at
     in_reply_to, references = threading_headers(mail)
 
     try:
@@ -135,11 +136,23 @@ def decide(deps: Deps, message_id: str) -> Pending | None:
                         references=references,
                     )
                 )
-                session.add(ReplyLedger(sender_pseudonym=pseudonym, template=template, message_id=message_id))
+                session.add(
+                    ReplyLedger(
+                        sender_pseudonym=pseudonym,
+                        key_id=settings.pseudonym_key_id,
+                        template=template,
+                        message_id=message_id,
+                        granted_at=received_at,
+                        received_at=received_at,
+                        mailbox=mailbox,
+                        category=category,
+                        channel=action.channel,
+                    )
+                )
             if deliver:
                 session.add(Delivery(message_id=message_id))
             message.state = MessageState.CLASSIFIED if deliver else MessageState.HELD
-            message.updated_at = now
+            message.updated_at = utcnow()
             session.add(message)
 
             def count(outcome: str) -> None:
@@ -153,6 +166,8 @@ def decide(deps: Deps, message_id: str) -> Pending | None:
                 )
 
             count("received")
+            if pseudonym is not None and category != "automated":
+                mark_repeat_contact(session, pseudonym, now)
             if will_reply:
                 count("replied")
             elif reason is not None:

@@ -11,11 +11,13 @@ from arq import Retry
 from sqlmodel import Session
 
 from services import queue
+from services.links import make_token
 from services.reply.compose import compose_reply
 from services.reply.original import with_routing_headers
 from services.reply.send import MaildirSender, PermanentSendError, TransientSendError
 from services.store.db import session_scope
 from services.store.models import Decision, Delivery, JobState, Message, MessageState, Reply, utcnow
+from services.store.purge import purge
 from services.store.queries import bump_counter, claim, find_stuck
 from services.worker.decide import decide
 from services.worker.deps import Deps
@@ -115,8 +117,17 @@ async def _send(deps: Deps, model: type[Reply] | type[Delivery], message_id: str
 async def _send_reply(deps: Deps, message: Message, decision: Decision, reply: Reply) -> None:
     assert decision.template is not None
     settings = deps.rules.current.settings
+    links = None
+    if deps.settings.track_clicks:
+        base = deps.settings.public_url.rstrip("/")
+        key = deps.settings.effective_pseudonym_key
+        links = {
+            name: f"{base}/r/{make_token(key, message.id, name)}"
+            for name, info in settings.channels.items()
+            if info.url
+        }
     rendered = deps.renderer.render(
-        decision.template, decision.language, settings, message.received_at, reference=message.id[:12]
+        decision.template, decision.language, settings, message.received_at, reference=message.id[:12], links=links
     )
     email_message = compose_reply(
         rendered,
@@ -185,3 +196,11 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
     if any(counts.values()):
         log.info("sweep.requeued", **counts)
     return counts
+
+
+async def purge_expired(ctx: dict[str, Any]) -> dict[str, int]:
+    """Daily retention run (arq cron); the same as `channelshift purge`."""
+    deps: Deps = ctx["deps"]
+    result = await asyncio.to_thread(purge, deps.engine, deps.settings.retention_days)
+    log.info("purge.done", messages=result.messages, ledger_rows=result.ledger_rows, clicks=result.clicks)
+    return {"messages": result.messages, "ledger_rows": result.ledger_rows, "clicks": result.clicks}

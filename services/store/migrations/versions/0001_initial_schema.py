@@ -50,9 +50,16 @@ def upgrade() -> None:
         "reply_ledger",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("sender_pseudonym", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("key_id", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
         sa.Column("template", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
         sa.Column("granted_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.Column("message_id", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+        sa.Column("received_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+        sa.Column("mailbox", sqlmodel.sql.sqltypes.AutoString(length=320), nullable=False),
+        sa.Column("category", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("channel", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("repeat_7d", sa.Boolean(), nullable=False),
+        sa.Column("repeat_30d", sa.Boolean(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("reply_ledger", schema=None) as batch_op:
@@ -126,8 +133,23 @@ def upgrade() -> None:
     with op.batch_alter_table("reply", schema=None) as batch_op:
         batch_op.create_index("ix_reply_state", ["state"], unique=False)
 
+    op.create_table(
+        "link_click",
+        sa.Column("token", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("message_id", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+        sa.Column("channel", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("first_clicked_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+        sa.Column("clicks", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("token"),
+    )
+    with op.batch_alter_table("link_click", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_link_click_message_id"), ["message_id"], unique=False)
+
 
 def downgrade() -> None:
+    with op.batch_alter_table("link_click", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_link_click_message_id"))
+    op.drop_table("link_click")
 
     with op.batch_alter_table("reply", schema=None) as batch_op:
         batch_op.drop_index("ix_reply_state")

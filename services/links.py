@@ -1,0 +1,42 @@
+"""Opaque click-tracking tokens for reply links: reply id + channel, signed, carrying no personal data."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+
+_MAC_BYTES = 10
+
+
+def _key(secret: bytes) -> bytes:
+    # a key of its own, derived from the pseudonym key, so a token never reveals anything about pseudonyms
+    return hmac.new(secret, b"channelshift-links-v1", hashlib.sha256).digest()
+
+
+def make_token(secret: bytes, message_id: str, channel: str) -> str:
+    payload = bytes.fromhex(message_id) + channel.encode("ascii")
+    mac = hmac.new(_key(secret), payload, hashlib.sha256).digest()[:_MAC_BYTES]
+    return base64.urlsafe_b64encode(payload + mac).decode().rstrip("=")
+
+
+def read_token(secret: bytes, token: str) -> tuple[str, str] | None:
+    """(message_id, channel) if the token is ours and intact, else None."""
+    if not 20 <= len(token) <= 140:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    if len(raw) <= 16 + _MAC_BYTES:
+        return None
+    payload, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
+    expected = hmac.new(_key(secret), payload, hashlib.sha256).digest()[:_MAC_BYTES]
+    if not hmac.compare_digest(mac, expected):
+        return None
+    try:
+        channel = payload[16:].decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return payload[:16].hex(), channel

@@ -1,0 +1,121 @@
+"""/api/v1 reporting: volumes (JSON and CSV), summary and before/after comparison, from the counter rollup."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+from datetime import date, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from aiohttp import web
+from sqlalchemy import Engine
+
+from services.classify.reload import RuleSetHolder
+from services.store import reports
+
+DEFAULT_DAYS = 30
+FILTERS = ("mailbox", "category", "channel")
+
+
+def _date(request: web.Request, name: str, default: date) -> date:
+    raw = request.query.get(name)
+    if not raw:
+        return default
+    try:
+        return date.fromisoformat(raw)
+    except ValueError as exc:
+        raise web.HTTPBadRequest(
+            text=f'{{"error": "{name} must be YYYY-MM-DD"}}', content_type="application/json"
+        ) from exc
+
+
+def period_from(request: web.Request, zone: ZoneInfo, prefix: str = "") -> reports.Period:
+    today = date.today()
+    end = _date(request, f"{prefix}to", today)
+    start = _date(request, f"{prefix}from", end - timedelta(days=DEFAULT_DAYS - 1))
+    if start > end:
+        raise web.HTTPBadRequest(text='{"error": "from is after to"}', content_type="application/json")
+    if (end - start).days > 3 * 366:
+        raise web.HTTPBadRequest(text='{"error": "period longer than 3 years"}', content_type="application/json")
+    return reports.Period(start, end, zone)
+
+
+def _choice(request: web.Request, name: str, allowed: tuple[str, ...], default: str) -> str:
+    value = request.query.get(name, default)
+    if value not in allowed:
+        raise web.HTTPBadRequest(
+            text=f'{{"error": "{name} must be one of {", ".join(allowed)}"}}', content_type="application/json"
+        )
+    return value
+
+
+class ReportsApi:
+    def __init__(self, engine: Engine, rules: RuleSetHolder) -> None:
+        self.engine = engine
+        self.rules = rules
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.rules.current.settings.timezone)
+
+    def _volume_args(self, request: web.Request) -> dict[str, Any]:
+        return {
+            "period": period_from(request, self.zone),
+            "group_by": _choice(request, "group_by", reports.GROUP_BY, "day"),
+            "by": _choice(request, "by", reports.BY, "category"),
+            "outcome": request.query.get("outcome", "received")[:80],
+            "filters": {name: request.query[name] for name in FILTERS if request.query.get(name)},
+        }
+
+    async def volumes(self, request: web.Request) -> web.Response:
+        args = self._volume_args(request)
+        series = await asyncio.to_thread(reports.volumes, self.engine, **args)
+        period: reports.Period = args["period"]
+        return web.json_response(
+            {
+                "from": period.start.isoformat(),
+                "to": period.end.isoformat(),
+                "group_by": args["group_by"],
+                "by": args["by"],
+                "outcome": args["outcome"],
+                "series": series,
+            }
+        )
+
+    async def volumes_csv(self, request: web.Request) -> web.Response:
+        args = self._volume_args(request)
+        series = await asyncio.to_thread(reports.volumes, self.engine, **args)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["period", args["by"], "outcome", "count"])
+        for row in series:
+            writer.writerow([row["period"], row["key"], args["outcome"], row["count"]])
+        return web.Response(
+            text=buffer.getvalue(),
+            content_type="text/csv",
+            charset="utf-8",
+            headers={"Content-Disposition": 'attachment; filename="channelshift-volumes.csv"'},
+        )
+
+    async def summary(self, request: web.Request) -> web.Response:
+        period = period_from(request, self.zone)
+        return web.json_response(await asyncio.to_thread(reports.summary, self.engine, period))
+
+    async def compare(self, request: web.Request) -> web.Response:
+        for name in ("before_from", "before_to", "after_from", "after_to"):
+            if name not in request.query:
+                raise web.HTTPBadRequest(
+                    text='{"error": "needs before_from, before_to, after_from, after_to"}',
+                    content_type="application/json",
+                )
+        before = period_from(request, self.zone, "before_")
+        after = period_from(request, self.zone, "after_")
+        return web.json_response(await asyncio.to_thread(reports.compare, self.engine, before, after))
+
+    def register(self, app: web.Application) -> None:
+        app.router.add_get("/api/v1/volumes", self.volumes)
+        app.router.add_get("/api/v1/volumes.csv", self.volumes_csv)
+        app.router.add_get("/api/v1/summary", self.summary)
+        app.router.add_get("/api/v1/compare", self.compare)

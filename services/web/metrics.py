@@ -1,0 +1,163 @@
+"""GET /metrics: counters from the durable rollup, rule-set state, queue depth, and this process's latencies."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+
+from aiohttp import web
+from arq.connections import ArqRedis
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import Engine, func, select
+from sqlmodel import Session, col
+
+from services import queue
+from services.classify.reload import RuleSetHolder
+from services.metrics import PROCESS_REGISTRY
+from services.store.models import Counter
+
+CACHE_SECONDS = 10.0
+
+
+class RollupCollector(Collector):
+    """Totals of the hourly counter table; the same numbers whichever process serves the scrape."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._cache: list[tuple[str, str, str, int]] = []
+        self._cached_at = 0.0
+
+    def refresh(self) -> None:
+        if time.monotonic() - self._cached_at < CACHE_SECONDS:
+            return
+        query = select(
+            col(Counter.category), col(Counter.channel), col(Counter.outcome), func.sum(Counter.count)
+        ).group_by(col(Counter.category), col(Counter.channel), col(Counter.outcome))
+        with Session(self.engine) as session:
+            self._cache = [(str(a), str(b), str(c), int(d)) for a, b, c, d in session.execute(query).all()]
+        self._cached_at = time.monotonic()
+
+    def collect(self) -> Iterable[Metric]:
+        received = CounterMetricFamily(
+            "channelshift_mail_received", "Mails decided, by category and channel.", labels=["category", "channel"]
+        )
+        replies = CounterMetricFamily(
+            "channelshift_replies",
+            "Steering replies by state (planned, sent, failed).",
+            labels=["category", "channel", "state"],
+        )
+        suppressed = CounterMetricFamily(
+            "channelshift_replies_suppressed", "Replies not sent, by reason.", labels=["reason"]
+        )
+        held = CounterMetricFamily("channelshift_mail_held", "Automated mail kept, not delivered.", labels=[])
+        deliveries = CounterMetricFamily(
+            "channelshift_deliveries", "Originals handed to staff, by state.", labels=["state"]
+        )
+        rejected = CounterMetricFamily(
+            "channelshift_smtp_rejected", "Recipients refused at SMTP time, by reason.", labels=["reason"]
+        )
+        clicks = CounterMetricFamily("channelshift_clicks", "Clicks on reply links.", labels=["category", "channel"])
+        unique = CounterMetricFamily(
+            "channelshift_unique_clicks", "Reply links clicked at least once.", labels=["category", "channel"]
+        )
+        repeat = CounterMetricFamily(
+            "channelshift_repeat_senders",
+            "Steering replies followed by another e-mail from the same sender.",
+            labels=["window"],
+        )
+        sums: dict[tuple[str, ...], int] = {}
+
+        def add(metric: str, *labels: str, value: int) -> None:
+            sums[(metric, *labels)] = sums.get((metric, *labels), 0) + value
+
+        for category, channel, outcome, count in self._cache:
+            if outcome == "received":
+                add("received", category, channel, value=count)
+            elif outcome in ("replied", "reply-sent", "reply-failed"):
+                state = {"replied": "planned", "reply-sent": "sent", "reply-failed": "failed"}[outcome]
+                add("replies", category, channel, state, value=count)
+            elif outcome.startswith("suppressed:"):
+                add("suppressed", outcome.split(":", 1)[1], value=count)
+            elif outcome == "held":
+                add("held", value=count)
+            elif outcome in ("delivered", "delivery-failed"):
+                add("deliveries", "delivered" if outcome == "delivered" else "failed", value=count)
+            elif outcome.startswith("rejected:"):
+                add("rejected", outcome.split(":", 1)[1], value=count)
+            elif outcome == "click":
+                add("clicks", category, channel, value=count)
+            elif outcome == "click-unique":
+                add("unique", category, channel, value=count)
+            elif outcome.startswith("repeat-"):
+                add("repeat", outcome.split("-", 1)[1], value=count)
+        families = {
+            "received": received,
+            "replies": replies,
+            "suppressed": suppressed,
+            "held": held,
+            "deliveries": deliveries,
+            "rejected": rejected,
+            "clicks": clicks,
+            "unique": unique,
+            "repeat": repeat,
+        }
+        for (metric, *labels), value in sorted(sums.items()):
+            families[metric].add_metric(labels, value)
+        yield from families.values()
+
+
+class RulesCollector(Collector):
+    def __init__(self, rules: RuleSetHolder) -> None:
+        self.rules = rules
+
+    def collect(self) -> Iterable[Metric]:
+        info = GaugeMetricFamily(
+            "channelshift_ruleset_info", "The running rule set (value is always 1).", labels=["version"]
+        )
+        info.add_metric([self.rules.current.version], 1)
+        yield info
+        valid = GaugeMetricFamily("channelshift_rules_valid", "1 if the rule files on disk validate, else 0.")
+        valid.add_metric([], 0 if self.rules.errors else 1)
+        yield valid
+        failures = CounterMetricFamily(
+            "channelshift_rules_reload_failures", "Rule reloads refused because the files did not validate."
+        )
+        failures.add_metric([], self.rules.reload_failures)
+        yield failures
+        count = GaugeMetricFamily("channelshift_rules", "Number of rules in the running set.")
+        count.add_metric([], len(self.rules.current.rules))
+        yield count
+
+
+class QueueCollector(Collector):
+    def __init__(self) -> None:
+        self.depth: int | None = None
+
+    def collect(self) -> Iterable[Metric]:
+        depth = GaugeMetricFamily("channelshift_queue_depth", "Jobs waiting in the arq queue (incl. deferred).")
+        if self.depth is not None:
+            depth.add_metric([], self.depth)
+        yield depth
+
+
+class MetricsEndpoint:
+    def __init__(self, engine: Engine, rules: RuleSetHolder, redis: ArqRedis) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.rollup = RollupCollector(engine)
+        self.queue = QueueCollector()
+        self.redis = redis
+        self.registry.register(self.rollup)
+        self.registry.register(RulesCollector(rules))
+        self.registry.register(self.queue)
+
+    async def handle(self, _request: web.Request) -> web.Response:
+        try:
+            self.queue.depth = int(await asyncio.wait_for(self.redis.zcard(queue.QUEUE_NAME), timeout=2))
+        except Exception:
+            self.queue.depth = None
+        await asyncio.to_thread(self.rollup.refresh)
+        body = generate_latest(self.registry) + generate_latest(PROCESS_REGISTRY)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
