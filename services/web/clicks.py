@@ -67,6 +67,6 @@ def make_redirect_handler(
                 await asyncio.to_thread(record_click, engine, token, parsed[0], channel)
             except Exception as exc:  # counting must never keep a citizen from the portal
                 log.warning("click.not_recorded", error=type(exc).__name__)
-        return web.HTTPFound(target.url, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
+        raise web.HTTPFound(target.url, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
 
     return redirect

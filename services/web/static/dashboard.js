@@ -9,7 +9,7 @@
     if (!chart.$counted) { chart.$counted = true; drawn += 1; document.body.dataset.chartsDrawn = String(drawn); }
   } };
   const common = { responsive: true, maintainAspectRatio: false, animation: false,
-                   plugins: { legend: { position: "bottom" } } };
+                   plugins: { legend: { position: "bottom", labels: { boxWidth: 12, font: { size: 11 } } } } };
 
   function stacked(id, series) {
     const el = document.getElementById(id);

@@ -1,0 +1,282 @@
+"""Channel metrics: API numbers equal what was sent, repeat senders, clicks, Prometheus, purge, dashboard."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from sqlmodel import Session, select
+
+from services import queue
+from services.demo import run_demo
+from services.gateway.handler import GatewayHandler
+from services.gateway.server import start_listener
+from services.store.models import Message
+from services.store.purge import purge
+from services.web.app import create_app
+from tests.support import SERVED, Pipeline, make_mail, send
+
+AUTH = {"Authorization": "Bearer tok"}
+TODAY = date.today().isoformat()
+
+
+@pytest.fixture
+async def client(pipeline: Pipeline) -> AsyncIterator[TestClient[object, object]]:
+    pipeline.deps.settings.admin_token = "tok"
+    app = create_app(pipeline.deps.settings, pipeline.deps.engine, pipeline.pool, pipeline.deps.rules)
+    async with TestClient(TestServer(app)) as test_client:
+        yield test_client
+
+
+async def demo_gateway(pipeline: Pipeline) -> tuple[asyncio.Server, int]:
+    async def enqueue(message_id: str) -> None:
+        await queue.enqueue(pipeline.pool, queue.PROCESS, message_id)
+
+    handler = GatewayHandler(
+        pipeline.deps.engine, pipeline.deps.rules, enqueue, protocol="smtp", max_message_size=1_000_000, demo_dates=True
+    )
+    server = await start_listener(handler, "127.0.0.1:0", hostname="t", session_timeout=30)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def send_at(port: int, moment: datetime, sender: str, subject: str, body: str) -> None:
+    data = make_mail(
+        subject=subject, body=body, sender=sender, headers={"X-Channelshift-Demo-Received": moment.isoformat()}
+    )
+    await send(port, sender, [SERVED], data)
+
+
+async def test_api_numbers_match_the_mails_sent(pipeline: Pipeline, client: TestClient[object, object]) -> None:
+    mails = [
+        ("Termin verschieben", "Kann ich den Termin verschieben?", "a@example.org", {}),
+        ("Neue Adresse", "Ich bin umgezogen.", "b@example.org", {}),
+        ("Frage", "Wann haben Sie geöffnet?", "c@example.org", {}),
+        ("Frage", "Wann haben Sie geöffnet? Nochmal.", "c@example.org", {}),
+        ("Urlaub", "Bin weg.", "d@example.org", {"Auto-Submitted": "auto-replied"}),
+    ]
+    for subject, body, sender, headers in mails:
+        await pipeline.send(make_mail(subject=subject, body=body, sender=sender, headers=headers), sender=sender)
+    await pipeline.work()
+
+    for path in ("/api/v1/summary", "/api/v1/volumes", "/api/v1/volumes.csv", "/api/v1/compare", "/dashboard"):
+        response = await client.get(path, allow_redirects=False)
+        assert response.status in (401, 303), path
+
+    summary = await (await client.get("/api/v1/summary", headers=AUTH)).json()
+    assert summary["received"] == 5
+    assert summary["replied"] == 3 and summary["replies_sent"] == 3
+    assert summary["suppressed_by_reason"] == {"already-replied": 1, "auto-submitted": 1}
+    assert summary["held"] == 1 and summary["delivered"] == 4
+    assert summary["by_category"]["general"]["received"] == 2
+    assert summary["reply_rate"] == 0.6
+
+    volumes = await (await client.get(f"/api/v1/volumes?by=category&from={TODAY}&to={TODAY}", headers=AUTH)).json()
+    assert {row["key"]: row["count"] for row in volumes["series"]} == {
+        "appointment": 1,
+        "change_notice": 1,
+        "general": 2,
+        "automated": 1,
+    }
+    by_outcome = await (
+        await client.get("/api/v1/volumes?by=none&outcome=suppressed:&group_by=month", headers=AUTH)
+    ).json()
+    assert sum(row["count"] for row in by_outcome["series"]) == 2
+    csv_text = await (await client.get("/api/v1/volumes.csv?by=channel", headers=AUTH)).text()
+    assert csv_text.splitlines()[0] == "period,channel,outcome,count"
+    assert sum(int(line.rsplit(",", 1)[1]) for line in csv_text.splitlines()[1:]) == 5
+
+    yesterday = (date.today() - timedelta(days=1)).isoformat()
+    compared = await (
+        await client.get(
+            f"/api/v1/compare?before_from={yesterday}&before_to={yesterday}&after_from={TODAY}&after_to={TODAY}",
+            headers=AUTH,
+        )
+    ).json()
+    assert compared["before"]["received"] == 0 and compared["after"]["received"] == 5
+    bad = await client.get("/api/v1/volumes?group_by=year", headers=AUTH)
+    assert bad.status == 400
+
+
+async def test_metrics_are_open_and_pass_promtool(pipeline: Pipeline, client: TestClient[object, object]) -> None:
+    await pipeline.send(make_mail(subject="Frage", body="Wann haben Sie geöffnet?"))
+    await pipeline.work()
+    response = await client.get("/metrics")
+    assert response.status == 200
+    text = await response.text()
+    assert 'channelshift_mail_received_total{category="general",channel="overview"} 1.0' in text
+    assert 'channelshift_replies_total{category="general",channel="overview",state="sent"} 1.0' in text
+    assert "channelshift_ruleset_info{version=" in text and "channelshift_queue_depth 0.0" in text
+    assert "channelshift_job_duration_seconds_bucket" in text or "channelshift_gateway_store_seconds" in text
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool missing in CI (.ci/run installs Debian's prometheus package)")
+        pytest.skip("promtool not installed")
+    check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+async def test_click_redirect_counts_without_personal_data(
+    pipeline: Pipeline, client: TestClient[object, object]
+) -> None:
+    await pipeline.send(
+        make_mail(
+            subject="Unterlagen", body="Anbei die Nachweise.", attachment=("n.pdf", "application/pdf", b"%PDF-1.4")
+        )
+    )
+    await pipeline.work()
+    [reply] = pipeline.relay.received
+    text = reply.message.get_body(("plain",)).get_content()
+    tokens = re.findall(r"/r/([A-Za-z0-9_-]+)", text)
+    assert tokens and "jobcenter.digital" not in text  # links go through the redirect
+    for _ in range(2):
+        response = await client.get(f"/r/{tokens[0]}", allow_redirects=False)
+        assert response.status == 302
+        assert response.headers["Location"] == "https://www.jobcenter.digital/dokumente-hochladen"
+        assert response.headers["Referrer-Policy"] == "no-referrer"
+    tampered = await client.get(f"/r/{tokens[0][:-2]}xx", allow_redirects=False)
+    assert tampered.status == 302 and tampered.headers["Location"] == "https://www.jobcenter.digital"
+    summary = await (await client.get("/api/v1/summary", headers=AUTH)).json()
+    assert summary["clicks"] == 2 and summary["unique_clicks"] == 1 and summary["click_through"] == 1.0
+    assert summary["by_channel"]["upload"]["unique_clicks"] == 1
+
+
+async def test_repeat_senders_within_7_and_30_days(pipeline: Pipeline, client: TestClient[object, object]) -> None:
+    server, port = await demo_gateway(pipeline)
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=40)
+    await send_at(port, start, "first@example.org", "Neue Adresse", "Ich bin umgezogen.")
+    await send_at(port, start, "second@example.org", "Termin", "Ich muss den Termin absagen.")
+    await send_at(port, start, "third@example.org", "Frage", "Wann haben Sie geöffnet?")
+    await pipeline.work()
+    await send_at(port, start + timedelta(days=2), "first@example.org", "Nochmal", "Haben Sie meine Adresse?")
+    await send_at(port, start + timedelta(days=20), "second@example.org", "Nochmal", "Ist der Termin abgesagt?")
+    await pipeline.work()
+    server.close()
+    day = start.date().isoformat()
+    summary = await (await client.get(f"/api/v1/summary?from={day}&to={day}", headers=AUTH)).json()
+    assert summary["replied"] == 3
+    assert summary["repeat_7d"] == 1 and summary["repeat_30d"] == 2
+    assert summary["by_category"]["change_notice"]["repeat_7d"] == 1
+    assert summary["by_category"]["appointment"]["repeat_30d"] == 1
+    assert summary["by_category"]["appointment"]["repeat_7d"] == 0
+    assert summary["repeat_rate_30d"] == round(2 / 3, 4)
+
+
+async def test_purge_drops_bodies_of_finished_old_mail_only(pipeline: Pipeline) -> None:
+    server, port = await demo_gateway(pipeline)
+    old = datetime.now(UTC) - timedelta(days=45)
+    await send_at(port, old, "old@example.org", "Frage", "Alt.")
+    await send_at(port, datetime.now(UTC), "new@example.org", "Frage", "Neu.")
+    server.close()
+    assert purge(pipeline.deps.engine, 30).messages == 0  # not processed yet: nothing in flight loses its body
+    await pipeline.work()
+    assert purge(pipeline.deps.engine, 30, dry_run=True).messages == 1
+    assert purge(pipeline.deps.engine, 30).messages == 1
+    with Session(pipeline.deps.engine) as session:
+        rows = {m.received_at.date() < date.today() - timedelta(days=30): m for m in session.exec(select(Message))}
+    assert rows[True].raw is None and rows[True].mail_from == "" and rows[True].purged_at is not None
+    assert rows[False].raw is not None and rows[False].mail_from == "new@example.org"
+    assert purge(pipeline.deps.engine, 30).messages == 0
+
+
+async def _chromium_dom(url: str, profile: Path, width: int, height: int, screenshot: Path | None = None) -> str:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        f"--window-size={width},{height}",
+        "--virtual-time-budget=10000",
+    ]
+    if screenshot is not None:
+        process = await asyncio.create_subprocess_exec(
+            chromium,
+            *flags,
+            f"--screenshot={screenshot}",
+            url,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        await asyncio.wait_for(process.wait(), timeout=120)
+    process = await asyncio.create_subprocess_exec(
+        chromium, *flags, "--dump-dom", url, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), timeout=120)
+    return out.decode()
+
+
+async def test_demo_traffic_and_dashboard_in_chromium(pipeline: Pipeline, tmp_path: Path) -> None:
+    if not (shutil.which("chromium") or shutil.which("chromium-browser")):
+        if os.environ.get("CI"):
+            pytest.fail("chromium missing in CI (.ci/run installs Debian's chromium)")
+        pytest.skip("chromium not installed")
+    server, port = await demo_gateway(pipeline)
+    result = await asyncio.to_thread(
+        run_demo,
+        host="127.0.0.1",
+        port=port,
+        days=14,
+        per_day=8,
+        cutoff_day=7,
+        concurrency=4,
+        click_share=0,
+        outbox=None,
+    )
+    await pipeline.work()
+    server.close()
+    assert result["accepted"] == result["sent"] > 0
+    assert float(str(result["per_day_after"])) < float(str(result["per_day_before"]))
+
+    pipeline.deps.settings.admin_token = None  # headless Chromium cannot send a bearer header
+    app = create_app(pipeline.deps.settings, pipeline.deps.engine, pipeline.pool, pipeline.deps.rules)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    web_port = runner.addresses[0][1]
+    try:
+        client = TestClient(TestServer(app))
+        first, last = result["first_day"], date.today().isoformat()
+        async with client:
+            volumes = await (await client.get(f"/api/v1/volumes?by=none&from={first}&to={last}")).json()
+        api_per_day = {row["period"]: row["count"] for row in volumes["series"]}
+        sent_per_day = {d: n for d, n in dict(result["per_day"]).items() if n}  # type: ignore[call-overload]
+        assert api_per_day == sent_per_day  # the API counts exactly what was sent, day by day
+        url = f"http://127.0.0.1:{web_port}/dashboard?from={first}&to={last}&cutoff={result['cutoff']}"
+        for width, height, name in ((1280, 1400, "desktop"), (390, 1800, "phone")):
+            dom = await _chromium_dom(url, tmp_path / f"profile-{name}", width, height, tmp_path / f"{name}.png")
+            drawn = re.search(r'data-charts-drawn="(\d+)"', dom)
+            expected = re.search(r'data-charts-expected="(\d+)"', dom)
+            assert drawn and expected and drawn.group(1) == expected.group(1) == "6", name
+            assert (tmp_path / f"{name}.png").stat().st_size > 10_000
+    finally:
+        await runner.cleanup()
+
+
+def test_cli_purge_dry_run(tmp_path: Path) -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CHANNELSHIFT_")},
+        "CHANNELSHIFT_DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite",
+    }
+    subprocess.run([sys.executable, "-m", "services", "db", "upgrade"], env=env, check=True, capture_output=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "services", "purge", "--dry-run"], env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0 and "would purge 0 message bodies older than 30 days" in result.stdout
