@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
 
 from services.config import PROJECT_ROOT
 
@@ -34,4 +41,26 @@ def test_dashboard_panels_use_exposed_metrics() -> None:
         for target in panel["targets"]:
             for name in re.findall(r"channelshift_[a-z0-9_]+", target["expr"]):
                 assert name in EXPOSED, (panel["title"], name)
-            assert target["expr"].count("(") == target["expr"].count(")")
+
+
+def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool missing in CI")
+        pytest.skip("promtool not installed")
+    dashboard = json.loads((PROJECT_ROOT / "deploy" / "grafana" / "channelshift.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    rules = {
+        "groups": [
+            {
+                "name": "grafana",
+                "rules": [{"record": f"channelshift:panel_{i}", "expr": expr} for i, expr in enumerate(exprs)],
+            }
+        ]
+    }
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules))
+    check = subprocess.run(
+        [promtool, "check", "rules", str(tmp_path / "rules.yml")], capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
