@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import smtplib
 
 import pytest
 from sqlmodel import Session, select
 
 from services import queue
+from services.links import read_token
 from services.store.models import Decision, Delivery, JobState, Message, MessageState, Reply
 from services.worker.jobs import deliver_original, process_message, send_reply, sweep
 from tests.support import SERVED, Pipeline, make_mail
@@ -44,9 +46,11 @@ async def test_documents_mail_gets_steering_reply_and_reaches_staff(pipeline: Pi
     assert message["In-Reply-To"] and message["In-Reply-To"] in message["References"]
     assert message["Message-ID"].startswith("<reply.")
     text = message.get_body(("plain",)).get_content()
-    assert "https://www.jobcenter.digital/dokumente-hochladen" in text
+    link = re.search(r"http://127\.0\.0\.1:8080/r/([A-Za-z0-9_-]+)", text)
+    assert link, text  # the upload link, routed through the click counter
+    assert read_token(pipeline.deps.settings.effective_pseudonym_key, link.group(1)) == (stored.id, "upload")
     html = message.get_body(("html",)).get_content()
-    assert '<a href="https://www.jobcenter.digital/dokumente-hochladen">' in html
+    assert f'<a href="{link.group(0)}">' in html
 
     [original] = pipeline.delivery.received
     assert original.rcpt_tos == [SERVED]
