@@ -116,7 +116,9 @@ async def test_metrics_are_open_and_pass_promtool(pipeline: Pipeline, client: Te
     assert 'channelshift_mail_received_total{category="general",channel="overview"} 1.0' in text
     assert 'channelshift_replies_total{category="general",channel="overview",state="sent"} 1.0' in text
     assert "channelshift_ruleset_info{version=" in text and "channelshift_queue_depth 0.0" in text
-    assert "channelshift_job_duration_seconds_bucket" in text or "channelshift_gateway_store_seconds" in text
+    assert re.search(r'channelshift_job_duration_seconds_count\{job="process"\} [1-9]', text)
+    assert re.search(r'channelshift_job_duration_seconds_count\{job="reply"\} [1-9]', text)
+    assert re.search(r"channelshift_gateway_store_seconds_count [1-9]", text)
     promtool = shutil.which("promtool")
     if promtool is None:
         if os.environ.get("CI"):

@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 
 from services.classify.reload import RuleSetHolder
 from services.gateway import replies
+from services.metrics import STORE_SECONDS, timed
 from services.store.db import session_scope
 from services.store.models import Message, MessageState, utcnow
 from services.store.queries import bump_counter, store_messages
@@ -129,7 +130,8 @@ class GatewayHandler:
                 raw=content,
                 state=MessageState.RECEIVED,
             )
-            await asyncio.to_thread(store_messages, self.engine, [message])
+            with timed(STORE_SECONDS):
+                await asyncio.to_thread(store_messages, self.engine, [message])
         except Exception as exc:
             log.error("gateway.store_failed", error=type(exc).__name__)
             structlog.contextvars.unbind_contextvars("message_id", "protocol")

@@ -12,6 +12,7 @@ from sqlmodel import Session
 
 from services import queue
 from services.links import make_token
+from services.metrics import JOB_SECONDS, timed
 from services.reply.compose import compose_reply
 from services.reply.original import with_routing_headers
 from services.reply.send import MaildirSender, PermanentSendError, TransientSendError
@@ -32,7 +33,8 @@ def backoff_seconds(attempt: int) -> int:
 async def process_message(ctx: dict[str, Any], message_id: str) -> str:
     deps: Deps = ctx["deps"]
     structlog.contextvars.bind_contextvars(message_id=message_id, job="process")
-    pending = await asyncio.to_thread(decide, deps, message_id)
+    with timed(JOB_SECONDS, "process"):
+        pending = await asyncio.to_thread(decide, deps, message_id)
     if pending is None:
         return "skipped"
     if pending.reply:
@@ -171,12 +173,14 @@ async def _deliver(deps: Deps, message: Message, decision: Decision) -> None:
 
 async def send_reply(ctx: dict[str, Any], message_id: str) -> str:
     structlog.contextvars.bind_contextvars(message_id=message_id, job="reply")
-    return await _send(ctx["deps"], Reply, message_id, "reply")
+    with timed(JOB_SECONDS, "reply"):
+        return await _send(ctx["deps"], Reply, message_id, "reply")
 
 
 async def deliver_original(ctx: dict[str, Any], message_id: str) -> str:
     structlog.contextvars.bind_contextvars(message_id=message_id, job="deliver")
-    return await _send(ctx["deps"], Delivery, message_id, "delivery")
+    with timed(JOB_SECONDS, "deliver"):
+        return await _send(ctx["deps"], Delivery, message_id, "delivery")
 
 
 async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
