@@ -53,7 +53,17 @@ class Settings(BaseSettings):
     pseudonym_key_id: str = "k1"
     retention_days: int = 30
     max_message_size: int = 25 * 1024 * 1024
-    smtp_timeout: float = 300.0
+    max_recipients: int = Field(default=100, description="RCPT commands per message; more get 452")
+    max_line_length: int = Field(
+        default=100_000, description="longest SMTP line accepted; RFC 5321 says 1000 but real mail breaks it"
+    )
+    max_connections_per_client: int = Field(default=20, description="concurrent sessions per client IP; more get 421")
+    smtp_timeout: float = Field(default=300.0, description="idle seconds before a session is dropped")
+    tls_cert_file: Path | None = Field(default=None, description="PEM certificate for STARTTLS")
+    tls_key_file: Path | None = Field(default=None, description="PEM private key for STARTTLS")
+    retry_base_seconds: float = Field(default=15.0, description="first retry delay of a transient send failure")
+    stale_after_seconds: int = Field(default=600, description="a send claimed this long ago is treated as crashed")
+    sweep_interval_seconds: int = Field(default=30, description="how often the sweep runs (divisor of 60)")
     reply_window_days: int = 7
     reply_daily_cap: int = 3
     sweep_after_seconds: int = 60
@@ -70,6 +80,13 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("sweep_interval_seconds")
+    @classmethod
+    def _divides_minute(cls, value: int) -> int:
+        if value <= 0 or 60 % value:
+            raise ValueError("sweep_interval_seconds must divide 60 (1, 2, 3, 5, 10, 15, 20, 30, 60)")
+        return value
 
     @property
     def effective_database_url(self) -> str:

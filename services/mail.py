@@ -17,6 +17,11 @@ MAX_DEPTH = 20
 MAX_TEXT_CHARS = 200_000
 MAX_HEADER_VALUE_CHARS = 4_000
 MAX_ADDRESSES = 200
+MAX_HEADER_BYTES = 100 * 1024  # Postfix's header_size_limit
+MAX_ADDRESS_HEADER_CHARS = 64 * 1024
+# More MIME boundary lines than this and only the start of the message is parsed (CPU bomb guard).
+MAX_BOUNDARY_LINES = 5_000
+PARSE_PREFIX_BYTES = 1024 * 1024
 
 _WS = re.compile(r"\s+")
 AUTOMATED_LOCALPART = re.compile(
@@ -150,7 +155,7 @@ def _decode_bytes(data: bytes, charset: str | None) -> str:
 def _addresses(values: list[str]) -> tuple[str, ...]:
     found: list[str] = []
     try:
-        pairs = email.utils.getaddresses([str(v) for v in values])
+        pairs = email.utils.getaddresses([str(v)[:MAX_ADDRESS_HEADER_CHARS] for v in values])
     except Exception:
         return ()
     for _name, addr in pairs[:MAX_ADDRESSES]:
@@ -352,6 +357,9 @@ def _automated_signals(
 def parse_mail(raw: bytes) -> InboundMail:
     """Parse leniently. Bad MIME, unknown charsets or absurd structures give defects, never exceptions."""
     defects: list[str] = []
+    if raw.count(b"\n--") > MAX_BOUNDARY_LINES:
+        defects.append(f"limit:parts>{MAX_BOUNDARY_LINES}")
+        raw = raw[:PARSE_PREFIX_BYTES]
     try:
         message = message_from_bytes(raw, policy=compat32)
     except RecursionError:
@@ -377,11 +385,11 @@ def _build(message: Message, defects: list[str]) -> InboundMail:
     by_name: dict[str, list[str]] = {}
     header_chars = 0
     for name, value in message.items():
-        decoded = decode_header_value(value)
-        header_chars += len(decoded)
-        if header_chars > 256_000:
-            defects.append("limit:header-size")
+        header_chars += len(name) + len(str(value)) + 4
+        if header_chars > MAX_HEADER_BYTES:
+            defects.append(f"limit:header-size>{MAX_HEADER_BYTES}")
             break
+        decoded = decode_header_value(value)
         key = str(name).strip().lower()
         headers.append((key, decoded))
         by_name.setdefault(key, []).append(decoded)

@@ -15,7 +15,7 @@ from services.classify.reload import RuleSetHolder
 from services.config import Settings, split_host_port
 from services.embedded_redis import EmbeddedRedis, start_embedded_redis
 from services.gateway.handler import GatewayHandler
-from services.gateway.server import start_listener
+from services.gateway.server import listener_options, start_listener
 from services.store.migrate import upgrade
 from services.web.app import create_app
 from services.worker.app import build_worker
@@ -56,11 +56,10 @@ async def start_gateway(settings: Settings, deps: Deps, pool: ArqRedis) -> list[
             enqueue,
             protocol=protocol,
             max_message_size=settings.max_message_size,
+            max_recipients=settings.max_recipients,
             demo_dates=settings.demo_dates,
         )
-        servers.append(
-            await start_listener(handler, listen, hostname=settings.hostname, session_timeout=settings.smtp_timeout)
-        )
+        servers.append(await start_listener(handler, listen, **listener_options(settings)))
         log.info("gateway.listening", protocol=protocol, listen=listen)
     return servers
 
@@ -88,8 +87,7 @@ async def run(settings: Settings, *, gateway: bool, worker: bool, web_app: bool,
         if web_app:
             runner = await start_web(settings, deps, pool)
         if worker:
-            arq_worker = build_worker(deps, pool, handle_signals=False)
-            worker_task = asyncio.create_task(arq_worker.async_run())
+            worker_task = asyncio.create_task(_run_worker(deps, pool))
         watcher = asyncio.create_task(_refresh_rules(deps.rules, settings.rules_reload_seconds))
         with contextlib.suppress(NotImplementedError, RuntimeError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reload_now, deps.rules)
@@ -110,6 +108,25 @@ async def run(settings: Settings, *, gateway: bool, worker: bool, web_app: bool,
         await pool.aclose()
         deps.engine.dispose()
         log.info("shutdown.complete")
+
+
+async def _run_worker(deps: Deps, pool: ArqRedis) -> None:
+    """Keep a worker running: after a Redis outage arq's main loop fails; start it again once Redis is back."""
+    delay = 1.0
+    while True:
+        worker = build_worker(deps, pool, handle_signals=False)
+        try:
+            await worker.async_run()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("worker.stopped", error=type(exc).__name__, retry_in=delay)
+        finally:
+            with contextlib.suppress(Exception):
+                await worker.close()
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 30.0)
 
 
 async def _refresh_rules(rules: RuleSetHolder, interval: float) -> None:

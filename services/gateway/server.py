@@ -1,30 +1,77 @@
-"""Start the SMTP and LMTP listeners on the running event loop."""
+"""Start the SMTP and LMTP listeners: per-client connection limit, line-length limit, optional STARTTLS."""
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-from dataclasses import dataclass
+from collections import Counter
+from pathlib import Path
+from typing import Any
 
+import structlog
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP
 
-from services.config import split_host_port
+from services.config import Settings, split_host_port
 from services.gateway.handler import GatewayHandler
+from services.gateway.replies import TEMPFAIL_TOO_MANY_CONNECTIONS
+
+log = structlog.get_logger(__name__)
 
 
-@dataclass
-class Listeners:
-    servers: list[asyncio.Server]
+def tls_context(cert_file: Path | None, key_file: Path | None) -> ssl.SSLContext | None:
+    if cert_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(cert_file), str(key_file) if key_file else None)
+    return context
 
-    def ports(self) -> list[int]:
-        return [s.sockets[0].getsockname()[1] for s in self.servers if s.sockets]
 
-    async def close(self) -> None:
-        for server in self.servers:
-            server.close()
-        for server in self.servers:
-            await server.wait_closed()
+class ConnectionLimiter:
+    """Counts open sessions per client IP across a listener (Postfix smtpd_client_connection_count_limit)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open: Counter[str] = Counter()
+
+    def admit(self, peer: str) -> bool:
+        if self.open[peer] >= self.limit:
+            return False
+        self.open[peer] += 1
+        return True
+
+    def release(self, peer: str) -> None:
+        self.open[peer] -= 1
+        if self.open[peer] <= 0:
+            del self.open[peer]
+
+
+def _session_class(protocol: str, limiter: ConnectionLimiter, line_length: int) -> type[SMTP]:
+    base: type[SMTP] = LMTP if protocol == "lmtp" else SMTP
+
+    class LimitedSession(base):  # type: ignore[misc, valid-type]
+        line_length_limit = line_length
+        _admitted_peer: str | None = None
+
+        def connection_made(self, transport: Any) -> None:
+            peer = transport.get_extra_info("peername")
+            host = str(peer[0]) if peer else "?"
+            if not limiter.admit(host):
+                transport.write((TEMPFAIL_TOO_MANY_CONNECTIONS + "\r\n").encode())
+                transport.close()
+                log.warning("gateway.too_many_connections")
+                return
+            self._admitted_peer = host
+            super().connection_made(transport)
+
+        def connection_lost(self, error: Exception | None) -> None:
+            if self._admitted_peer is not None:
+                limiter.release(self._admitted_peer)
+                self._admitted_peer = None
+                super().connection_lost(error)
+
+    return LimitedSession
 
 
 async def start_listener(
@@ -33,25 +80,36 @@ async def start_listener(
     *,
     hostname: str,
     session_timeout: float,
-    tls_context: ssl.SSLContext | None = None,
+    tls: ssl.SSLContext | None = None,
+    max_line_length: int = 100_000,
+    max_connections_per_client: int = 20,
 ) -> asyncio.Server:
     host, port = split_host_port(listen)
     loop = asyncio.get_running_loop()
-    session_class = LMTP if handler.protocol == "lmtp" else SMTP
-    # aiosmtpd enforces the size limit while reading DATA (552 without buffering more than the limit).
-    size_limit = handler.max_message_size
+    session_class = _session_class(handler.protocol, ConnectionLimiter(max_connections_per_client), max_line_length)
 
     def factory() -> SMTP:
+        # aiosmtpd enforces the size limit while reading DATA (552) and announces it with SIZE
         return session_class(
             handler,
-            data_size_limit=size_limit,
+            data_size_limit=handler.max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,
             hostname=hostname,
             ident="channelshift",
             timeout=session_timeout,
-            tls_context=tls_context,
+            tls_context=tls,
             loop=loop,
         )
 
     return await loop.create_server(factory, host=host, port=port, reuse_address=True)
+
+
+def listener_options(settings: Settings) -> dict[str, Any]:
+    return {
+        "hostname": settings.hostname,
+        "session_timeout": settings.smtp_timeout,
+        "tls": tls_context(settings.tls_cert_file, settings.tls_key_file),
+        "max_line_length": settings.max_line_length,
+        "max_connections_per_client": settings.max_connections_per_client,
+    }

@@ -28,6 +28,9 @@ def suppression_reason(
         return "invalid-sender"
     if mail.automated_signals:
         return mail.automated_signals[0]
+    if mail.parse_limited:
+        # a header we did not read could have said Auto-Submitted; staff still get the mail, flagged
+        return "parse-limit"
     localpart = sender.partition("@")[0]
     if AUTOMATED_LOCALPART.match(localpart):
         return "automated-sender"

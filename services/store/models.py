@@ -23,12 +23,21 @@ class MessageState:
 
 
 class JobState:
-    """State of a reply or a delivery to staff."""
+    """State of a reply or a delivery to staff.
+
+    pending -> sending (claimed by one worker) -> transmitting (talking to the relay) -> sent | failed,
+    or back to pending on a transient error. A worker that dies while *sending* is simply retried. One that
+    dies while *transmitting* may or may not have handed the mail over: a delivery to staff is retried
+    (at least once - an original must never be lost), a reply becomes *uncertain* and is never sent again
+    (at most once - a citizen must never get two).
+    """
 
     PENDING = "pending"
     SENDING = "sending"
+    TRANSMITTING = "transmitting"
     SENT = "sent"
     FAILED = "failed"
+    UNCERTAIN = "uncertain"
 
 
 class Message(SQLModel, table=True):

@@ -13,6 +13,7 @@ from sqlmodel import Session, col, select
 from services.store.db import session_scope
 from services.store.models import (
     Counter,
+    Decision,
     Delivery,
     JobState,
     Message,
@@ -137,16 +138,16 @@ def claim(engine: Engine, model: type[Reply] | type[Delivery], message_id: str, 
     """Move a reply/delivery to SENDING if nobody else holds it; exactly one worker wins."""
     now = utcnow()
     table = model.__table__  # type: ignore[union-attr]
+    stale = table.c.claimed_at < now - stale_after
+    claimable = [table.c.state == JobState.PENDING, (table.c.state == JobState.SENDING) & stale]
+    if model is Delivery:
+        # at least once for originals: an interrupted transmission is repeated
+        claimable.append((table.c.state == JobState.TRANSMITTING) & stale)
     with session_scope(engine) as session:
         result = session.execute(
             update(table)
             .where(table.c.message_id == message_id)
-            .where(
-                or_(
-                    table.c.state == JobState.PENDING,
-                    (table.c.state == JobState.SENDING) & (table.c.claimed_at < now - stale_after),
-                )
-            )
+            .where(or_(*claimable))
             .values(state=JobState.SENDING, claimed_at=now, attempts=table.c.attempts + 1)
         )
         return bool(getattr(result, "rowcount", 0) == 1)
@@ -157,6 +158,41 @@ class StuckWork:
     received: list[str]
     replies: list[str]
     deliveries: list[str]
+
+
+def mark_transmitting(engine: Engine, model: type[Reply] | type[Delivery], message_id: str) -> None:
+    table = model.__table__  # type: ignore[union-attr]
+    with session_scope(engine) as session:
+        session.execute(
+            update(table)
+            .where(table.c.message_id == message_id, table.c.state == JobState.SENDING)
+            .values(state=JobState.TRANSMITTING, claimed_at=utcnow())
+        )
+
+
+def settle_uncertain_replies(engine: Engine, stale_after: timedelta) -> int:
+    """Replies whose transmission was cut off by a crash: never resend, record them as uncertain."""
+    now = utcnow()
+    with session_scope(engine) as session:
+        rows = session.exec(
+            select(Reply, Message, Decision)
+            .where(col(Reply.message_id) == col(Message.id), col(Decision.message_id) == col(Message.id))
+            .where(col(Reply.state) == JobState.TRANSMITTING, col(Reply.claimed_at) < now - stale_after)
+            .limit(1000)
+        ).all()
+        for reply, message, decision in rows:
+            reply.state = JobState.UNCERTAIN
+            reply.error = "worker stopped during transmission; not resent to avoid a duplicate"
+            session.add(reply)
+            bump_counter(
+                session,
+                hour=message.received_at,
+                mailbox=message.mailbox,
+                category=decision.category,
+                channel=decision.channel,
+                outcome="reply-uncertain",
+            )
+        return len(rows)
 
 
 def find_stuck(engine: Engine, older_than: timedelta, stale_sending: timedelta, limit: int = 1000) -> StuckWork:
@@ -183,7 +219,8 @@ def find_stuck(engine: Engine, older_than: timedelta, stale_sending: timedelta, 
             .where(
                 or_(
                     (col(Delivery.state) == JobState.PENDING) & (col(Delivery.created_at) < now - older_than),
-                    (col(Delivery.state) == JobState.SENDING) & (col(Delivery.claimed_at) < now - stale_sending),
+                    col(Delivery.state).in_([JobState.SENDING, JobState.TRANSMITTING])
+                    & (col(Delivery.claimed_at) < now - stale_sending),
                 )
             )
             .limit(limit)

@@ -114,6 +114,7 @@ def _figures(outcomes: dict[str, int]) -> dict[str, Any]:
         "held": outcomes.get("held", 0),
         "replies_sent": sent,
         "replies_failed": outcomes.get("reply-failed", 0),
+        "replies_uncertain": outcomes.get("reply-uncertain", 0),
         "delivered": outcomes.get("delivered", 0),
         "deliveries_failed": outcomes.get("delivery-failed", 0),
         "repeat_7d": outcomes.get("repeat-7d", 0),

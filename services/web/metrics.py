@@ -46,7 +46,7 @@ class RollupCollector(Collector):
         )
         replies = CounterMetricFamily(
             "channelshift_replies",
-            "Steering replies by state (planned, sent, failed).",
+            "Steering replies by state (planned, sent, failed, uncertain).",
             labels=["category", "channel", "state"],
         )
         suppressed = CounterMetricFamily(
@@ -76,8 +76,13 @@ class RollupCollector(Collector):
         for category, channel, outcome, count in self._cache:
             if outcome == "received":
                 add("received", category, channel, value=count)
-            elif outcome in ("replied", "reply-sent", "reply-failed"):
-                state = {"replied": "planned", "reply-sent": "sent", "reply-failed": "failed"}[outcome]
+            elif outcome in ("replied", "reply-sent", "reply-failed", "reply-uncertain"):
+                state = {
+                    "replied": "planned",
+                    "reply-sent": "sent",
+                    "reply-failed": "failed",
+                    "reply-uncertain": "uncertain",
+                }[outcome]
                 add("replies", category, channel, state, value=count)
             elif outcome.startswith("suppressed:"):
                 add("suppressed", outcome.split(":", 1)[1], value=count)

@@ -33,7 +33,9 @@ def build_worker(
         cron_jobs=[]
         if burst
         else [
-            cron(sweep, second={0, 30}, run_at_startup=True, unique=True),
+            cron(
+                sweep, second=set(range(0, 60, deps.settings.sweep_interval_seconds)), run_at_startup=True, unique=True
+            ),
             cron(purge_expired, hour={3}, minute={17}, second={0}, unique=True, timeout=3600),
         ],
         redis_pool=pool,

@@ -36,4 +36,5 @@ class Deps:
             reply_sender=make_sender(settings.relay_url, settings.outbox_dir),
             delivery_sender=make_sender(settings.delivery_url, settings.delivered_dir),
             policy=PolicyConfig(settings.spam_score_header, settings.spam_score_threshold),
+            stale_sending=timedelta(seconds=settings.stale_after_seconds),
         )

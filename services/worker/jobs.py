@@ -19,15 +19,15 @@ from services.reply.send import MaildirSender, PermanentSendError, TransientSend
 from services.store.db import session_scope
 from services.store.models import Decision, Delivery, JobState, Message, MessageState, Reply, utcnow
 from services.store.purge import purge
-from services.store.queries import bump_counter, claim, find_stuck
+from services.store.queries import bump_counter, claim, find_stuck, mark_transmitting, settle_uncertain_replies
 from services.worker.decide import decide
 from services.worker.deps import Deps
 
 log = structlog.get_logger(__name__)
 
 
-def backoff_seconds(attempt: int) -> int:
-    return int(min(15 * 2 ** max(attempt - 1, 0), 900))
+def backoff_seconds(attempt: int, base: float = 15.0) -> float:
+    return float(min(base * 2 ** max(attempt - 1, 0), 900.0))
 
 
 async def process_message(ctx: dict[str, Any], message_id: str) -> str:
@@ -96,6 +96,7 @@ async def _send(deps: Deps, model: type[Reply] | type[Delivery], message_id: str
     if loaded is None:
         return "skipped"
     message, decision, row = loaded
+    await asyncio.to_thread(mark_transmitting, deps.engine, model, message_id)
     try:
         if isinstance(row, Reply):
             await _send_reply(deps, message, decision, row)
@@ -104,7 +105,7 @@ async def _send(deps: Deps, model: type[Reply] | type[Delivery], message_id: str
     except TransientSendError as exc:
         await asyncio.to_thread(_finish, deps, model, message_id, JobState.PENDING, str(exc), None)
         log.warning(f"{kind}.retry", attempt=row.attempts, error=str(exc))
-        raise Retry(defer=timedelta(seconds=backoff_seconds(row.attempts))) from exc
+        raise Retry(defer=timedelta(seconds=backoff_seconds(row.attempts, deps.settings.retry_base_seconds))) from exc
     except PermanentSendError as exc:
         await asyncio.to_thread(_finish, deps, model, message_id, JobState.FAILED, str(exc), f"{kind}-failed")
         log.error(f"{kind}.failed", error=str(exc))
@@ -186,6 +187,9 @@ async def deliver_original(ctx: dict[str, Any], message_id: str) -> str:
 async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
     """Re-enqueue anything stuck: received but never processed, or replies/deliveries left pending."""
     deps: Deps = ctx["deps"]
+    uncertain = await asyncio.to_thread(settle_uncertain_replies, deps.engine, deps.stale_sending)
+    if uncertain:
+        log.warning("sweep.uncertain_replies", count=uncertain)
     stuck = await asyncio.to_thread(
         find_stuck, deps.engine, timedelta(seconds=deps.settings.sweep_after_seconds), deps.stale_sending
     )
