@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     tls_key_file: Path | None = Field(default=None, description="PEM private key for STARTTLS")
     retry_base_seconds: float = Field(default=15.0, description="first retry delay of a transient send failure")
     stale_after_seconds: int = Field(default=600, description="a send claimed this long ago is treated as crashed")
+    job_timeout_seconds: int = Field(
+        default=120, description="arq job timeout; a killed worker's jobs run again after this plus 10 s"
+    )
     sweep_interval_seconds: int = Field(default=30, description="how often the sweep runs (divisor of 60)")
     reply_window_days: int = 7
     reply_daily_cap: int = 3

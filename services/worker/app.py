@@ -46,7 +46,7 @@ def build_worker(
         ctx={"deps": deps},
         keep_result=0,
         max_jobs=max_jobs,
-        job_timeout=300,
+        job_timeout=deps.settings.job_timeout_seconds,
         poll_delay=0.05,
         log_results=False,
     )
