@@ -316,3 +316,33 @@ async def test_every_thirdparty_file_through_the_real_gateway(pipeline: Pipeline
     assert sum(states.values()) == accepted
     assert set(states) <= {MessageState.DELIVERED, MessageState.HELD}
     assert pipeline.relay.received == []  # not one bounce, auto-reply or test mail got an automatic reply
+
+
+async def test_control_characters_in_rcpt_are_refused(pipeline: Pipeline) -> None:
+    answers = await asyncio.to_thread(
+        _raw_session,
+        pipeline.smtp_port,
+        [
+            b"EHLO c\r\n",
+            b"MAIL FROM:<a@example.org>\r\n",
+            b"RCPT TO:<info\rBcc@jobcenter-musterstadt.example>\r\n",
+            b"QUIT\r\n",
+        ],
+    )
+    assert answers[2][:1] == b"5", answers[2]
+
+
+async def test_idle_session_is_dropped(pipeline: Pipeline) -> None:
+    async def enqueue(message_id: str) -> None:
+        raise AssertionError("nothing is sent in this test")
+
+    handler = GatewayHandler(
+        pipeline.deps.engine, pipeline.deps.rules, enqueue, protocol="smtp", max_message_size=1_000_000
+    )
+    server = await start_listener(handler, "127.0.0.1:0", hostname="t", session_timeout=1)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+    assert (await reader.readline()).startswith(b"220")
+    # nothing sent: the server hangs up after the idle timeout (aiosmtpd closes without a reply line)
+    assert await asyncio.wait_for(reader.read(), timeout=10) == b""
+    writer.close()
+    server.close()
