@@ -25,12 +25,16 @@ class Settings(BaseSettings):
 
     var_dir: Path = Path("var")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default sqlite file under var_dir")
+    db_pool_size: int = Field(default=5, description="PostgreSQL connections per process (+ as many overflow)")
     redis_url: str | None = Field(
         default=None, description="redis://host:port/db; unset = embedded redis-server under var_dir"
     )
     smtp_listen: str = "127.0.0.1:2525"
     lmtp_listen: str | None = Field(default="127.0.0.1:2424", description="empty disables LMTP")
     web_listen: str = "127.0.0.1:8080"
+    health_listen: str | None = Field(
+        default=None, description="gateway/worker processes: HOST:PORT for /healthz, /readyz and /metrics"
+    )
     hostname: str = "channelshift.local"
     relay_url: str | None = Field(default=None, description="smtp://host:port for replies; unset = maildir")
     delivery_url: str | None = Field(
@@ -79,7 +83,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     corpus_dir: Path | None = Field(default=None, description="../shared/corpus for corpus tests")
 
-    @field_validator("lmtp_listen", "relay_url", "delivery_url", "redis_url", "database_url", mode="before")
+    @field_validator(
+        "lmtp_listen", "relay_url", "delivery_url", "redis_url", "database_url", "health_listen", mode="before"
+    )
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value

@@ -17,7 +17,7 @@ from services.embedded_redis import EmbeddedRedis, start_embedded_redis
 from services.gateway.handler import GatewayHandler
 from services.gateway.server import listener_options, start_listener
 from services.store.migrate import upgrade
-from services.web.app import create_app
+from services.web.app import create_app, create_health_app
 from services.worker.app import build_worker
 from services.worker.deps import Deps
 
@@ -64,13 +64,17 @@ async def start_gateway(settings: Settings, deps: Deps, pool: ArqRedis) -> list[
     return servers
 
 
-async def start_web(settings: Settings, deps: Deps, pool: ArqRedis) -> web.AppRunner:
-    app = create_app(settings, deps.engine, pool, deps.rules)
+async def start_web(settings: Settings, deps: Deps, pool: ArqRedis, *, health_only: bool = False) -> web.AppRunner:
+    if health_only:
+        app = create_health_app(deps.engine, pool, deps.rules)
+    else:
+        app = create_app(settings, deps.engine, pool, deps.rules)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    host, port = split_host_port(settings.web_listen)
+    listen = settings.health_listen if health_only and settings.health_listen else settings.web_listen
+    host, port = split_host_port(listen)
     await web.TCPSite(runner, host, port).start()
-    log.info("web.listening", listen=settings.web_listen)
+    log.info("web.listening", listen=listen, health_only=health_only)
     return runner
 
 
@@ -86,6 +90,8 @@ async def run(settings: Settings, *, gateway: bool, worker: bool, web_app: bool,
             servers = await start_gateway(settings, deps, pool)
         if web_app:
             runner = await start_web(settings, deps, pool)
+        elif settings.health_listen:
+            runner = await start_web(settings, deps, pool, health_only=True)
         if worker:
             worker_task = asyncio.create_task(_run_worker(deps, pool))
         watcher = asyncio.create_task(_refresh_rules(deps.rules, settings.rules_reload_seconds))

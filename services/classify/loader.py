@@ -39,8 +39,14 @@ def rule_files(directory: Path) -> list[Path]:
 
 
 def list_files(directory: Path) -> list[Path]:
+    """lists/<name>.txt, or flattened lists__<name>.txt beside the rule files (as a ConfigMap holds them)."""
     lists_dir = directory / "lists"
-    return sorted(lists_dir.glob("*.txt")) if lists_dir.is_dir() else []
+    nested = sorted(lists_dir.glob("*.txt")) if lists_dir.is_dir() else []
+    return nested + sorted(directory.glob("lists__*.txt"))
+
+
+def list_name(path: Path) -> str:
+    return path.stem.removeprefix("lists__")
 
 
 def fingerprint(directory: Path, templates_dir: Path | None = None) -> tuple[tuple[str, int, int], ...]:
@@ -48,6 +54,8 @@ def fingerprint(directory: Path, templates_dir: Path | None = None) -> tuple[tup
     paths = [*rule_files(directory), *list_files(directory)] if directory.is_dir() else []
     if templates_dir is not None and (templates_dir / "replies").is_dir():
         paths.extend(sorted((templates_dir / "replies").glob("*/*.j2")))
+    if templates_dir is not None and templates_dir.is_dir():
+        paths.extend(sorted(templates_dir.glob("*__*.j2")))
     result = []
     for path in paths:
         try:
@@ -59,11 +67,14 @@ def fingerprint(directory: Path, templates_dir: Path | None = None) -> tuple[tup
 
 
 def available_templates(templates_dir: Path) -> frozenset[str]:
-    """A template exists when it has at least the German text version."""
+    """A template exists when it has at least the German text version (nested or flattened layout)."""
+    names: set[str] = set()
     replies = templates_dir / "replies"
-    if not replies.is_dir():
-        return frozenset()
-    return frozenset(p.name for p in replies.iterdir() if (p / "de.txt.j2").is_file())
+    if replies.is_dir():
+        names.update(p.name for p in replies.iterdir() if (p / "de.txt.j2").is_file())
+    if templates_dir.is_dir():
+        names.update(p.name.split("__")[1] for p in templates_dir.glob("replies__*__de.txt.j2"))
+    return frozenset(names)
 
 
 def _read_list(path: Path) -> tuple[str, ...]:
@@ -111,7 +122,7 @@ def load_rules(directory: Path, templates_dir: Path) -> RuleSet:
     for path in list_files(directory):
         data = path.read_bytes()
         digest.update(path.name.encode() + b"\0" + data)
-        lists[path.stem] = _read_list(path)
+        lists[list_name(path)] = _read_list(path)
 
     settings: RuleSettings | None = None
     settings_file = ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -56,12 +57,25 @@ def paragraphs(text: str) -> Markup:
     return Markup("\n".join(html_blocks))  # noqa: S704 - every block was escaped above
 
 
+FLAT_SEPARATOR = "__"
+
+
+class FlatOrNestedLoader(jinja2.FileSystemLoader):
+    """templates/replies/x/de.txt.j2, or the same file flattened to replies__x__de.txt.j2 (a ConfigMap key)."""
+
+    def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
+        try:
+            return super().get_source(environment, template)
+        except jinja2.TemplateNotFound:
+            return super().get_source(environment, template.replace("/", FLAT_SEPARATOR))
+
+
 class ReplyRenderer:
     """Jinja2 environment over templates/replies; HTML templates autoescape, text ones do not."""
 
     def __init__(self, templates_dir: Path) -> None:
         self.env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(str(templates_dir)),
+            loader=FlatOrNestedLoader(str(templates_dir)),
             # HTML templates autoescape; text templates must not (they would show &amp; to citizens)
             autoescape=lambda name: bool(name and name.endswith(".html.j2")),  # noqa: S701
             undefined=jinja2.StrictUndefined,

@@ -124,6 +124,18 @@ async def openapi(_request: web.Request) -> web.Response:
     return web.json_response(OPENAPI)
 
 
+def create_health_app(engine: Engine, redis: ArqRedis, rules: RuleSetHolder) -> web.Application:
+    """Side listener of gateway and worker processes: probes and this process's metrics, nothing else."""
+    app = web.Application()
+    app[ENGINE] = engine
+    app[REDIS] = redis
+    app[RULES] = rules
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", MetricsEndpoint(engine, rules, redis).handle)
+    return app
+
+
 def create_app(settings: Settings, engine: Engine, redis: ArqRedis, rules: RuleSetHolder) -> web.Application:
     app = web.Application(middlewares=[token_middleware(settings.admin_token)])
     app[ENGINE] = engine

@@ -30,7 +30,7 @@ class Deps:
     def build(cls, settings: Settings, engine: Engine | None = None, rules: RuleSetHolder | None = None) -> Deps:
         return cls(
             settings=settings,
-            engine=engine or make_engine(settings.effective_database_url),
+            engine=engine or make_engine(settings.effective_database_url, pool_size=settings.db_pool_size),
             rules=rules or RuleSetHolder(settings.rules_dir, settings.templates_dir),
             renderer=ReplyRenderer(settings.templates_dir),
             reply_sender=make_sender(settings.relay_url, settings.outbox_dir),
