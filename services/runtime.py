@@ -80,7 +80,7 @@ async def start_web(settings: Settings, deps: Deps, pool: ArqRedis, *, health_on
 
 async def run(settings: Settings, *, gateway: bool, worker: bool, web_app: bool, redis_url: str) -> None:
     deps = Deps.build(settings)
-    pool = await queue.connect(redis_url)
+    pool = await _connect_redis(redis_url)
     servers: list[asyncio.Server] = []
     runner: web.AppRunner | None = None
     worker_task: asyncio.Task[None] | None = None
@@ -100,6 +100,9 @@ async def run(settings: Settings, *, gateway: bool, worker: bool, web_app: bool,
         stop = asyncio.create_task(_wait_for_stop())
         waiting: set[asyncio.Task[None]] = {stop} | ({worker_task} if worker_task else set())
         await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if worker_task is not None and worker_task.done() and not stop.done():
+            log.error("worker.ended_unexpectedly")
+            raise SystemExit(1)  # let systemd / Kubernetes restart the process
     finally:
         for server in servers:
             server.close()
@@ -129,10 +132,25 @@ async def _run_worker(deps: Deps, pool: ArqRedis) -> None:
         except Exception as exc:
             log.error("worker.stopped", error=type(exc).__name__, retry_in=delay)
         finally:
-            with contextlib.suppress(Exception):
-                await worker.close()
+            # Not worker.close(): it closes the pool we share and re-raises its jobs' cancellations.
+            jobs = list(worker.tasks.values())
+            for job in jobs:
+                job.cancel()
+            await asyncio.gather(*jobs, return_exceptions=True)
         await asyncio.sleep(delay)
         delay = min(delay * 2, 30.0)
+
+
+async def _connect_redis(url: str) -> ArqRedis:
+    """Wait for Redis at start-up instead of exiting: mail is stored meanwhile and swept later."""
+    delay = 0.5
+    while True:
+        try:
+            return await queue.connect(url)
+        except Exception as exc:
+            log.error("redis.unavailable", error=type(exc).__name__, retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 async def _refresh_rules(rules: RuleSetHolder, interval: float) -> None:

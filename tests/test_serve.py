@@ -125,6 +125,9 @@ def test_serve_replies_and_delivers(served: Served) -> None:
     )
     original = served.delivered(message_id)
     assert original["X-Channelshift-Category"] == "documents"
+    deadline = time.monotonic() + 20  # reply and delivery are separate jobs; either may finish first
+    while not list((served.var / "outbox" / "new").glob(f"{message_id}.reply.*")) and time.monotonic() < deadline:
+        time.sleep(0.1)
     [reply_file] = list((served.var / "outbox" / "new").glob(f"{message_id}.reply.*"))
     reply = email.message_from_bytes(reply_file.read_bytes(), policy=default_policy)
     assert reply["Auto-Submitted"] == "auto-replied" and reply["To"] == "citizen@example.org"
