@@ -42,11 +42,14 @@ async def _wait_for_stop() -> None:
     await stop.wait()
 
 
-async def start_gateway(settings: Settings, deps: Deps, pool: ArqRedis) -> list[asyncio.Server]:
+async def start_gateway(
+    settings: Settings, deps: Deps, pool: ArqRedis
+) -> tuple[list[asyncio.Server], list[GatewayHandler]]:
     async def enqueue(message_id: str) -> None:
         await queue.enqueue(pool, queue.PROCESS, message_id)
 
     servers = []
+    handlers = []
     for protocol, listen in (("smtp", settings.smtp_listen), ("lmtp", settings.lmtp_listen)):
         if not listen:
             continue
@@ -60,8 +63,9 @@ async def start_gateway(settings: Settings, deps: Deps, pool: ArqRedis) -> list[
             demo_dates=settings.demo_dates,
         )
         servers.append(await start_listener(handler, listen, **listener_options(settings)))
+        handlers.append(handler)
         log.info("gateway.listening", protocol=protocol, listen=listen)
-    return servers
+    return servers, handlers
 
 
 async def start_web(settings: Settings, deps: Deps, pool: ArqRedis, *, health_only: bool = False) -> web.AppRunner:
@@ -82,12 +86,13 @@ async def run(settings: Settings, *, gateway: bool, worker: bool, web_app: bool,
     deps = Deps.build(settings)
     pool = await _connect_redis(redis_url)
     servers: list[asyncio.Server] = []
+    handlers: list[GatewayHandler] = []
     runner: web.AppRunner | None = None
     worker_task: asyncio.Task[None] | None = None
     watcher: asyncio.Task[None] | None = None
     try:
         if gateway:
-            servers = await start_gateway(settings, deps, pool)
+            servers, handlers = await start_gateway(settings, deps, pool)
         if web_app:
             runner = await start_web(settings, deps, pool)
         elif settings.health_listen:
@@ -106,6 +111,9 @@ async def run(settings: Settings, *, gateway: bool, worker: bool, web_app: bool,
     finally:
         for server in servers:
             server.close()
+        for handler in handlers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(handler.drain(), timeout=5)
         if worker_task is not None:
             worker_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -101,6 +101,7 @@ class Pipeline:
     relay: SinkHandler
     delivery: SinkHandler
     servers: list[asyncio.Server]
+    handlers: list[GatewayHandler]
 
     async def send(
         self, data: bytes, sender: str = "citizen@example.org", recipients: list[str] | None = None
@@ -109,6 +110,8 @@ class Pipeline:
 
     async def work(self) -> None:
         """Run a burst worker until the queue is empty (follow-up jobs included)."""
+        for handler in self.handlers:
+            await handler.drain()
         for _ in range(3):
             worker = build_worker(self.deps, self.pool, burst=True, handle_signals=False)
             try:
@@ -145,6 +148,7 @@ async def start_pipeline(tmp_path: Path, database_url: str, redis_url: str, **ov
         await queue.enqueue(pool, queue.PROCESS, message_id)
 
     servers = [relay_server, delivery_server]
+    handlers = []
     ports = []
     for protocol in ("smtp", "lmtp"):
         handler = GatewayHandler(
@@ -152,5 +156,6 @@ async def start_pipeline(tmp_path: Path, database_url: str, redis_url: str, **ov
         )
         server = await start_listener(handler, "127.0.0.1:0", hostname="gateway.test", session_timeout=30)
         servers.append(server)
+        handlers.append(handler)
         ports.append(server.sockets[0].getsockname()[1])
-    return Pipeline(settings, deps, pool, ports[0], ports[1], relay, delivery, servers)
+    return Pipeline(settings, deps, pool, ports[0], ports[1], relay, delivery, servers, handlers)

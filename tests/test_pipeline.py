@@ -115,6 +115,8 @@ async def test_oversized_mail_gets_552(pipeline: Pipeline) -> None:
     handler = GatewayHandler(
         pipeline.deps.engine, pipeline.deps.rules, enqueue, protocol="smtp", max_message_size=10_000
     )
+
+    pipeline.handlers.append(handler)
     server = await start_listener(handler, "127.0.0.1:0", hostname="t", session_timeout=30)
     port = server.sockets[0].getsockname()[1]
     from tests.support import send
@@ -167,6 +169,8 @@ async def test_database_unreachable_answers_451_never_250(pipeline: Pipeline) ->
         raise AssertionError("must not enqueue what was not stored")
 
     handler = GatewayHandler(dead, pipeline.deps.rules, enqueue, protocol="smtp", max_message_size=1_000_000)
+
+    pipeline.handlers.append(handler)
     server = await start_listener(handler, "127.0.0.1:0", hostname="t", session_timeout=30)
     with pytest.raises(smtplib.SMTPDataError) as error:
         await send(server.sockets[0].getsockname()[1], "citizen@example.org", [SERVED], make_mail())
@@ -186,6 +190,8 @@ async def test_redis_down_at_arrival_mail_is_stored_and_swept_later(pipeline: Pi
     handler = GatewayHandler(
         pipeline.deps.engine, pipeline.deps.rules, broken_enqueue, protocol="smtp", max_message_size=1_000_000
     )
+
+    pipeline.handlers.append(handler)
     server = await start_listener(handler, "127.0.0.1:0", hostname="t", session_timeout=30)
     await send(
         server.sockets[0].getsockname()[1],

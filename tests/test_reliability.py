@@ -228,6 +228,8 @@ async def test_starttls_and_no_command_injection(pipeline: Pipeline, certificate
     handler = GatewayHandler(
         pipeline.deps.engine, pipeline.deps.rules, enqueue, protocol="smtp", max_message_size=1_000_000
     )
+
+    pipeline.handlers.append(handler)
     server = await start_listener(
         handler, "127.0.0.1:0", hostname="localhost", session_timeout=30, tls=tls_context(*certificate)
     )
@@ -339,6 +341,8 @@ async def test_idle_session_is_dropped(pipeline: Pipeline) -> None:
     handler = GatewayHandler(
         pipeline.deps.engine, pipeline.deps.rules, enqueue, protocol="smtp", max_message_size=1_000_000
     )
+
+    pipeline.handlers.append(handler)
     server = await start_listener(handler, "127.0.0.1:0", hostname="t", session_timeout=1)
     reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
     assert (await reader.readline()).startswith(b"220")

@@ -45,6 +45,8 @@ async def demo_gateway(pipeline: Pipeline) -> tuple[asyncio.Server, int]:
     handler = GatewayHandler(
         pipeline.deps.engine, pipeline.deps.rules, enqueue, protocol="smtp", max_message_size=1_000_000, demo_dates=True
     )
+
+    pipeline.handlers.append(handler)
     server = await start_listener(handler, "127.0.0.1:0", hostname="t", session_timeout=30)
     return server, server.sockets[0].getsockname()[1]
 

@@ -15,10 +15,11 @@ from sqlalchemy import Engine
 
 from services.classify.reload import RuleSetHolder
 from services.gateway import replies
+from services.gateway.commit import GroupCommitter
 from services.metrics import STORE_SECONDS, timed
 from services.store.db import session_scope
 from services.store.models import Message, MessageState, utcnow
-from services.store.queries import bump_counter, store_messages
+from services.store.queries import bump_counter
 
 log = structlog.get_logger(__name__)
 
@@ -76,6 +77,8 @@ class GatewayHandler:
         demo_dates: bool = False,
     ) -> None:
         self.demo_dates = demo_dates
+        self.committer = GroupCommitter(engine)
+        self._pending_enqueues: set[asyncio.Task[None]] = set()
         self.engine = engine
         self.rules = rules
         self.enqueue = enqueue
@@ -131,19 +134,29 @@ class GatewayHandler:
                 state=MessageState.RECEIVED,
             )
             with timed(STORE_SECONDS):
-                await asyncio.to_thread(store_messages, self.engine, [message])
+                await self.committer.store(message)
         except Exception as exc:
             log.error("gateway.store_failed", error=type(exc).__name__)
             structlog.contextvars.unbind_contextvars("message_id", "protocol")
             return self._answer(replies.TEMPFAIL_STORAGE, recipients)
         log.info("gateway.stored", size=len(content), recipients=len(recipients))
+        # The 250 does not wait for Redis: the mail is durable now, and the sweep enqueues it if this fails.
+        task = asyncio.create_task(self._enqueue(message_id))
+        self._pending_enqueues.add(task)
+        task.add_done_callback(self._pending_enqueues.discard)
+        structlog.contextvars.unbind_contextvars("message_id", "protocol")
+        return self._answer(replies.OK_QUEUED.format(id=message_id), recipients)
+
+    async def drain(self) -> None:
+        """Wait for enqueues still in flight (at shutdown; the sweep would catch them anyway)."""
+        while self._pending_enqueues:
+            await asyncio.gather(*list(self._pending_enqueues), return_exceptions=True)
+
+    async def _enqueue(self, message_id: str) -> None:
         try:
             await self.enqueue(message_id)
         except Exception as exc:
-            # Stored is what counts: the sweep picks the message up once the queue is back.
-            log.warning("gateway.enqueue_failed", error=type(exc).__name__)
-        structlog.contextvars.unbind_contextvars("message_id", "protocol")
-        return self._answer(replies.OK_QUEUED.format(id=message_id), recipients)
+            log.warning("gateway.enqueue_failed", message_id=message_id, error=type(exc).__name__)
 
     def _answer(self, line: str, recipients: list[str]) -> str:
         if self.protocol == "lmtp" and len(recipients) > 1:

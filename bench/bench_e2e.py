@@ -1,0 +1,193 @@
+"""End to end: accept -> steering reply handed to the relay, at a fixed offered load and at saturation.
+
+Gateway and workers run as separate processes (SQLite by default, or --database postgresql://...), the relay
+is an aiosmtpd sink recording when each reply arrives. RSS of gateway and workers is sampled throughout.
+
+    .venv/bin/python bench/bench_e2e.py [--rate 100] [--seconds 20] [--saturation 3000] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from aiosmtpd.controller import Controller
+from common import channelshift_env, free_port, python, rss_kib, save, start, stop, wait_port
+from loadgen import RECIPIENT
+
+from services.embedded_redis import start_embedded_redis
+from services.store.migrate import upgrade
+
+
+class ReplySink:
+    def __init__(self) -> None:
+        self.arrived: dict[str, float] = {}
+        self.lock = threading.Lock()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        data: bytes = envelope.original_content
+        marker = data.find(b"In-Reply-To:")
+        if marker >= 0:
+            token = data[marker : marker + 200].split(b"<", 1)[1].split(b">", 1)[0].decode()
+            with self.lock:
+                self.arrived.setdefault(token, time.perf_counter())
+        return "250 2.0.0 OK"
+
+
+def mail(token: str) -> bytes:
+    return (
+        b"From: " + token.encode() + b"@example.org\r\nTo: " + RECIPIENT + b"\r\nSubject: Frage\r\n"
+        b"Message-ID: <" + token.encode() + b"@example.org>\r\n\r\n"
+        b"Guten Tag, wann haben Sie geoeffnet? Ich habe eine Frage zu meinem Antrag.\r\n" * 40
+    )
+
+
+async def send_paced(port: int, tokens: list[str], rate: float, sessions: int, sent_at: dict[str, float]) -> None:
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    start_time = time.perf_counter()
+
+    async def pacer() -> None:
+        for index, token in enumerate(tokens):
+            if rate > 0:
+                delay = start_time + index / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            await queue.put(token)
+        for _ in range(sessions):
+            await queue.put("")
+
+    async def session() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await reader.readline()
+        writer.write(b"EHLO bench\r\n")
+        while (await reader.readline())[3:4] == b"-":
+            pass
+        while token := await queue.get():
+            sent_at[token] = time.perf_counter()
+            writer.write(b"MAIL FROM:<" + token.encode() + b"@example.org>\r\nRCPT TO:<" + RECIPIENT + b">\r\nDATA\r\n")
+            for _ in range(3):
+                await reader.readline()
+            writer.write(mail(token) + b".\r\n")
+            await reader.readline()
+        writer.write(b"QUIT\r\n")
+        writer.close()
+
+    await asyncio.gather(pacer(), *(session() for _ in range(sessions)))
+
+
+def run_phase(
+    port: int, sink: ReplySink, tokens: list[str], rate: float, sessions: int, pids: list[int], timeout: float
+) -> dict[str, Any]:
+    sent_at: dict[str, float] = {}
+    rss: list[int] = []
+    sampling = True
+
+    def sample() -> None:
+        while sampling:
+            rss.append(sum(rss_kib(pid) for pid in pids))
+            time.sleep(0.5)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    started = time.perf_counter()
+    asyncio.run(send_paced(port, tokens, rate, sessions, sent_at))
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        with sink.lock:
+            if all(f"{t}@example.org" in sink.arrived for t in tokens):
+                break
+        time.sleep(0.05)
+    finished = time.perf_counter()
+    sampling = False
+    sampler.join()
+    with sink.lock:
+        latencies = sorted(
+            sink.arrived[f"{t}@example.org"] - sent_at[t] for t in tokens if f"{t}@example.org" in sink.arrived
+        )
+        last = max((sink.arrived.get(f"{t}@example.org", 0.0) for t in tokens), default=finished)
+    return {
+        "mails": len(tokens),
+        "replied": len(latencies),
+        "offered_per_s": rate or None,
+        "throughput_per_s": round(len(latencies) / max(1e-9, last - started), 1),
+        "p50_s": round(latencies[len(latencies) // 2], 3) if latencies else None,
+        "p99_s": round(latencies[int(len(latencies) * 0.99) - 1], 3) if latencies else None,
+        "mean_s": round(statistics.fmean(latencies), 3) if latencies else None,
+        "rss_kib_start": rss[0] if rss else None,
+        "rss_kib_max": max(rss) if rss else None,
+        "rss_kib_end": rss[-1] if rss else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rate", type=float, default=100)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--saturation", type=int, default=3000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--database", help="default: a SQLite file")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="cs-e2e-"))
+    database = args.database or f"sqlite:///{work}/e2e.db"
+    upgrade(database.replace("postgresql://", "postgresql+psycopg://"))
+    redis = start_embedded_redis(work / "redis")
+    sink = ReplySink()
+    relay_port, smtp_port = free_port(), free_port()
+    controller = Controller(sink, hostname="127.0.0.1", port=relay_port)
+    controller.start()
+    env = channelshift_env(
+        database_url=database,
+        redis_url=redis.url,
+        smtp_listen=f"127.0.0.1:{smtp_port}",
+        lmtp_listen="",
+        relay_url=f"smtp://127.0.0.1:{relay_port}",
+        var_dir=str(work / "var"),
+        pseudonym_key="bench",
+        track_clicks="false",
+        max_connections_per_client="200",
+        reply_daily_cap="1000",
+    )
+    processes = [start([python(), "-m", "services", "gateway"], env=env, cwd=work)]
+    processes += [start([python(), "-m", "services", "worker"], env=env, cwd=work) for _ in range(args.workers)]
+    try:
+        wait_port(smtp_port)
+        time.sleep(2)
+        pids = [p.pid for p in processes]
+        steady_tokens = [f"steady{i}" for i in range(int(args.rate * args.seconds))]
+        steady = run_phase(smtp_port, sink, steady_tokens, args.rate, 10, pids, timeout=120)
+        print(f"offered {args.rate:.0f}/s for {args.seconds:.0f} s: {steady}", flush=True)
+        burst_tokens = [f"burst{i}" for i in range(args.saturation)]
+        saturation = run_phase(smtp_port, sink, burst_tokens, 0, 20, pids, timeout=300)
+        print(f"saturation ({args.saturation} mails at once): {saturation}", flush=True)
+    finally:
+        for process in processes:
+            stop(process)
+        controller.stop()
+        redis.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    print(
+        save(
+            "e2e",
+            {
+                "database": "postgresql" if args.database else "sqlite",
+                "workers": args.workers,
+                "steady": steady,
+                "saturation": saturation,
+            },
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
