@@ -122,6 +122,8 @@ class Pipeline:
                 return
 
     async def close(self) -> None:
+        for handler in self.handlers:
+            await handler.drain()
         for server in self.servers:
             server.close()
 
