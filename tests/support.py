@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import email
+import signal
 import smtplib
+import subprocess
+import time
 from dataclasses import dataclass, field
 from email.message import EmailMessage, Message
 from email.policy import SMTP as SMTP_POLICY
@@ -80,6 +83,31 @@ def make_mail(
         maintype, subtype = mime.split("/")
         message.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
     return message.as_bytes(policy=SMTP_POLICY)
+
+
+def wait_for_smtp(port: int, timeout: float = 30) -> None:
+    """Until something on the port answers an SMTP greeting (a process we started is still binding)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            smtplib.SMTP("127.0.0.1", port, timeout=2).quit()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def terminate(processes: list[subprocess.Popen[bytes]], timeout: float = 30) -> None:
+    """SIGTERM all, then wait; kill what does not stop in time."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def smtp_send(port: int, sender: str, recipients: list[str], data: bytes) -> dict[str, tuple[int, bytes]]:

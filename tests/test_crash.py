@@ -6,7 +6,6 @@ import contextlib
 import email
 import os
 import re
-import signal
 import smtplib
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from sqlalchemy import text
 
 from services.embedded_redis import EmbeddedRedis, start_embedded_redis
 from services.store.db import make_engine
-from tests.support import SERVED, make_mail
+from tests.support import SERVED, make_mail, terminate, wait_for_smtp
 from tests.test_serve import free_port
 
 pytestmark = pytest.mark.slow
@@ -129,14 +128,7 @@ def test_kill_9_gateway_worker_and_redis_under_load(tmp_path: Path, clean_databa
     sizes: dict[str, int] = {}
     kills: Counter[str] = Counter()
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                smtplib.SMTP("127.0.0.1", smtp_port, timeout=2).quit()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, log_path.read_text()
-                time.sleep(0.2)
+        wait_for_smtp(smtp_port)
         stop_at = time.monotonic() + 240
         clients = [
             threading.Thread(target=_client, args=(i, smtp_port, results, sizes, stop_at)) for i in range(CLIENTS)
@@ -181,13 +173,7 @@ def test_kill_9_gateway_worker_and_redis_under_load(tmp_path: Path, clean_databa
             reply_states = Counter(r[0] for r in connection.execute(text("SELECT state FROM reply")).all())
         engine.dispose()
     finally:
-        for process in (gateway, worker):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+        terminate([gateway, worker])
         redis.stop()
         relay_ctl.stop()
         delivery_ctl.stop()

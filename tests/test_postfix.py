@@ -18,7 +18,7 @@ from sqlmodel import Session, select
 
 from services.reply.send import SmtpSender
 from services.store.models import Message, MessageState
-from tests.support import SERVED, Pipeline, make_mail
+from tests.support import SERVED, Pipeline, make_mail, wait_for_smtp
 from tests.test_serve import free_port
 
 POSTFIX = shutil.which("postfix") or ("/usr/sbin/postfix" if Path("/usr/sbin/postfix").exists() else None)
@@ -104,14 +104,7 @@ def postfix(pipeline: Pipeline) -> Iterator[int]:
     started = subprocess.run([*run, "start"], capture_output=True, text=True, check=False)
     assert started.returncode == 0, started.stderr + _log(tmp_path)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                smtplib.SMTP("127.0.0.1", smtp_port, timeout=2).quit()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "postfix did not start"
-                time.sleep(0.2)
+        wait_for_smtp(smtp_port, timeout=20)
         yield smtp_port
     finally:
         subprocess.run([*run, "stop"], capture_output=True, check=False)

@@ -6,7 +6,6 @@ import email
 import json
 import os
 import re
-import signal
 import smtplib
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from email.policy import default as default_policy
 from pathlib import Path
 
 from services.config import PROJECT_ROOT
-from tests.support import SERVED, make_mail
+from tests.support import SERVED, make_mail, terminate
 from tests.test_serve import free_port
 
 
@@ -93,13 +92,7 @@ def test_separate_processes_share_the_work(tmp_path: Path, clean_database: str, 
         [reply] = list((tmp_path / "var" / "outbox" / "new").iterdir())
         assert email.message_from_bytes(reply.read_bytes(), policy=default_policy)["Auto-Submitted"] == "auto-replied"
     finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        terminate(processes)
         log.close()
     assert all(p.returncode == 0 for p in processes), log_path.read_text()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import smtplib
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import text
 
 from services.store.db import make_engine
-from tests.support import SERVED, make_mail
+from tests.support import SERVED, make_mail, terminate, wait_for_smtp
 from tests.test_crash import Recorder
 from tests.test_serve import free_port
 
@@ -78,14 +77,7 @@ def test_two_gateways_two_workers_one_stream(tmp_path: Path, clean_database: str
     accepted: Counter[str] = Counter()
     try:
         for port in gateway_ports:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    smtplib.SMTP("127.0.0.1", port, timeout=2).quit()
-                    break
-                except OSError:
-                    assert time.monotonic() < deadline
-                    time.sleep(0.2)
+            wait_for_smtp(port)
 
         def client(number: int) -> None:
             port = gateway_ports[number % 2]
@@ -118,13 +110,7 @@ def test_two_gateways_two_workers_one_stream(tmp_path: Path, clean_database: str
             time.sleep(0.5)
         engine.dispose()
     finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        terminate(processes)
         for controller in controllers:
             controller.stop()
         log.close()

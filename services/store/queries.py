@@ -83,6 +83,18 @@ def begin_decision(session: Session, message_id: str, pseudonym: str | None) -> 
     return True
 
 
+def bump_message_counter(session: Session, message: Message, decision: Decision, outcome: str) -> None:
+    """Count an outcome in the hour the message arrived, under its mailbox, category and channel."""
+    bump_counter(
+        session,
+        hour=message.received_at,
+        mailbox=message.mailbox,
+        category=decision.category,
+        channel=decision.channel,
+        outcome=outcome,
+    )
+
+
 def reply_allowance(
     session: Session, pseudonym: str, template: str, now: datetime, window: timedelta, daily_cap: int
 ) -> str | None:
@@ -184,14 +196,7 @@ def settle_uncertain_replies(engine: Engine, stale_after: timedelta) -> int:
             reply.state = JobState.UNCERTAIN
             reply.error = "worker stopped during transmission; not resent to avoid a duplicate"
             session.add(reply)
-            bump_counter(
-                session,
-                hour=message.received_at,
-                mailbox=message.mailbox,
-                category=decision.category,
-                channel=decision.channel,
-                outcome="reply-uncertain",
-            )
+            bump_message_counter(session, message, decision, "reply-uncertain")
         return len(rows)
 
 

@@ -19,7 +19,7 @@ from services.reply.send import MaildirSender, PermanentSendError, TransientSend
 from services.store.db import session_scope
 from services.store.models import Decision, Delivery, JobState, Message, MessageState, Reply, utcnow
 from services.store.purge import purge
-from services.store.queries import bump_counter, claim, find_stuck, mark_transmitting, settle_uncertain_replies
+from services.store.queries import bump_message_counter, claim, find_stuck, mark_transmitting, settle_uncertain_replies
 from services.worker.decide import decide
 from services.worker.deps import Deps
 
@@ -65,14 +65,7 @@ def _finish(
                 session.add(message)
         session.add(row)
         if outcome:
-            bump_counter(
-                session,
-                hour=message.received_at,
-                mailbox=message.mailbox,
-                category=decision.category,
-                channel=decision.channel,
-                outcome=outcome,
-            )
+            bump_message_counter(session, message, decision, outcome)
 
 
 def _load(
