@@ -176,11 +176,12 @@ def main() -> None:
         controller.stop()
         redis.stop()
         shutil.rmtree(work, ignore_errors=True)
+    database_name = "postgresql" if args.database else "sqlite"
     print(
         save(
-            "e2e",
+            f"e2e-{database_name}",
             {
-                "database": "postgresql" if args.database else "sqlite",
+                "database": database_name,
                 "workers": args.workers,
                 "steady": steady,
                 "saturation": saturation,
