@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from services.classify.engine import CompiledRule, RuleSet, compile_condition
+from services.classify.keywords import KeywordIndex
 from services.classify.schema import CONDITION_KEYS, Condition, Rule, RuleFile, RuleSettings
 from services.classify.yamlsource import YamlSyntaxError, line_for, load_with_lines
 
@@ -181,15 +182,17 @@ def load_rules(directory: Path, templates_dir: Path) -> RuleSet:
     if errors:
         raise RuleSetInvalid(errors)
     assert settings is not None
+    index = KeywordIndex()
     compiled = tuple(
         CompiledRule(
             rule,
-            compile_condition(rule.when, lists)
+            compile_condition(rule.when, lists, index=index)
             if rule.when
-            else compile_condition(Condition.model_validate({"always": True}), lists),
+            else compile_condition(Condition.model_validate({"always": True}), lists, index=index),
         )
         for _f, _r, rule, _n, _l in ordered
     )
+    index.build()
     return RuleSet(version=digest.hexdigest()[:16], settings=settings, rules=compiled, lists=lists, templates=templates)
 
 
