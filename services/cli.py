@@ -43,17 +43,20 @@ def _single(args: argparse.Namespace, *, gateway: bool = False, worker: bool = F
 
 
 def cmd_inject(args: argparse.Namespace) -> int:
+    from services.mail import parse_mail
+
     settings = _settings()
     raw = Path(args.file).read_bytes()
     host, port = split_host_port(args.server or settings.smtp_listen)
+    mail = parse_mail(raw)
     recipients = args.to or []
     if not recipients:
         from services.classify.explain import default_envelope
         from services.classify.loader import load_rules
 
         ruleset = load_rules(settings.rules_dir, settings.templates_dir)
-        recipients = list(default_envelope(ruleset, raw, None, None)[1])
-    sender = args.sender if args.sender is not None else _header_sender(raw)
+        recipients = list(default_envelope(ruleset, mail, None, None)[1])
+    sender = args.sender if args.sender is not None else mail.from_address
     try:
         with smtplib.SMTP(host, port, timeout=30) as client:
             refused = client.sendmail(sender, recipients, raw)
@@ -69,12 +72,6 @@ def cmd_inject(args: argparse.Namespace) -> int:
         return 1
     print(f"accepted for {len(recipients) - len(refused)} recipient(s)")
     return 0
-
-
-def _header_sender(raw: bytes) -> str:
-    from services.mail import parse_mail
-
-    return parse_mail(raw).from_address
 
 
 def cmd_rules_check(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from services.classify.engine import MailFacts, compile_condition
+from services.classify.keywords import KeywordIndex
 from services.classify.loader import load_rules
 from services.classify.schema import Condition
 from services.config import PROJECT_ROOT
@@ -86,7 +87,7 @@ def test_working_time_and_holidays() -> None:
     office = Condition.model_validate(
         {"time": {"weekdays": ["mon", "tue", "wed", "thu", "fri"], "hours": "08:00-18:00", "holidays": "holidays"}}
     )
-    predicate = compile_condition(office, RULESET.lists)
+    predicate = compile_condition(office, RULESET.lists, KeywordIndex())
     from services.classify.engine import Trace
 
     tuesday_morning = datetime(2026, 3, 17, 9, 30, tzinfo=UTC)  # 10:30 in Berlin

@@ -10,8 +10,9 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from services.classify.keywords import KeywordIndex
+from services.classify.language import detect_language
 from services.classify.schema import Action, AddressMatch, Condition, Rule, RuleSettings, TextMatch
-from services.classify.text import fold, keyword_pattern
+from services.classify.text import fold
 from services.mail import InboundMail
 
 _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -28,21 +29,32 @@ class MailFacts:
     received_at: datetime
     subject: str
     body: str
+    text: str
     keyword_hits: dict[str, dict[str, int]] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(
         cls, mail: InboundMail, envelope_from: str, envelope_to: tuple[str, ...], language: str, received_at: datetime
     ) -> MailFacts:
+        subject, body = fold(mail.subject), fold(mail.own_text)
         return cls(
             mail=mail,
             envelope_from=envelope_from.lower(),
             envelope_to=tuple(a.lower() for a in envelope_to),
             language=language,
             received_at=received_at,
-            subject=fold(mail.subject),
-            body=fold(mail.own_text),
+            subject=subject,
+            body=body,
+            text=subject + "\n" + body,
         )
+
+    @classmethod
+    def of(
+        cls, mail: InboundMail, envelope_from: str, envelope_to: tuple[str, ...], received_at: datetime
+    ) -> MailFacts:
+        """The facts of a mail as the worker, explain and replay see them: language detected on own words."""
+        language = detect_language(mail.subject + "\n" + mail.own_text)
+        return cls.build(mail, envelope_from, envelope_to, language, received_at)
 
     @property
     def senders(self) -> tuple[str, ...]:
@@ -126,30 +138,19 @@ def _address_predicate(
     return check
 
 
-def _text_predicate(
-    name: str, spec: TextMatch, pick: Callable[[MailFacts], str], field_name: str, index: KeywordIndex | None
-) -> Predicate:
+def _text_predicate(name: str, spec: TextMatch, field_name: str, index: KeywordIndex) -> Predicate:
     regexes = [re.compile(pattern, re.IGNORECASE) for pattern in spec.regex]
-    if index is None:
-        keywords = keyword_pattern(spec.keywords) if spec.keywords else None
-        wanted: frozenset[str] = frozenset()
-    else:
-        keywords = None
-        wanted = index.register(spec.keywords) if spec.keywords else frozenset()
+    wanted = index.register(spec.keywords) if spec.keywords else frozenset()
 
     def check(facts: MailFacts, trace: Trace) -> bool:
-        text = pick(facts)
-        if wanted and index is not None:
+        text: str = getattr(facts, field_name)
+        if wanted:
             hits = facts.keyword_hits.get(field_name)
             if hits is None:
                 hits = facts.keyword_hits[field_name] = index.scan(text)
             matched = [(start, -len(key), key.lstrip("*")) for key, start in hits.items() if key in wanted]
             if matched:
                 return trace.record(name, True, f"keyword {min(matched)[2]!r}")
-        if keywords is not None:
-            found = keywords.search(text)
-            if found:
-                return trace.record(name, True, f"keyword {found.group(0)!r}")
         for regex in regexes:
             found = regex.search(text)
             if found:
@@ -160,34 +161,31 @@ def _text_predicate(
 
 
 def compile_condition(
-    condition: Condition,
-    lists: Mapping[str, tuple[str, ...]],
-    path: str = "when",
-    index: KeywordIndex | None = None,
+    condition: Condition, lists: Mapping[str, tuple[str, ...]], index: KeywordIndex, path: str = "when"
 ) -> Predicate:
     """Turn a validated condition into a predicate; lists are the named domain/address lists.
 
-    With a KeywordIndex, keyword lists join the rule set's one automaton (call index.build() before use).
+    Keyword lists join the rule set's one automaton: call index.build() once every rule is compiled.
     """
     if condition.all_ is not None:
-        parts = [compile_condition(c, lists, f"{path}.all[{i}]", index) for i, c in enumerate(condition.all_)]
+        parts = [compile_condition(c, lists, index, f"{path}.all[{i}]") for i, c in enumerate(condition.all_)]
         return lambda facts, trace: trace.record(path + ".all", all(p(facts, trace) for p in parts))
     if condition.any_ is not None:
-        parts = [compile_condition(c, lists, f"{path}.any[{i}]", index) for i, c in enumerate(condition.any_)]
+        parts = [compile_condition(c, lists, index, f"{path}.any[{i}]") for i, c in enumerate(condition.any_)]
         return lambda facts, trace: trace.record(path + ".any", any(p(facts, trace) for p in parts))
     if condition.not_ is not None:
-        inner = compile_condition(condition.not_, lists, f"{path}.not", index)
+        inner = compile_condition(condition.not_, lists, index, f"{path}.not")
         return lambda facts, trace: trace.record(path + ".not", not inner(facts, trace))
     if condition.recipient is not None:
         return _address_predicate(path + ".recipient", condition.recipient, lists, lambda f: f.recipients)
     if condition.sender is not None:
         return _address_predicate(path + ".sender", condition.sender, lists, lambda f: f.senders)
     if condition.subject is not None:
-        return _text_predicate(path + ".subject", condition.subject, lambda f: f.subject, "subject", index)
+        return _text_predicate(path + ".subject", condition.subject, "subject", index)
     if condition.body is not None:
-        return _text_predicate(path + ".body", condition.body, lambda f: f.body, "body", index)
+        return _text_predicate(path + ".body", condition.body, "body", index)
     if condition.text is not None:
-        return _text_predicate(path + ".text", condition.text, lambda f: f.subject + "\n" + f.body, "text", index)
+        return _text_predicate(path + ".text", condition.text, "text", index)
     if condition.attachments is not None:
         spec = condition.attachments
 

@@ -6,16 +6,15 @@ from datetime import datetime
 from typing import Any
 
 from services.classify.engine import MailFacts, RuleSet
-from services.classify.language import detect_language
-from services.mail import parse_mail
+from services.mail import InboundMail, parse_mail
 from services.reply.policy import PolicyConfig, suppression_reason
 from services.store.models import utcnow
 
 
 def default_envelope(
-    ruleset: RuleSet, raw: bytes, mail_from: str | None, rcpt_to: list[str] | None
+    ruleset: RuleSet, mail: InboundMail, mail_from: str | None, rcpt_to: list[str] | None
 ) -> tuple[str, tuple[str, ...]]:
-    mail = parse_mail(raw)
+    """The envelope to assume for a file: the From header as sender, its served To/Cc as recipients."""
     sender = mail_from if mail_from is not None else mail.from_address
     recipients = (
         tuple(rcpt_to)
@@ -38,9 +37,9 @@ def explain(
 ) -> dict[str, Any]:
     """The DESIGN.md explain contract: category, channel, rule, reply, suppressed, language, trace (+ extras)."""
     mail = parse_mail(raw)
-    envelope_from, envelope_to = default_envelope(ruleset, raw, mail_from, rcpt_to)
-    language = detect_language(mail.subject + "\n" + mail.own_text)
-    facts = MailFacts.build(mail, envelope_from, envelope_to, language, received_at or utcnow())
+    envelope_from, envelope_to = default_envelope(ruleset, mail, mail_from, rcpt_to)
+    facts = MailFacts.of(mail, envelope_from, envelope_to, received_at or utcnow())
+    language = facts.language
     result = ruleset.classify(facts)
     action = result.action
     reason = suppression_reason(mail, envelope_from, envelope_to, ruleset, policy or PolicyConfig())

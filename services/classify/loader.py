@@ -186,9 +186,9 @@ def load_rules(directory: Path, templates_dir: Path) -> RuleSet:
     compiled = tuple(
         CompiledRule(
             rule,
-            compile_condition(rule.when, lists, index=index)
+            compile_condition(rule.when, lists, index)
             if rule.when
-            else compile_condition(Condition.model_validate({"always": True}), lists, index=index),
+            else compile_condition(Condition.model_validate({"always": True}), lists, index),
         )
         for _f, _r, rule, _n, _l in ordered
     )

@@ -12,7 +12,6 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from services.classify.engine import MailFacts, RuleSet
-from services.classify.language import detect_language
 from services.mail import parse_mail
 from services.store.models import Decision, Message
 
@@ -109,9 +108,9 @@ def replay(engine: Engine, ruleset: RuleSet, since: datetime, until: datetime | 
             if message.raw is None:
                 report.purged += 1
                 continue
-            mail = parse_mail(message.raw)
-            language = detect_language(mail.subject + "\n" + mail.own_text)
-            facts = MailFacts.build(mail, message.mail_from, tuple(message.rcpt_tos), language, message.received_at)
+            facts = MailFacts.of(
+                parse_mail(message.raw), message.mail_from, tuple(message.rcpt_tos), message.received_at
+            )
             result = ruleset.classify(facts)
             report.total += 1
             report.categories[(decision.category, result.action.category)] += 1

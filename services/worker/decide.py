@@ -10,7 +10,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from services.classify.engine import MailFacts
-from services.classify.language import detect_language
 from services.mail import parse_mail
 from services.pseudonym import pseudonymize
 from services.reply.compose import threading_headers
@@ -69,9 +68,9 @@ def decide(deps: Deps, message_id: str) -> Pending | None:
         mailbox = message.mailbox
 
     mail = parse_mail(raw)
-    language = detect_language(mail.subject + "\n" + mail.own_text)
     ruleset = deps.rules.current
-    facts = MailFacts.build(mail, envelope_from, envelope_to, language, received_at)
+    facts = MailFacts.of(mail, envelope_from, envelope_to, received_at)
+    language = facts.language
     classification = ruleset.classify(facts)
     action = classification.action
     category = action.category
