@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email import message_from_bytes
 from email.header import decode_header
 from email.message import Message
@@ -88,9 +88,9 @@ class InboundMail:
     own_text: str = ""
     attachments: tuple[Attachment, ...] = ()
     automated_signals: tuple[str, ...] = ()
-    addressed_to: tuple[str, ...] = field(default=(), metadata={"doc": "To, Cc, Bcc and Resent-* addresses"})
+    addressed_to: tuple[str, ...] = ()  # To, Cc, Bcc and Resent-* addresses
     references: tuple[str, ...] = ()
-    defects: tuple[str, ...] = field(default=())
+    defects: tuple[str, ...] = ()
 
     def header(self, name: str) -> str | None:
         wanted = name.lower()
@@ -273,9 +273,9 @@ def _content_type(part: Message) -> str:
         return "application/octet-stream"
 
 
-def _walk(root: Message, defects: list[str]) -> list[tuple[Message, int]]:
-    """Leaf parts with their depth, bounded in count and depth (iterative, so no RecursionError)."""
-    leaves: list[tuple[Message, int]] = []
+def _walk(root: Message, defects: list[str]) -> list[Message]:
+    """Leaf parts, bounded in count and depth (iterative, so no RecursionError)."""
+    leaves: list[Message] = []
     stack: list[tuple[Message, int]] = [(root, 0)]
     seen = 0
     while stack:
@@ -292,7 +292,7 @@ def _walk(root: Message, defects: list[str]) -> list[tuple[Message, int]]:
             if isinstance(children, list):
                 stack.extend((child, depth + 1) for child in reversed(children) if isinstance(child, Message))
             continue
-        leaves.append((part, depth))
+        leaves.append(part)
     return leaves
 
 
@@ -383,19 +383,20 @@ def parse_mail(raw: bytes) -> InboundMail:
 def _build(message: Message, defects: list[str]) -> InboundMail:
     headers: list[tuple[str, str]] = []
     by_name: dict[str, list[str]] = {}
+    raw_values: dict[str, list[str]] = {}
     header_chars = 0
     for name, value in message.items():
+        raw_values.setdefault(str(name).lower(), []).append(str(value))
+        if header_chars > MAX_HEADER_BYTES:
+            continue  # past the limit only the raw values (for addresses) are kept, nothing is decoded
         header_chars += len(name) + len(str(value)) + 4
         if header_chars > MAX_HEADER_BYTES:
             defects.append(f"limit:header-size>{MAX_HEADER_BYTES}")
-            break
+            continue
         decoded = decode_header_value(value)
         key = str(name).strip().lower()
         headers.append((key, decoded))
         by_name.setdefault(key, []).append(decoded)
-    raw_values: dict[str, list[str]] = {}
-    for name, value in message.items():
-        raw_values.setdefault(str(name).lower(), []).append(str(value))
 
     subject = by_name.get("subject", [""])[0]
     from_pairs = _addresses(raw_values.get("from", [])[:1])
@@ -413,7 +414,7 @@ def _build(message: Message, defects: list[str]) -> InboundMail:
     part_types: set[str] = set()
     attachments: list[Attachment] = []
     text_chars = 0
-    for part, _depth in _walk(message, defects):
+    for part in _walk(message, defects):
         part_type = _content_type(part)
         part_types.add(part_type)
         disposition = str(part.get("content-disposition", "")).lower()
@@ -441,26 +442,25 @@ def _build(message: Message, defects: list[str]) -> InboundMail:
     body_text = body_text[:MAX_TEXT_CHARS]
     message_id = by_name.get("message-id", [None])[0]
     references = tuple(ref for ref in re.findall(r"<[^<>\s]{1,250}>", " ".join(by_name.get("references", []))))[-20:]
+    to_addresses = _addresses(raw_values.get("to", []))
+    cc_addresses = _addresses(raw_values.get("cc", []))
+    other_recipients = _addresses(
+        [v for name in ("bcc", "resent-to", "resent-cc", "resent-bcc") for v in raw_values.get(name, [])]
+    )
     return InboundMail(
         message_id=single_line(message_id, 250) if message_id else None,
         subject=subject,
         from_address=from_address,
         from_name=from_name,
-        to_addresses=_addresses(raw_values.get("to", [])),
-        cc_addresses=_addresses(raw_values.get("cc", [])),
+        to_addresses=to_addresses,
+        cc_addresses=cc_addresses,
         headers=tuple(headers),
         content_type=content_type,
         body_text=body_text,
         own_text=own_words(body_text),
         attachments=tuple(attachments),
         automated_signals=_automated_signals(by_name, content_type, from_address, subject, part_types),
-        addressed_to=_addresses(
-            [
-                v
-                for name in ("to", "cc", "bcc", "resent-to", "resent-cc", "resent-bcc")
-                for v in raw_values.get(name, [])
-            ]
-        ),
+        addressed_to=(*to_addresses, *cc_addresses, *other_recipients)[:MAX_ADDRESSES],
         references=references,
         defects=tuple(dict.fromkeys(defects)),
     )

@@ -89,6 +89,7 @@ class GatewayHandler:
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]) -> str:
         if len(envelope.rcpt_tos) >= self.max_recipients:
             return replies.REJECT_TOO_MANY_RECIPIENTS
+        # the explicit test matters: `$` also matches before a trailing newline
         if not _ADDRESS.match(address) or "\r" in address or "\n" in address:
             return replies.REJECT_BAD_ADDRESS
         if not self.rules.current.is_served(address):
