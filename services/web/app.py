@@ -42,8 +42,8 @@ async def readyz(request: web.Request) -> web.Response:
         checks["redis"] = "ok"
     except Exception as exc:
         checks["redis"] = f"error: {type(exc).__name__}"
+    # reloading is the watcher's job (every role runs it); a probe only reports, so "SIGHUP only" holds
     holder = request.app[RULES]
-    await asyncio.to_thread(holder.refresh)
     checks["rules"] = {
         "version": holder.current.version,
         "rules": len(holder.current.rules),

@@ -24,7 +24,11 @@ class Deps:
     reply_sender: Sender
     delivery_sender: Sender
     policy: PolicyConfig
-    stale_sending: timedelta = timedelta(minutes=10)
+
+    @property
+    def stale_sending(self) -> timedelta:
+        """A send claimed longer ago than this is treated as cut off by a crash."""
+        return timedelta(seconds=self.settings.stale_after_seconds)
 
     @classmethod
     def build(cls, settings: Settings, engine: Engine | None = None, rules: RuleSetHolder | None = None) -> Deps:
@@ -36,5 +40,4 @@ class Deps:
             reply_sender=make_sender(settings.relay_url, settings.outbox_dir),
             delivery_sender=make_sender(settings.delivery_url, settings.delivered_dir),
             policy=PolicyConfig(settings.spam_score_header, settings.spam_score_threshold),
-            stale_sending=timedelta(seconds=settings.stale_after_seconds),
         )
