@@ -80,20 +80,18 @@ def volumes(
     return [{"period": p, "key": k, "count": n} for (p, k), n in sorted(totals.items())]
 
 
-def _by_outcome(engine: Engine, period: Period, dimension: str | None) -> dict[str, dict[str, int]]:
+def _by_outcome(engine: Engine, period: Period, dimension: str) -> dict[str, dict[str, int]]:
     begin, finish = period.utc_range
-    columns: list[Any] = [getattr(Counter, dimension)] if dimension else []
+    key = getattr(Counter, dimension)
     query = (
-        select(*columns, col(Counter.outcome), func.sum(Counter.count))
+        select(key, col(Counter.outcome), func.sum(Counter.count))
         .where(col(Counter.hour) >= begin, col(Counter.hour) < finish)
-        .group_by(*columns, col(Counter.outcome))
+        .group_by(key, col(Counter.outcome))
     )
     result: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     with Session(engine) as session:
-        for row in session.execute(query).all():
-            values = tuple(row)
-            name = str(values[0]) if dimension else "all"
-            result[name][str(values[-2])] += int(values[-1])
+        for name, outcome, total in session.execute(query).all():
+            result[str(name)][str(outcome)] += int(total)
     return result
 
 
@@ -128,7 +126,12 @@ def _figures(outcomes: dict[str, int]) -> dict[str, Any]:
 
 
 def summary(engine: Engine, period: Period) -> dict[str, Any]:
-    overall = _by_outcome(engine, period, None).get("all", {})
+    by_category = _by_outcome(engine, period, "category")
+    # every counter row has a category (SMTP rejections "(none)"), so the totals are the categories' sums
+    overall: dict[str, int] = defaultdict(int)
+    for outcomes in by_category.values():
+        for outcome, total in outcomes.items():
+            overall[outcome] += total
     figures = _figures(overall)
     figures["period"] = {"from": period.start.isoformat(), "to": period.end.isoformat(), "days": period.days}
     figures["received_per_day"] = round(figures["received"] / period.days, 2)
@@ -139,9 +142,7 @@ def summary(engine: Engine, period: Period) -> dict[str, Any]:
         o.split(":", 1)[1]: n for o, n in sorted(overall.items()) if o.startswith("rejected:")
     }
     figures["by_category"] = {
-        name: _figures(outcomes)
-        for name, outcomes in sorted(_by_outcome(engine, period, "category").items())
-        if not name.startswith("(")
+        name: _figures(outcomes) for name, outcomes in sorted(by_category.items()) if not name.startswith("(")
     }
     figures["by_channel"] = {
         name: _figures(outcomes)

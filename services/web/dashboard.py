@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+from collections import defaultdict
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -44,13 +45,14 @@ def dashboard_data(engine: Engine, period: reports.Period, cutoff: date) -> dict
     by_channel = reports.volumes(engine, period, by="channel")
     replied = reports.volumes(engine, period, by="none", outcome="replied")
     suppressed = reports.volumes(engine, period, by="none", outcome="suppressed:")
-    received = reports.volumes(engine, period, by="none", outcome="received")
     summary = reports.summary(engine, period)
     categories = summary["by_category"]
     channels = summary["by_channel"]
 
     def per_day(rows: list[dict[str, Any]]) -> list[int]:
-        table = {row["period"]: row["count"] for row in rows}
+        table: dict[str, int] = defaultdict(int)
+        for row in rows:
+            table[row["period"]] += row["count"]
         return [table.get(day, 0) for day in labels]
 
     before = reports.Period(period.start, max(period.start, cutoff - timedelta(days=1)), period.zone)
@@ -70,7 +72,7 @@ def dashboard_data(engine: Engine, period: reports.Period, cutoff: date) -> dict
         "replies": {
             "labels": labels,
             "datasets": [
-                {"label": "eingegangen", "data": per_day(received)},
+                {"label": "eingegangen", "data": per_day(by_category)},  # the categories add up to all mail
                 {"label": "beantwortet", "data": per_day(replied)},
                 {"label": "unterdrückt", "data": per_day(suppressed)},
             ],
