@@ -118,34 +118,33 @@ class GatewayHandler:
         if len(content) > self.max_message_size:
             return self._answer(replies.REJECT_TOO_BIG.format(limit=self.max_message_size), recipients)
         message_id = new_message_id()
-        structlog.contextvars.bind_contextvars(message_id=message_id, protocol=self.protocol)
         received_at = utcnow()
         if self.demo_dates and _is_loopback(session.peer):
             received_at = demo_received_at(content) or received_at
-        try:
-            message = Message(
-                received_at=received_at,
-                id=message_id,
-                protocol=self.protocol,
-                mail_from=envelope_sender(envelope.mail_from),
-                rcpt_tos=[r.lower() for r in recipients],
-                mailbox=recipients[0].lower() if recipients else "",
-                size=len(content),
-                raw=content,
-                state=MessageState.RECEIVED,
-            )
-            with timed(STORE_SECONDS):
-                await self.committer.store(message)
-        except Exception as exc:
-            log.error("gateway.store_failed", error=type(exc).__name__)
-            structlog.contextvars.unbind_contextvars("message_id", "protocol")
-            return self._answer(replies.TEMPFAIL_STORAGE, recipients)
-        log.info("gateway.stored", size=len(content), recipients=len(recipients))
-        # The 250 does not wait for Redis: the mail is durable now, and the sweep enqueues it if this fails.
-        task = asyncio.create_task(self._enqueue(message_id))
+        with structlog.contextvars.bound_contextvars(message_id=message_id, protocol=self.protocol):
+            try:
+                message = Message(
+                    received_at=received_at,
+                    id=message_id,
+                    protocol=self.protocol,
+                    mail_from=envelope_sender(envelope.mail_from),
+                    rcpt_tos=[r.lower() for r in recipients],
+                    mailbox=recipients[0].lower() if recipients else "",
+                    size=len(content),
+                    raw=content,
+                    state=MessageState.RECEIVED,
+                )
+                with timed(STORE_SECONDS):
+                    await self.committer.store(message)
+            except Exception as exc:
+                log.error("gateway.store_failed", error=type(exc).__name__)
+                return self._answer(replies.TEMPFAIL_STORAGE, recipients)
+            log.info("gateway.stored", size=len(content), recipients=len(recipients))
+            # The 250 does not wait for Redis: the mail is durable now, and the sweep enqueues it if this fails.
+            # The task copies the bound context, so its log lines carry the message id too.
+            task = asyncio.create_task(self._enqueue(message_id))
         self._pending_enqueues.add(task)
         task.add_done_callback(self._pending_enqueues.discard)
-        structlog.contextvars.unbind_contextvars("message_id", "protocol")
         return self._answer(replies.OK_QUEUED.format(id=message_id), recipients)
 
     async def drain(self) -> None:
@@ -157,7 +156,7 @@ class GatewayHandler:
         try:
             await self.enqueue(message_id)
         except Exception as exc:
-            log.warning("gateway.enqueue_failed", message_id=message_id, error=type(exc).__name__)
+            log.warning("gateway.enqueue_failed", error=type(exc).__name__)
 
     def _answer(self, line: str, recipients: list[str]) -> str:
         if self.protocol == "lmtp" and len(recipients) > 1:
