@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email
+import os
 import signal
 import smtplib
 import subprocess
@@ -83,6 +84,11 @@ def make_mail(
         maintype, subtype = mime.split("/")
         message.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
     return message.as_bytes(policy=SMTP_POLICY)
+
+
+def clean_env() -> dict[str, str]:
+    """This environment without the caller's CHANNELSHIFT_* settings, for a subprocess that gets its own."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("CHANNELSHIFT_")}
 
 
 def wait_for_smtp(port: int, timeout: float = 30) -> None:

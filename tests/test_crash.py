@@ -22,7 +22,7 @@ from sqlalchemy import text
 
 from services.embedded_redis import EmbeddedRedis, start_embedded_redis
 from services.store.db import make_engine
-from tests.support import SERVED, make_mail, terminate, wait_for_smtp
+from tests.support import SERVED, clean_env, make_mail, terminate, wait_for_smtp
 from tests.test_serve import free_port
 
 pytestmark = pytest.mark.slow
@@ -100,7 +100,7 @@ def test_kill_9_gateway_worker_and_redis_under_load(tmp_path: Path, clean_databa
     redis_dir = tmp_path / "redis"
     redis: EmbeddedRedis = start_embedded_redis(redis_dir)
     smtp_port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHANNELSHIFT_")}
+    env = clean_env()
     env.update(
         {
             "CHANNELSHIFT_DATABASE_URL": clean_database,

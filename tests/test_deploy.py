@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from services.config import PROJECT_ROOT, Settings
+from tests.support import clean_env
 
 DEPLOY = PROJECT_ROOT / "deploy"
 
@@ -78,7 +79,7 @@ def test_dockerfile_build_step_produces_a_working_install(tmp_path: Path) -> Non
     assert (installed / "web" / "static" / "chart.umd.min.js").is_file()
     assert (installed / "py.typed").is_file()
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("CHANNELSHIFT_")},
+        **clean_env(),
         "PYTHONPATH": str(site),
         "CHANNELSHIFT_DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite",
         "CHANNELSHIFT_RULES_DIR": str(PROJECT_ROOT / "routing_rules"),

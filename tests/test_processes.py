@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import email
 import json
-import os
 import re
 import smtplib
 import subprocess
@@ -15,7 +14,7 @@ from email.policy import default as default_policy
 from pathlib import Path
 
 from services.config import PROJECT_ROOT
-from tests.support import SERVED, make_mail, terminate
+from tests.support import SERVED, clean_env, make_mail, terminate
 from tests.test_serve import free_port
 
 
@@ -36,7 +35,7 @@ def _wait_ready(port: int, processes: list[subprocess.Popen[bytes]], log: Path) 
 
 def test_separate_processes_share_the_work(tmp_path: Path, clean_database: str, clean_redis: str) -> None:
     smtp_port, web_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHANNELSHIFT_")}
+    env = clean_env()
     env.update(
         {
             "CHANNELSHIFT_DATABASE_URL": clean_database,
@@ -98,7 +97,7 @@ def test_separate_processes_share_the_work(tmp_path: Path, clean_database: str, 
 
 
 def test_roles_refuse_to_start_without_shared_redis(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHANNELSHIFT_")}
+    env = clean_env()
     result = subprocess.run(
         [sys.executable, "-m", "services", "worker"],
         env=env,

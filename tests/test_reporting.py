@@ -24,7 +24,7 @@ from services.gateway.server import start_listener
 from services.store.models import Message
 from services.store.purge import purge
 from services.web.app import create_app
-from tests.support import SERVED, Pipeline, make_mail, send
+from tests.support import SERVED, Pipeline, clean_env, make_mail, send
 
 AUTH = {"Authorization": "Bearer tok"}
 TODAY = date.today().isoformat()
@@ -276,7 +276,7 @@ async def test_demo_traffic_and_dashboard_in_chromium(pipeline: Pipeline, tmp_pa
 
 def test_cli_purge_dry_run(tmp_path: Path) -> None:
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("CHANNELSHIFT_")},
+        **clean_env(),
         "CHANNELSHIFT_DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite",
     }
     subprocess.run([sys.executable, "-m", "services", "db", "upgrade"], env=env, check=True, capture_output=True)

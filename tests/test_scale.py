@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import smtplib
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import text
 
 from services.store.db import make_engine
-from tests.support import SERVED, make_mail, terminate, wait_for_smtp
+from tests.support import SERVED, clean_env, make_mail, terminate, wait_for_smtp
 from tests.test_crash import Recorder
 from tests.test_serve import free_port
 
@@ -33,7 +32,7 @@ def test_two_gateways_two_workers_one_stream(tmp_path: Path, clean_database: str
     ]
     for controller in controllers:
         controller.start()
-    base = {k: v for k, v in os.environ.items() if not k.startswith("CHANNELSHIFT_")}
+    base = clean_env()
     base.update(
         {
             "CHANNELSHIFT_DATABASE_URL": clean_database,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import email
-import os
 import re
 import shutil
 import signal
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from services.config import PROJECT_ROOT
-from tests.support import SERVED, make_mail
+from tests.support import SERVED, clean_env, make_mail
 
 PROBE_RULE = """rules:
   - id: probe
@@ -76,7 +75,7 @@ def served(tmp_path: Path, reload_seconds: float) -> Iterator[Served]:
     rules = tmp_path / "rules"
     shutil.copytree(PROJECT_ROOT / "routing_rules", rules, ignore=shutil.ignore_patterns("tests"))
     smtp_port, lmtp_port, web_port = free_port(), free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHANNELSHIFT_")}
+    env = clean_env()
     env.update(
         {
             "CHANNELSHIFT_SMTP_LISTEN": f"127.0.0.1:{smtp_port}",
