@@ -10,12 +10,14 @@ from pathlib import Path
 import psycopg
 import pytest
 import redis
+from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import text
 
 from services.embedded_redis import start_embedded_redis
 from services.store.db import make_engine
 from services.store.migrate import upgrade
-from tests.support import Pipeline, start_pipeline
+from services.web.app import create_app
+from tests.support import ADMIN_TOKEN, Pipeline, start_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLES = ("counter", "reply_ledger", "reply", "delivery", "decision", "message")
@@ -79,6 +81,15 @@ def clean_redis(redis_url: str) -> str:
     client.flushdb()
     client.close()
     return redis_url
+
+
+@pytest.fixture
+async def client(pipeline: Pipeline) -> AsyncIterator[TestClient[object, object]]:
+    """The web app over the pipeline's database and Redis, with ADMIN_TOKEN required."""
+    pipeline.deps.settings.admin_token = ADMIN_TOKEN
+    app = create_app(pipeline.deps.settings, pipeline.deps.engine, pipeline.pool, pipeline.deps.rules)
+    async with TestClient(TestServer(app)) as test_client:
+        yield test_client
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import signal
 import smtplib
 import subprocess
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from email.message import EmailMessage, Message
 from email.policy import SMTP as SMTP_POLICY
@@ -29,6 +30,8 @@ from services.worker.app import build_worker
 from services.worker.deps import Deps
 
 SERVED = "info@jobcenter-musterstadt.example"
+ADMIN_TOKEN = "tok"
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 @dataclass
@@ -89,6 +92,22 @@ def make_mail(
 def clean_env() -> dict[str, str]:
     """This environment without the caller's CHANNELSHIFT_* settings, for a subprocess that gets its own."""
     return {k: v for k, v in os.environ.items() if not k.startswith("CHANNELSHIFT_")}
+
+
+def wait_until_ready(port: int, processes: list[subprocess.Popen[bytes]], log: Path, timeout: float = 60) -> None:
+    """Until /readyz on the port answers 200; fails with the processes' log if one exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if any(p.poll() is not None for p in processes):
+            break
+        time.sleep(0.2)
+    raise AssertionError("processes did not become ready:\n" + log.read_text(errors="replace"))
 
 
 def wait_for_smtp(port: int, timeout: float = 30) -> None:

@@ -14,23 +14,8 @@ from email.policy import default as default_policy
 from pathlib import Path
 
 from services.config import PROJECT_ROOT
-from tests.support import SERVED, clean_env, make_mail, terminate
+from tests.support import SERVED, clean_env, make_mail, terminate, wait_until_ready
 from tests.test_serve import free_port
-
-
-def _wait_ready(port: int, processes: list[subprocess.Popen[bytes]], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        if any(p.poll() is not None for p in processes):
-            break
-        time.sleep(0.2)
-    raise AssertionError("processes did not become ready:\n" + log.read_text())
 
 
 def test_separate_processes_share_the_work(tmp_path: Path, clean_database: str, clean_redis: str) -> None:
@@ -57,7 +42,7 @@ def test_separate_processes_share_the_work(tmp_path: Path, clean_database: str, 
         for role in ("gateway", "worker", "web")
     ]
     try:
-        _wait_ready(web_port, processes, log_path)
+        wait_until_ready(web_port, processes, log_path)
         deadline = time.monotonic() + 30
         while True:  # the gateway may still be binding its port
             try:

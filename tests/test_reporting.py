@@ -8,7 +8,6 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -24,18 +23,9 @@ from services.gateway.server import start_listener
 from services.store.models import Message
 from services.store.purge import purge
 from services.web.app import create_app
-from tests.support import SERVED, Pipeline, clean_env, make_mail, send
+from tests.support import AUTH, SERVED, Pipeline, clean_env, make_mail, send
 
-AUTH = {"Authorization": "Bearer tok"}
 TODAY = date.today().isoformat()
-
-
-@pytest.fixture
-async def client(pipeline: Pipeline) -> AsyncIterator[TestClient[object, object]]:
-    pipeline.deps.settings.admin_token = "tok"
-    app = create_app(pipeline.deps.settings, pipeline.deps.engine, pipeline.pool, pipeline.deps.rules)
-    async with TestClient(TestServer(app)) as test_client:
-        yield test_client
 
 
 async def demo_gateway(pipeline: Pipeline) -> tuple[asyncio.Server, int]:

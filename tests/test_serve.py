@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from services.config import PROJECT_ROOT
-from tests.support import SERVED, clean_env, make_mail
+from tests.support import SERVED, clean_env, make_mail, wait_until_ready
 
 PROBE_RULE = """rules:
   - id: probe
@@ -90,18 +90,11 @@ def served(tmp_path: Path, reload_seconds: float) -> Iterator[Served]:
     process = subprocess.Popen(
         [sys.executable, "-m", "services", "serve"], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT
     )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/readyz", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            log.close()
-            raise AssertionError("serve did not become ready:\n" + (tmp_path / "serve.log").read_text())
-        time.sleep(0.2)
+    try:
+        wait_until_ready(web_port, [process], tmp_path / "serve.log")
+    except AssertionError:
+        log.close()
+        raise
     yield Served(process, tmp_path / "var", rules, smtp_port, web_port)
     process.send_signal(signal.SIGTERM)
     try:

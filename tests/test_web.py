@@ -2,21 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from aiohttp.test_utils import TestClient
 
-import pytest
-from aiohttp.test_utils import TestClient, TestServer
-
-from services.web.app import create_app
-from tests.support import Pipeline, make_mail
-
-
-@pytest.fixture
-async def client(pipeline: Pipeline) -> AsyncIterator[TestClient[object, object]]:
-    pipeline.deps.settings.admin_token = "s3cret"
-    app = create_app(pipeline.deps.settings, pipeline.deps.engine, pipeline.pool, pipeline.deps.rules)
-    async with TestClient(TestServer(app)) as test_client:
-        yield test_client
+from tests.support import AUTH, Pipeline, make_mail
 
 
 async def test_health_and_ready(client: TestClient[object, object]) -> None:
@@ -44,19 +32,19 @@ async def test_message_api_needs_token_and_shows_no_personal_data(
     assert (await client.get(f"/api/v1/messages/{message_id}")).status == 401
     wrong = await client.get(f"/api/v1/messages/{message_id}", headers={"Authorization": "Bearer nope"})
     assert wrong.status == 401
-    response = await client.get(f"/api/v1/messages/{message_id}", headers={"Authorization": "Bearer s3cret"})
+    response = await client.get(f"/api/v1/messages/{message_id}", headers=AUTH)
     assert response.status == 200
     text = await response.text()
     body = await response.json()
     assert body["state"] == "delivered"
     assert body["decision"]["category"] == "general" and body["reply"]["state"] == "sent"
     assert "private.person" not in text and "Geheimer" not in text
-    missing = await client.get("/api/v1/messages/" + "0" * 32, headers={"Authorization": "Bearer s3cret"})
+    missing = await client.get("/api/v1/messages/" + "0" * 32, headers=AUTH)
     assert missing.status == 404
 
 
 async def test_openapi_document(client: TestClient[object, object]) -> None:
-    response = await client.get("/api/v1/openapi.json", headers={"Authorization": "Bearer s3cret"})
+    response = await client.get("/api/v1/openapi.json", headers=AUTH)
     document = await response.json()
     assert document["openapi"].startswith("3.")
     assert "/api/v1/messages/{message_id}" in document["paths"]
