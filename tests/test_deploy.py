@@ -50,19 +50,16 @@ def test_dockerfile_shape() -> None:
 
 def test_dockerfile_build_step_produces_a_working_install(tmp_path: Path) -> None:
     """What `pip install .` in the build stage produces: migrations, static files and the CLI all present."""
+    # the build context the Dockerfile copies (pyproject, README, services), so no stale build/ of the
+    # working tree can slip into the wheel and nothing is written into the checkout
+    source = tmp_path / "source"
+    source.mkdir()
+    shutil.copy(PROJECT_ROOT / "pyproject.toml", source)
+    shutil.copy(PROJECT_ROOT / "README.md", source)
+    shutil.copytree(PROJECT_ROOT / "services", source / "services", ignore=shutil.ignore_patterns("__pycache__"))
     wheel_dir = tmp_path / "wheel"
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "-q",
-            "-w",
-            str(wheel_dir),
-            str(PROJECT_ROOT),
-        ],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheel_dir), str(source)],
         check=True,
         capture_output=True,
     )
