@@ -18,7 +18,7 @@ from services.gateway import replies
 from services.gateway.commit import GroupCommitter
 from services.metrics import STORE_SECONDS, timed
 from services.store.db import session_scope
-from services.store.models import Message, MessageState, utcnow
+from services.store.models import MessageState, utcnow
 from services.store.queries import bump_counter
 
 log = structlog.get_logger(__name__)
@@ -60,6 +60,26 @@ def demo_received_at(content: bytes) -> datetime | None:
 
 def new_message_id() -> str:
     return uuid.uuid4().hex
+
+
+def new_message_row(
+    *, message_id: str, received_at: datetime, protocol: str, mail_from: str, recipients: list[str], content: bytes
+) -> dict[str, object]:
+    """A `message` table row for a just-received mail (a plain dict: the gateway inserts it with Core)."""
+    rcpt_tos = [r.lower() for r in recipients]
+    return {
+        "id": message_id,
+        "received_at": received_at,
+        "updated_at": received_at,
+        "protocol": protocol,
+        "mail_from": mail_from,
+        "rcpt_tos": rcpt_tos,
+        "mailbox": rcpt_tos[0] if rcpt_tos else "",
+        "size": len(content),
+        "raw": content,
+        "state": MessageState.RECEIVED,
+        "purged_at": None,
+    }
 
 
 class GatewayHandler:
@@ -123,19 +143,16 @@ class GatewayHandler:
             received_at = demo_received_at(content) or received_at
         with structlog.contextvars.bound_contextvars(message_id=message_id, protocol=self.protocol):
             try:
-                message = Message(
+                row = new_message_row(
+                    message_id=message_id,
                     received_at=received_at,
-                    id=message_id,
                     protocol=self.protocol,
                     mail_from=envelope_sender(envelope.mail_from),
-                    rcpt_tos=[r.lower() for r in recipients],
-                    mailbox=recipients[0].lower() if recipients else "",
-                    size=len(content),
-                    raw=content,
-                    state=MessageState.RECEIVED,
+                    recipients=recipients,
+                    content=content,
                 )
                 with timed(STORE_SECONDS):
-                    await self.committer.store(message)
+                    await self.committer.store(row)
             except Exception as exc:
                 log.error("gateway.store_failed", error=type(exc).__name__)
                 return self._answer(replies.TEMPFAIL_STORAGE, recipients)
