@@ -148,9 +148,11 @@ def _text_predicate(name: str, spec: TextMatch, field_name: str, index: KeywordI
             hits = facts.keyword_hits.get(field_name)
             if hits is None:
                 hits = facts.keyword_hits[field_name] = index.scan(text)
-            matched = [(start, -len(key), key.lstrip("*")) for key, start in hits.items() if key in wanted]
-            if matched:
-                return trace.record(name, True, f"keyword {min(matched)[2]!r}")
+            common = hits.keys() & wanted
+            if common:
+                # the first keyword in the text wins, the longest at the same place, as the trace shows
+                first = min(common, key=lambda key: (hits[key], -len(key), key.lstrip("*")))
+                return trace.record(name, True, f"keyword {first.lstrip('*')!r}")
         for regex in regexes:
             found = regex.search(text)
             if found:
