@@ -1,4 +1,4 @@
-"""The `channelshift` command: serve | gateway | worker | web | inject | rules | replay | demo-traffic | purge | db."""
+"""The `channelshift` command: serve, gateway, worker, web, inject, rules, replay, demo-traffic, purge, rollup, db."""
 
 from __future__ import annotations
 
@@ -215,6 +215,21 @@ def cmd_purge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rollup(args: argparse.Namespace) -> int:
+    from services.classify.loader import load_rules
+    from services.store.db import make_engine
+    from services.store.rollup import refresh_daily_rollup
+
+    settings = _settings()
+    zone = load_rules(settings.rules_dir, settings.templates_dir).settings.timezone
+    engine = make_engine(settings.effective_database_url)
+    result = refresh_daily_rollup(engine, zone)
+    engine.dispose()
+    kind = "built" if result.full_build else "refreshed"
+    print(f"daily rollup ({zone}): {kind} {result.days} days")
+    return 0
+
+
 def cmd_db(args: argparse.Namespace) -> int:
     from services.store.migrate import downgrade, upgrade
 
@@ -306,6 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
     purge_parser.add_argument("--days", type=int, help="default CHANNELSHIFT_RETENTION_DAYS (30)")
     purge_parser.add_argument("--dry-run", action="store_true", help="only count")
     purge_parser.set_defaults(func=cmd_purge)
+
+    rollup_parser = sub.add_parser(
+        "rollup", help="bring the daily counter rollup up to date now (the worker does it every minute)"
+    )
+    rollup_parser.set_defaults(func=cmd_rollup)
 
     db = sub.add_parser("db", help="database migrations (Alembic)")
     db.add_argument("action", choices=["upgrade", "downgrade"])

@@ -26,6 +26,8 @@ def job_id(function: str, message_id: str) -> str:
     return f"{function}:{message_id}"
 
 
-async def enqueue(pool: ArqRedis, function: str, message_id: str) -> None:
+async def enqueue(pool: ArqRedis, function: str, message_id: str, *, defer: float | None = None) -> None:
     """Enqueue with a deterministic id: a job already queued or running under that id is not duplicated."""
-    await pool.enqueue_job(function, message_id, _job_id=job_id(function, message_id), _queue_name=QUEUE_NAME)
+    await pool.enqueue_job(
+        function, message_id, _job_id=job_id(function, message_id), _queue_name=QUEUE_NAME, _defer_by=defer
+    )

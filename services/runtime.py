@@ -123,6 +123,8 @@ async def run(settings: Settings, *, gateway: bool, worker: bool, web_app: bool,
         if runner is not None:
             await runner.cleanup()
         await pool.aclose()
+        with contextlib.suppress(Exception):
+            await deps.close()
         deps.engine.dispose()
         log.info("shutdown.complete")
 

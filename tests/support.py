@@ -177,6 +177,7 @@ class Pipeline:
     async def close(self) -> None:
         for handler in self.handlers:
             await handler.drain()
+        await self.deps.close()
         for server in self.servers:
             server.close()
 

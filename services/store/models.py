@@ -1,8 +1,8 @@
-"""SQLModel tables: messages, decisions, replies, deliveries, reply ledger and hourly counters."""
+"""SQLModel tables: messages, decisions, replies, deliveries, reply ledger, hourly and daily counters."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from sqlalchemy import JSON, Column, Index, LargeBinary
 from sqlmodel import Field, SQLModel
@@ -155,3 +155,36 @@ class Counter(SQLModel, table=True):
     channel: str = Field(primary_key=True, max_length=64)
     outcome: str = Field(primary_key=True, max_length=80)
     count: int = 0
+
+
+class CounterDay(SQLModel, table=True):
+    """Daily rollup of `counter` per local calendar day in `zone`, for long periods (services/store/rollup.py)."""
+
+    __tablename__ = "counter_day"
+
+    zone: str = Field(primary_key=True, max_length=64)
+    day: date = Field(primary_key=True)
+    mailbox: str = Field(primary_key=True, max_length=320)
+    category: str = Field(primary_key=True, max_length=64)
+    channel: str = Field(primary_key=True, max_length=64)
+    outcome: str = Field(primary_key=True, max_length=80)
+    count: int = 0
+
+
+class CounterDirtyHour(SQLModel, table=True):
+    """An hour of `counter` changed since the daily rollup last read it; `version` grows with every change."""
+
+    __tablename__ = "counter_dirty_hour"
+
+    hour: datetime = Field(primary_key=True)
+    version: int = 1
+
+
+class RollupState(SQLModel, table=True):
+    """The zone whose daily rollup is complete (apart from dirty hours), and when it was last brought up to date."""
+
+    __tablename__ = "rollup_state"
+
+    id: int = Field(default=1, primary_key=True)
+    zone: str = Field(max_length=64)
+    built_at: datetime = Field(default_factory=utcnow)

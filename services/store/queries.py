@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import collections
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, func, or_, update
+from sqlalchemy import Engine, event, func, insert, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session as ORMSession
 from sqlmodel import Session, col, select
 
 from services.store.db import session_scope
 from services.store.models import (
     Counter,
+    CounterDirtyHour,
     Decision,
     Delivery,
     JobState,
@@ -24,43 +26,62 @@ from services.store.models import (
 )
 
 
-def store_messages(engine: Engine, messages: Iterable[Message]) -> None:
-    """Durably write received messages in one transaction (the gateway answers 250 only after this)."""
-    with session_scope(engine) as session:
-        session.add_all(list(messages))
+def store_messages(engine: Engine, rows: list[dict[str, object]]) -> None:
+    """Durably write received messages (message-table column dicts) in one transaction with one executemany.
+
+    Core rather than ORM objects: this runs once per accepted mail and the gateway answers 250 only after it.
+    """
+    with engine.begin() as connection:
+        connection.execute(insert(Message.__table__), rows)  # type: ignore[attr-defined]
 
 
 def hour_of(moment: datetime) -> datetime:
     return moment.replace(minute=0, second=0, microsecond=0)
 
 
+_COUNTER_BUMPS = "channelshift.counter_bumps"
+_COUNTER_KEYS = ("hour", "mailbox", "category", "channel", "outcome")
+
+
 def bump_counter(
     session: Session, *, hour: datetime, mailbox: str, category: str, channel: str, outcome: str, amount: int = 1
 ) -> None:
-    """Upsert into the hourly rollup within the caller's transaction."""
-    values = {
-        "hour": hour_of(hour),
-        "mailbox": mailbox,
-        "category": category,
-        "channel": channel,
-        "outcome": outcome[:80],
-        "count": amount,
-    }
-    dialect = session.get_bind().dialect.name
+    """Count in the hourly rollup within the caller's transaction.
+
+    Bumps are summed per row in the session and written together just before it commits (one upsert
+    statement for the whole transaction, rows in key order so concurrent writers lock them alike).
+    """
+    bumps: collections.Counter[tuple[datetime, str, str, str, str]] = session.info.setdefault(
+        _COUNTER_BUMPS, collections.Counter()
+    )
+    bumps[(hour_of(hour), mailbox, category, channel, outcome[:80])] += amount
+
+
+@event.listens_for(ORMSession, "before_commit")
+def _write_counter_bumps(session: ORMSession) -> None:
+    bumps = session.info.pop(_COUNTER_BUMPS, None)
+    if not bumps:
+        return
     table = Counter.__table__  # type: ignore[attr-defined]
-    keys = ["hour", "mailbox", "category", "channel", "outcome"]
-    if dialect == "postgresql":
-        pg_stmt = postgresql.insert(table).values(**values)
-        session.execute(
-            pg_stmt.on_conflict_do_update(index_elements=keys, set_={"count": table.c.count + pg_stmt.excluded.count})
-        )
-    else:
-        lite_stmt = sqlite.insert(table).values(**values)
-        session.execute(
-            lite_stmt.on_conflict_do_update(
-                index_elements=keys, set_={"count": table.c.count + lite_stmt.excluded.count}
-            )
-        )
+    dialect = session.get_bind().dialect.name
+    statement = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+    upsert = statement.on_conflict_do_update(
+        index_elements=list(_COUNTER_KEYS), set_={"count": table.c.count + statement.excluded.count}
+    )
+    rows = [{**dict(zip(_COUNTER_KEYS, key, strict=True)), "count": amount} for key, amount in sorted(bumps.items())]
+    session.execute(upsert, rows)
+    # the daily rollup rebuilds the days of these hours (services/store/rollup.py)
+    dirty = CounterDirtyHour.__table__  # type: ignore[attr-defined]
+    mark = postgresql.insert(dirty) if dialect == "postgresql" else sqlite.insert(dirty)
+    session.execute(
+        mark.on_conflict_do_update(index_elements=["hour"], set_={"version": dirty.c.version + 1}),
+        [{"hour": hour, "version": 1} for hour in sorted({key[0] for key in bumps})],
+    )
+
+
+@event.listens_for(ORMSession, "after_rollback")
+def _drop_counter_bumps(session: ORMSession) -> None:
+    session.info.pop(_COUNTER_BUMPS, None)
 
 
 def begin_decision(session: Session, message_id: str, pseudonym: str | None) -> bool:
@@ -146,8 +167,8 @@ def mark_repeat_contact(session: Session, pseudonym: str, now: datetime) -> None
         session.add(entry)
 
 
-def claim(engine: Engine, model: type[Reply] | type[Delivery], message_id: str, stale_after: timedelta) -> bool:
-    """Move a reply/delivery to SENDING if nobody else holds it; exactly one worker wins."""
+def claim(session: Session, model: type[Reply] | type[Delivery], message_id: str, stale_after: timedelta) -> bool:
+    """Move a reply/delivery to SENDING if nobody else holds it; exactly one worker wins (caller's transaction)."""
     now = utcnow()
     table = model.__table__  # type: ignore[union-attr]
     stale = table.c.claimed_at < now - stale_after
@@ -155,14 +176,13 @@ def claim(engine: Engine, model: type[Reply] | type[Delivery], message_id: str, 
     if model is Delivery:
         # at least once for originals: an interrupted transmission is repeated
         claimable.append((table.c.state == JobState.TRANSMITTING) & stale)
-    with session_scope(engine) as session:
-        result = session.execute(
-            update(table)
-            .where(table.c.message_id == message_id)
-            .where(or_(*claimable))
-            .values(state=JobState.SENDING, claimed_at=now, attempts=table.c.attempts + 1)
-        )
-        return bool(getattr(result, "rowcount", 0) == 1)
+    result = session.execute(
+        update(table)
+        .where(table.c.message_id == message_id)
+        .where(or_(*claimable))
+        .values(state=JobState.SENDING, claimed_at=now, attempts=table.c.attempts + 1)
+    )
+    return bool(getattr(result, "rowcount", 0) == 1)
 
 
 @dataclass(frozen=True)
@@ -172,14 +192,13 @@ class StuckWork:
     deliveries: list[str]
 
 
-def mark_transmitting(engine: Engine, model: type[Reply] | type[Delivery], message_id: str) -> None:
+def mark_transmitting(session: Session, model: type[Reply] | type[Delivery], message_id: str) -> None:
     table = model.__table__  # type: ignore[union-attr]
-    with session_scope(engine) as session:
-        session.execute(
-            update(table)
-            .where(table.c.message_id == message_id, table.c.state == JobState.SENDING)
-            .values(state=JobState.TRANSMITTING, claimed_at=utcnow())
-        )
+    session.execute(
+        update(table)
+        .where(table.c.message_id == message_id, table.c.state == JobState.SENDING)
+        .values(state=JobState.TRANSMITTING, claimed_at=utcnow())
+    )
 
 
 def settle_uncertain_replies(engine: Engine, stale_after: timedelta) -> int:

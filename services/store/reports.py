@@ -1,17 +1,18 @@
-"""Read side for dashboards: volumes and summaries from the hourly counter rollup (never the message table)."""
+"""Read side for dashboards: volumes and summaries from the daily and hourly counter rollups (never messages)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import ColumnElement, Engine, Table, and_, func, or_, select
 from sqlmodel import Session, col
 
-from services.store.models import Counter
+from services.store.models import Counter, CounterDay, CounterDirtyHour, RollupState
+from services.store.rollup import local_day, utc_bounds
 
 GROUP_BY = ("day", "week", "month")
 BY = ("none", "mailbox", "category", "channel", "outcome")
@@ -26,24 +27,95 @@ class Period:
     zone: ZoneInfo
 
     @property
-    def utc_range(self) -> tuple[datetime, datetime]:
-        begin = datetime.combine(self.start, time(0), self.zone)
-        finish = datetime.combine(self.end + timedelta(days=1), time(0), self.zone)
-        return begin.astimezone(ZoneInfo("UTC")), finish.astimezone(ZoneInfo("UTC"))
-
-    @property
     def days(self) -> int:
         return (self.end - self.start).days + 1
 
 
-def bucket_of(moment: datetime, zone: ZoneInfo, group_by: str) -> str:
-    local = moment.astimezone(zone).date()
+def bucket_of(day: date, group_by: str) -> str:
     if group_by == "day":
-        return local.isoformat()
+        return day.isoformat()
     if group_by == "week":
-        year, week, _ = local.isocalendar()
+        year, week, _ = day.isocalendar()
         return f"{year}-W{week:02d}"
-    return f"{local.year}-{local.month:02d}"
+    return f"{day.year}-{day.month:02d}"
+
+
+def _conditions(table: Table, outcome: str | None, filters: dict[str, str]) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    if outcome is not None:
+        column = table.c.outcome
+        conditions.append(column.startswith(outcome) if outcome.endswith(":") else column == outcome)
+    conditions.extend(table.c[name] == value for name, value in filters.items())
+    return conditions
+
+
+def _day_ranges(days: set[date]) -> list[tuple[date, date]]:
+    ranges: list[tuple[date, date]] = []
+    for day in sorted(days):
+        if ranges and ranges[-1][1] + timedelta(days=1) == day:
+            ranges[-1] = (ranges[-1][0], day)
+        else:
+            ranges.append((day, day))
+    return ranges
+
+
+def counts_per_day(
+    engine: Engine,
+    period: Period,
+    keys: tuple[str, ...],
+    *,
+    outcome: str | None = None,
+    filters: dict[str, str] | None = None,
+    per_day: bool = True,
+) -> dict[tuple[Any, ...], int]:
+    """Sums per (local day, *keys) over the period, or per keys alone without `per_day`.
+
+    Days the daily rollup holds for this zone and no changed hour touches are read from `counter_day`; all
+    other days from the hourly `counter` (services/store/rollup.py), so the answer is always exact.
+    """
+    zone, filters = period.zone, filters or {}
+    hourly_ranges = [(period.start, period.end)]
+    totals: dict[tuple[Any, ...], int] = defaultdict(int)
+    with Session(engine) as session:
+        state = session.get(RollupState, 1)
+        if state is not None and state.zone == zone.key:
+            changed = {local_day(hour, zone) for hour in session.execute(select(col(CounterDirtyHour.hour))).scalars()}
+            changed = {day for day in changed if period.start <= day <= period.end}
+            hourly_ranges = _day_ranges(changed)
+            daily = CounterDay.__table__  # type: ignore[attr-defined]
+            columns = [daily.c.day] if per_day else []
+            columns += [daily.c[k] for k in keys]
+            query = (
+                select(*columns, func.sum(daily.c.count))
+                .where(daily.c.zone == zone.key, daily.c.day >= period.start, daily.c.day <= period.end)
+                .where(*_conditions(daily, outcome, filters))
+                .group_by(*columns)
+            )
+            if changed:
+                query = query.where(daily.c.day.not_in(sorted(changed)))
+            for row in session.execute(query).all():
+                totals[tuple(row[:-1])] += int(row[-1])
+        if hourly_ranges:
+            hourly = Counter.__table__  # type: ignore[attr-defined]
+            columns = [hourly.c.hour] if per_day else []
+            columns += [hourly.c[k] for k in keys]
+            spans = [utc_bounds(first, last, zone) for first, last in hourly_ranges]
+            query = (
+                select(*columns, func.sum(hourly.c.count))
+                .where(or_(*(and_(hourly.c.hour >= begin, hourly.c.hour < finish) for begin, finish in spans)))
+                .where(*_conditions(hourly, outcome, filters))
+                .group_by(*columns)
+            )
+            days_of: dict[datetime, date] = {}
+            for row in session.execute(query).all():
+                if not per_day:
+                    totals[tuple(row[:-1])] += int(row[-1])
+                    continue
+                day = days_of.get(row[0])
+                if day is None:
+                    day = days_of[row[0]] = local_day(row[0], zone)
+                totals[(day, *row[1:-1])] += int(row[-1])
+    return totals
 
 
 def volumes(
@@ -56,42 +128,17 @@ def volumes(
     filters: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Counts per period bucket and key. `outcome` is a counter outcome, or a prefix ending in ':'."""
-    begin, finish = period.utc_range
-    columns: list[Any] = [col(Counter.hour)]
-    if by != "none":
-        columns.append(getattr(Counter, by))
-    query = (
-        select(*columns, func.sum(Counter.count))
-        .where(col(Counter.hour) >= begin, col(Counter.hour) < finish)
-        .group_by(*columns)
-    )
-    if outcome.endswith(":"):
-        query = query.where(col(Counter.outcome).startswith(outcome))
-    else:
-        query = query.where(col(Counter.outcome) == outcome)
-    for name, value in (filters or {}).items():
-        query = query.where(col(getattr(Counter, name)) == value)
+    keys = (by,) if by != "none" else ()
     totals: dict[tuple[str, str], int] = defaultdict(int)
-    with Session(engine) as session:
-        for row in session.execute(query).all():
-            values = tuple(row)
-            key = str(values[1]) if by != "none" else "all"
-            totals[(bucket_of(values[0], period.zone, group_by), key)] += int(values[-1])
+    for (day, *key), count in counts_per_day(engine, period, keys, outcome=outcome, filters=filters).items():
+        totals[(bucket_of(day, group_by), str(key[0]) if key else "all")] += count
     return [{"period": p, "key": k, "count": n} for (p, k), n in sorted(totals.items())]
 
 
 def _by_outcome(engine: Engine, period: Period, dimension: str) -> dict[str, dict[str, int]]:
-    begin, finish = period.utc_range
-    key = getattr(Counter, dimension)
-    query = (
-        select(key, col(Counter.outcome), func.sum(Counter.count))
-        .where(col(Counter.hour) >= begin, col(Counter.hour) < finish)
-        .group_by(key, col(Counter.outcome))
-    )
     result: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    with Session(engine) as session:
-        for name, outcome, total in session.execute(query).all():
-            result[str(name)][str(outcome)] += int(total)
+    for (name, outcome), count in counts_per_day(engine, period, (dimension, "outcome"), per_day=False).items():
+        result[str(name)][str(outcome)] += count
     return result
 
 

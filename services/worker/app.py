@@ -10,7 +10,7 @@ from arq.worker import Worker, func
 
 from services import queue
 from services.worker.deps import Deps
-from services.worker.jobs import deliver_original, process_message, purge_expired, send_reply, sweep
+from services.worker.jobs import deliver_original, process_message, purge_expired, refresh_rollup, send_reply, sweep
 
 # Transient send failures retry with backoff this often; the sweep re-enqueues anything beyond.
 MANY_TRIES = 1000
@@ -37,6 +37,7 @@ def build_worker(
                 sweep, second=set(range(0, 60, deps.settings.sweep_interval_seconds)), run_at_startup=True, unique=True
             ),
             cron(purge_expired, hour={3}, minute={17}, second={0}, unique=True, timeout=3600),
+            cron(refresh_rollup, second={30}, unique=True, timeout=3600),
         ],
         redis_pool=pool,
         queue_name=queue.QUEUE_NAME,

@@ -1,20 +1,21 @@
-"""process_message's core: parse, classify, apply reply policy and dedup, record everything in one transaction."""
+"""process_message's core: parse, classify and apply the reply policy, then record it all in one transaction."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import structlog
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from services.classify.engine import MailFacts
+from services.config import Settings
 from services.mail import parse_mail
 from services.pseudonym import pseudonymize
 from services.reply.compose import threading_headers
 from services.reply.policy import suppression_reason
-from services.store.db import session_scope
 from services.store.models import (
     Decision,
     Delivery,
@@ -37,10 +38,46 @@ _PRIORITY_ORDER = ("low", "normal", "high", "urgent")
 
 @dataclass(frozen=True)
 class Pending:
-    """Which follow-up jobs a message needs."""
+    """Which follow-up work a message has; `claimed` when the deciding job itself holds it (state sending)."""
 
     reply: bool
     deliver: bool
+    claimed: bool = False
+
+
+@dataclass(frozen=True)
+class Classified:
+    """Everything decided outside the database: classification, policy verdict, threading headers."""
+
+    message_id: str
+    received_at: datetime
+    mailbox: str
+    category: str
+    channel: str
+    rule_id: str
+    ruleset_version: str
+    template: str | None
+    priority: str
+    deliver: bool
+    deliver_to: str | None
+    language: str
+    reason: str | None
+    pseudonym: str | None
+    tags: tuple[str, ...]
+    defects: tuple[str, ...]
+    in_reply_to: str | None
+    references: str | None
+
+
+@dataclass(frozen=True)
+class Decided:
+    """A recorded decision and the rows its follow-up work needs (detached, loaded)."""
+
+    pending: Pending
+    message: Message
+    decision: Decision
+    reply: Reply | None
+    delivery: Delivery | None
 
 
 def _pending_of(session: Session, message_id: str) -> Pending:
@@ -52,8 +89,8 @@ def _pending_of(session: Session, message_id: str) -> Pending:
     )
 
 
-def decide(deps: Deps, message_id: str) -> Pending | None:
-    """Idempotent: a message already decided returns its pending work instead of a second decision."""
+def classify_message(deps: Deps, message_id: str) -> Classified | Pending | None:
+    """Read and classify (no writes); a message already decided returns its pending work instead."""
     with Session(deps.engine) as session:
         message = session.get(Message, message_id)
         if message is None:
@@ -70,7 +107,6 @@ def decide(deps: Deps, message_id: str) -> Pending | None:
     mail = parse_mail(raw)
     ruleset = deps.rules.current
     facts = MailFacts.of(mail, envelope_from, envelope_to, received_at)
-    language = facts.language
     classification = ruleset.classify(facts)
     action = classification.action
     category = action.category
@@ -80,114 +116,155 @@ def decide(deps: Deps, message_id: str) -> Pending | None:
         SAFETY_PRIORITY[category]
     ):
         priority = SAFETY_PRIORITY[category]
-
-    settings = deps.settings
-    reason = suppression_reason(mail, envelope_from, envelope_to, ruleset, deps.policy)
     sender_key = envelope_from or mail.from_address
-    pseudonym = pseudonymize(sender_key, settings.effective_pseudonym_key) if sender_key else None
-    # windows (dedup, daily cap, repeat senders) are measured on arrival time, not on processing time
-    now = received_at
     in_reply_to, references = threading_headers(mail)
+    return Classified(
+        message_id=message_id,
+        received_at=received_at,
+        mailbox=mailbox,
+        category=category,
+        channel=action.channel,
+        rule_id=classification.rule_id,
+        ruleset_version=ruleset.version,
+        template=action.reply,
+        priority=priority,
+        deliver=deliver,
+        deliver_to=action.deliver_to if deliver else None,
+        language=facts.language,
+        reason=suppression_reason(mail, envelope_from, envelope_to, ruleset, deps.policy),
+        pseudonym=pseudonymize(sender_key, deps.settings.effective_pseudonym_key) if sender_key else None,
+        tags=tuple(action.tags),
+        defects=tuple(mail.defects),
+        in_reply_to=in_reply_to,
+        references=references,
+    )
 
-    try:
-        with session_scope(deps.engine) as session:
-            if not begin_decision(session, message_id, pseudonym):
-                return _pending_of(session, message_id)
-            message = session.get(Message, message_id)
-            assert message is not None
-            template = action.reply
-            if template is not None and reason is None and pseudonym is not None:
-                reason = reply_allowance(
-                    session,
-                    pseudonym,
-                    template,
-                    now,
-                    timedelta(days=settings.reply_window_days),
-                    settings.reply_daily_cap,
-                )
-            will_reply = template is not None and reason is None
-            session.add(
-                Decision(
-                    message_id=message_id,
-                    category=category,
-                    channel=action.channel,
-                    rule_id=classification.rule_id,
-                    ruleset_version=ruleset.version,
-                    template=template,
-                    priority=priority,
-                    deliver_to=action.deliver_to if deliver else None,
-                    language=language,
-                    reply=will_reply,
-                    suppressed=reason,
-                    sender_pseudonym=pseudonym,
-                    pseudonym_key_id=settings.pseudonym_key_id,
-                    tags=list(action.tags),
-                    defects=list(mail.defects),
-                )
+
+def record_decision(session: Session, settings: Settings, found: Classified, *, claim: bool) -> Decided | Pending:
+    """Write the decision, reply/delivery rows, ledger and counters in the caller's transaction.
+
+    With `claim`, the reply and delivery rows start claimed (sending) by the calling job, which sends them next;
+    if that job dies, the sweep finds them stale like any other interrupted send. A message someone else
+    decided returns its pending work instead.
+    """
+    message_id = found.message_id
+    if not begin_decision(session, message_id, found.pseudonym):
+        return _pending_of(session, message_id)
+    message = session.get(Message, message_id)
+    assert message is not None
+    # windows (dedup, daily cap, repeat senders) are measured on arrival time, not on processing time
+    now = found.received_at
+    reason = found.reason
+    template = found.template
+    if template is not None and reason is None and found.pseudonym is not None:
+        reason = reply_allowance(
+            session,
+            found.pseudonym,
+            template,
+            now,
+            timedelta(days=settings.reply_window_days),
+            settings.reply_daily_cap,
+        )
+    will_reply = template is not None and reason is None
+    decision = Decision(
+        message_id=message_id,
+        category=found.category,
+        channel=found.channel,
+        rule_id=found.rule_id,
+        ruleset_version=found.ruleset_version,
+        template=template,
+        priority=found.priority,
+        deliver_to=found.deliver_to,
+        language=found.language,
+        reply=will_reply,
+        suppressed=reason,
+        sender_pseudonym=found.pseudonym,
+        pseudonym_key_id=settings.pseudonym_key_id,
+        tags=list(found.tags),
+        defects=list(found.defects),
+    )
+    session.add(decision)
+    state, claimed_at, attempts = (JobState.SENDING, utcnow(), 1) if claim else (JobState.PENDING, None, 0)
+    reply = delivery = None
+    if will_reply:
+        assert template is not None and found.pseudonym is not None
+        reply = Reply(
+            message_id=message_id,
+            reply_message_id=f"<reply.{message_id}@{settings.hostname}>",
+            in_reply_to=found.in_reply_to,
+            references=found.references,
+            state=state,
+            claimed_at=claimed_at,
+            attempts=attempts,
+        )
+        session.add(reply)
+        session.add(
+            ReplyLedger(
+                sender_pseudonym=found.pseudonym,
+                key_id=settings.pseudonym_key_id,
+                template=template,
+                message_id=message_id,
+                granted_at=found.received_at,
+                received_at=found.received_at,
+                mailbox=found.mailbox,
+                category=found.category,
+                channel=found.channel,
             )
-            if will_reply:
-                assert template is not None and pseudonym is not None
-                session.add(
-                    Reply(
-                        message_id=message_id,
-                        reply_message_id=f"<reply.{message_id}@{settings.hostname}>",
-                        in_reply_to=in_reply_to,
-                        references=references,
-                    )
-                )
-                session.add(
-                    ReplyLedger(
-                        sender_pseudonym=pseudonym,
-                        key_id=settings.pseudonym_key_id,
-                        template=template,
-                        message_id=message_id,
-                        granted_at=received_at,
-                        received_at=received_at,
-                        mailbox=mailbox,
-                        category=category,
-                        channel=action.channel,
-                    )
-                )
-            if deliver:
-                session.add(Delivery(message_id=message_id))
-            message.state = MessageState.CLASSIFIED if deliver else MessageState.HELD
-            message.updated_at = utcnow()
-            session.add(message)
+        )
+    if found.deliver:
+        delivery = Delivery(message_id=message_id, state=state, claimed_at=claimed_at, attempts=attempts)
+        session.add(delivery)
+    message.state = MessageState.CLASSIFIED if found.deliver else MessageState.HELD
+    message.updated_at = utcnow()
+    session.add(message)
 
-            def count(outcome: str) -> None:
-                bump_counter(
-                    session,
-                    hour=received_at,
-                    mailbox=mailbox,
-                    category=category,
-                    channel=action.channel,
-                    outcome=outcome,
-                )
+    def count(outcome: str) -> None:
+        bump_counter(
+            session,
+            hour=found.received_at,
+            mailbox=found.mailbox,
+            category=found.category,
+            channel=found.channel,
+            outcome=outcome,
+        )
 
-            count("received")
-            if pseudonym is not None and category != "automated":
-                mark_repeat_contact(session, pseudonym, now)
-            if will_reply:
-                count("replied")
-            elif reason is not None:
-                count(f"suppressed:{reason}")
-            else:
-                count("no-reply")
-            if not deliver:
-                count("held")
+    count("received")
+    if found.pseudonym is not None and found.category != "automated":
+        mark_repeat_contact(session, found.pseudonym, now)
+    if will_reply:
+        count("replied")
+    elif reason is not None:
+        count(f"suppressed:{reason}")
+    else:
+        count("no-reply")
+    if not found.deliver:
+        count("held")
+    session.flush()
+    pending = Pending(reply=will_reply, deliver=found.deliver, claimed=claim)
+    return Decided(pending, message, decision, reply, delivery)
+
+
+async def decide(deps: Deps, message_id: str, *, claim: bool = False) -> Decided | Pending | None:
+    """Idempotent: a message already decided returns its pending work instead of a second decision."""
+    found = await asyncio.to_thread(classify_message, deps, message_id)
+    if not isinstance(found, Classified):
+        return found
+    try:
+        decided = await deps.batcher.run(lambda session: record_decision(session, deps.settings, found, claim=claim))
     except IntegrityError:
         # A duplicate job decided the same message at the same moment; its decision stands.
         log.info("process.lost_race")
         return None
-    log.info(
-        "process.decided",
-        category=category,
-        rule=classification.rule_id,
-        language=language,
-        reply=will_reply,
-        suppressed=reason,
-        priority=priority,
-        ruleset=ruleset.version,
-        defects=len(mail.defects),
-    )
-    return Pending(reply=will_reply, deliver=deliver)
+    if isinstance(decided, Decided):
+        log.info(
+            "process.decided",
+            category=found.category,
+            rule=found.rule_id,
+            language=found.language,
+            reply=decided.decision.reply,
+            suppressed=decided.decision.suppressed,
+            priority=found.priority,
+            ruleset=found.ruleset_version,
+            defects=len(found.defects),
+        )
+    return decided

@@ -1,4 +1,4 @@
-"""What jobs need, built once at worker start-up: engine, rules, renderer, senders."""
+"""What jobs need, built once at worker start-up: engine, batch writer, rules, renderer, senders."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from services.config import Settings
 from services.reply.policy import PolicyConfig
 from services.reply.render import ReplyRenderer
 from services.reply.send import Sender, make_sender
+from services.store.batch import TransactionBatcher
 from services.store.db import make_engine
 
 
@@ -24,6 +25,13 @@ class Deps:
     reply_sender: Sender
     delivery_sender: Sender
     policy: PolicyConfig
+    batcher: TransactionBatcher
+
+    async def close(self) -> None:
+        """Release what jobs hold between runs: relay connections and the batch writer."""
+        await self.reply_sender.close()
+        await self.delivery_sender.close()
+        await self.batcher.close()
 
     @property
     def stale_sending(self) -> timedelta:
@@ -32,12 +40,14 @@ class Deps:
 
     @classmethod
     def build(cls, settings: Settings, engine: Engine | None = None, rules: RuleSetHolder | None = None) -> Deps:
+        engine = engine or make_engine(settings.effective_database_url, pool_size=settings.db_pool_size)
         return cls(
             settings=settings,
-            engine=engine or make_engine(settings.effective_database_url, pool_size=settings.db_pool_size),
+            engine=engine,
             rules=rules or RuleSetHolder(settings.rules_dir, settings.templates_dir),
             renderer=ReplyRenderer(settings.templates_dir),
             reply_sender=make_sender(settings.relay_url, settings.outbox_dir),
             delivery_sender=make_sender(settings.delivery_url, settings.delivered_dir),
             policy=PolicyConfig(settings.spam_score_header, settings.spam_score_threshold),
+            batcher=TransactionBatcher(engine),
         )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
 
 import structlog
 from arq import Retry
+from sqlalchemy import update
 from sqlmodel import Session
 
 from services import queue
@@ -16,11 +18,11 @@ from services.metrics import JOB_SECONDS, timed
 from services.reply.compose import compose_reply
 from services.reply.original import with_routing_headers
 from services.reply.send import MaildirSender, PermanentSendError, TransientSendError
-from services.store.db import session_scope
 from services.store.models import Decision, Delivery, JobState, Message, MessageState, Reply, utcnow
 from services.store.purge import purge
 from services.store.queries import bump_message_counter, claim, find_stuck, mark_transmitting, settle_uncertain_replies
-from services.worker.decide import decide
+from services.store.rollup import refresh_daily_rollup
+from services.worker.decide import Pending, decide
 from services.worker.deps import Deps
 
 log = structlog.get_logger(__name__)
@@ -31,86 +33,126 @@ def backoff_seconds(attempt: int, base: float = 15.0) -> float:
 
 
 async def process_message(ctx: dict[str, Any], message_id: str) -> str:
+    """Decide, then send the reply and hand on the original in the same job (the first attempt of each).
+
+    Retries after a transient failure run as their own send_reply / deliver_original jobs.
+    """
     deps: Deps = ctx["deps"]
     structlog.contextvars.bind_contextvars(message_id=message_id, job="process")
     with timed(JOB_SECONDS, "process"):
-        pending = await asyncio.to_thread(decide, deps, message_id)
-    if pending is None:
+        decided = await decide(deps, message_id, claim=True)
+    if decided is None:
         return "skipped"
-    if pending.reply:
-        await queue.enqueue(ctx["redis"], queue.SEND_REPLY, message_id)
-    if pending.deliver:
-        await queue.enqueue(ctx["redis"], queue.DELIVER, message_id)
+    if isinstance(decided, Pending):
+        # decided earlier (a retried or duplicate job): hand the open work to the send jobs
+        if decided.reply:
+            await queue.enqueue(ctx["redis"], queue.SEND_REPLY, message_id)
+        if decided.deliver:
+            await queue.enqueue(ctx["redis"], queue.DELIVER, message_id)
+        return "decided"
+    sends = []
+    if decided.reply is not None:
+        sends.append(_send_inline(ctx, Loaded(decided.message, decided.decision, decided.reply), "reply"))
+    if decided.delivery is not None:
+        sends.append(_send_inline(ctx, Loaded(decided.message, decided.decision, decided.delivery), "delivery"))
+    await asyncio.gather(*sends)
     return "decided"
 
 
-def _finish(
-    deps: Deps, model: type[Reply] | type[Delivery], message_id: str, state: str, error: str | None, outcome: str | None
-) -> None:
-    with session_scope(deps.engine) as session:
-        row = session.get(model, message_id)
-        message = session.get(Message, message_id)
-        decision = session.get(Decision, message_id)
-        if row is None or message is None or decision is None:
-            return
-        row.state = state
-        row.error = error[:500] if error else None
-        if state == JobState.SENT:
-            if isinstance(row, Reply):
-                row.sent_at = utcnow()
-            else:
-                row.delivered_at = utcnow()
-                message.state = MessageState.DELIVERED
-                message.updated_at = utcnow()
-                session.add(message)
-        session.add(row)
-        if outcome:
-            bump_message_counter(session, message, decision, outcome)
+@dataclass(frozen=True)
+class Loaded:
+    """A claimed reply or delivery with its message and decision (detached rows)."""
+
+    message: Message
+    decision: Decision
+    row: Reply | Delivery
 
 
-def _load(
-    deps: Deps, model: type[Reply] | type[Delivery], message_id: str
-) -> tuple[Message, Decision, Reply | Delivery] | None:
-    with Session(deps.engine, expire_on_commit=False) as session:
-        message = session.get(Message, message_id)
-        decision = session.get(Decision, message_id)
-        row = session.get(model, message_id)
-        if message is None or decision is None or row is None:
-            return None
-        session.expunge_all()
-        return message, decision, cast(Reply | Delivery, row)
+def _claim_and_load(
+    session: Session, model: type[Reply] | type[Delivery], message_id: str, stale: timedelta
+) -> Loaded | None:
+    if not claim(session, model, message_id, stale):
+        return None
+    message = session.get(Message, message_id)
+    decision = session.get(Decision, message_id)
+    row = session.get(model, message_id)
+    if message is None or decision is None or row is None:
+        return None
+    return Loaded(message, decision, cast(Reply | Delivery, row))
+
+
+async def _send_inline(ctx: dict[str, Any], loaded: Loaded, kind: str) -> None:
+    """A transient failure here becomes a deferred send job instead of a retry of the whole process job."""
+    job = queue.SEND_REPLY if kind == "reply" else queue.DELIVER
+    with structlog.contextvars.bound_contextvars(job=kind), timed(JOB_SECONDS, kind):
+        try:
+            await _transmit(ctx["deps"], loaded, kind)
+        except Retry as retry:
+            await queue.enqueue(ctx["redis"], job, loaded.message.id, defer=(retry.defer_score or 0) / 1000)
 
 
 async def _send(deps: Deps, model: type[Reply] | type[Delivery], message_id: str, kind: str) -> str:
-    claimed = await asyncio.to_thread(claim, deps.engine, model, message_id, deps.stale_sending)
-    if not claimed:
-        return "skipped"
-    loaded = await asyncio.to_thread(_load, deps, model, message_id)
+    loaded = await deps.batcher.run(lambda session: _claim_and_load(session, model, message_id, deps.stale_sending))
     if loaded is None:
         return "skipped"
-    message, decision, row = loaded
-    await asyncio.to_thread(mark_transmitting, deps.engine, model, message_id)
+    return await _transmit(deps, loaded, kind)
+
+
+async def _transmit(deps: Deps, loaded: Loaded, kind: str) -> str:
+    """Send a claimed reply or delivery and record the outcome; raises Retry on a transient failure."""
+    message, decision, row = loaded.message, loaded.decision, loaded.row
+    model = type(row)
+    message_id = message.id
     try:
         if isinstance(row, Reply):
-            await _send_reply(deps, message, decision, row)
+            data = _reply_bytes(deps, message, decision, row)
+            # from here on, a crash leaves the reply "transmitting": settled as uncertain, never resent
+            await deps.batcher.run(lambda session: mark_transmitting(session, Reply, message_id))
+            await deps.reply_sender.send(f"{message.id}.reply", "", [message.mail_from], data)
         else:
             await _deliver(deps, message, decision)
     except TransientSendError as exc:
-        await asyncio.to_thread(_finish, deps, model, message_id, JobState.PENDING, str(exc), None)
-        log.warning(f"{kind}.retry", attempt=row.attempts, error=str(exc))
+        error = str(exc)
+        await deps.batcher.run(lambda s: _finish(s, model, message, decision, JobState.PENDING, error, None))
+        log.warning(f"{kind}.retry", attempt=row.attempts, error=error)
         raise Retry(defer=timedelta(seconds=backoff_seconds(row.attempts, deps.settings.retry_base_seconds))) from exc
     except PermanentSendError as exc:
-        await asyncio.to_thread(_finish, deps, model, message_id, JobState.FAILED, str(exc), f"{kind}-failed")
-        log.error(f"{kind}.failed", error=str(exc))
+        error = str(exc)
+        await deps.batcher.run(lambda s: _finish(s, model, message, decision, JobState.FAILED, error, f"{kind}-failed"))
+        log.error(f"{kind}.failed", error=error)
         return "failed"
-    await asyncio.to_thread(
-        _finish, deps, model, message_id, JobState.SENT, None, "reply-sent" if kind == "reply" else "delivered"
-    )
+    outcome = "reply-sent" if kind == "reply" else "delivered"
+    await deps.batcher.run(lambda s: _finish(s, model, message, decision, JobState.SENT, None, outcome))
     log.info(f"{kind}.sent", attempt=row.attempts)
     return "sent"
 
 
-async def _send_reply(deps: Deps, message: Message, decision: Decision, reply: Reply) -> None:
+def _finish(
+    session: Session,
+    model: type[Reply] | type[Delivery],
+    message: Message,
+    decision: Decision,
+    state: str,
+    error: str | None,
+    outcome: str | None,
+) -> None:
+    table = model.__table__  # type: ignore[union-attr]
+    values: dict[str, object] = {"state": state, "error": error[:500] if error else None}
+    if state == JobState.SENT:
+        values["sent_at" if model is Reply else "delivered_at"] = utcnow()
+    session.execute(update(table).where(table.c.message_id == message.id).values(**values))
+    if state == JobState.SENT and model is Delivery:
+        messages = Message.__table__  # type: ignore[attr-defined]
+        session.execute(
+            update(messages)
+            .where(messages.c.id == message.id)
+            .values(state=MessageState.DELIVERED, updated_at=utcnow())
+        )
+    if outcome:
+        bump_message_counter(session, message, decision, outcome)
+
+
+def _reply_bytes(deps: Deps, message: Message, decision: Decision, reply: Reply) -> bytes:
     assert decision.template is not None
     settings = deps.rules.current.settings
     links = None
@@ -134,7 +176,7 @@ async def _send_reply(deps: Deps, message: Message, decision: Decision, reply: R
         to_address=message.mail_from,
         reply_message_id=reply.reply_message_id,
     )
-    await deps.reply_sender.send(f"{message.id}.reply", "", [message.mail_from], email_message.as_bytes())
+    return email_message.as_bytes()
 
 
 async def _deliver(deps: Deps, message: Message, decision: Decision) -> None:
@@ -197,6 +239,16 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
     if any(counts.values()):
         log.info("sweep.requeued", **counts)
     return counts
+
+
+async def refresh_rollup(ctx: dict[str, Any]) -> dict[str, int]:
+    """Every minute (arq cron): rebuild the daily counters of changed hours; a new time zone gets a full build."""
+    deps: Deps = ctx["deps"]
+    zone = deps.rules.current.settings.timezone
+    result = await asyncio.to_thread(refresh_daily_rollup, deps.engine, zone)
+    if result.full_build:
+        log.info("rollup.built", days=result.days)
+    return {"days": result.days, "full_build": int(result.full_build)}
 
 
 async def purge_expired(ctx: dict[str, Any]) -> dict[str, int]:
