@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aiosmtpd.controller import Controller
-from common import channelshift_env, free_port, python, rss_kib, save, start, stop, wait_port
+from common import channelshift_env, cpu_seconds, free_port, python, rss_kib, save, start, stop, wait_port
 from loadgen import RECIPIENT
 
 from services.embedded_redis import start_embedded_redis
@@ -100,6 +100,7 @@ def run_phase(
 
     sampler = threading.Thread(target=sample)
     sampler.start()
+    cpu_before = [cpu_seconds(pid) for pid in pids]
     started = time.perf_counter()
     asyncio.run(send_paced(port, tokens, rate, sessions, sent_at))
     deadline = time.perf_counter() + timeout
@@ -109,6 +110,7 @@ def run_phase(
                 break
         time.sleep(0.05)
     finished = time.perf_counter()
+    cpu_used = [cpu_seconds(pid) - before for pid, before in zip(pids, cpu_before, strict=True)]
     sampling = False
     sampler.join()
     with sink.lock:
@@ -124,6 +126,9 @@ def run_phase(
         "p50_s": round(latencies[len(latencies) // 2], 3) if latencies else None,
         "p99_s": round(latencies[int(len(latencies) * 0.99) - 1], 3) if latencies else None,
         "mean_s": round(statistics.fmean(latencies), 3) if latencies else None,
+        # CPU per mail: pids[0] is the gateway, the rest are workers
+        "gateway_cpu_ms_per_mail": round(cpu_used[0] * 1000 / max(1, len(tokens)), 2),
+        "workers_cpu_ms_per_mail": round(sum(cpu_used[1:]) * 1000 / max(1, len(tokens)), 2),
         "rss_kib_start": rss[0] if rss else None,
         "rss_kib_max": max(rss) if rss else None,
         "rss_kib_end": rss[-1] if rss else None,
@@ -144,6 +149,7 @@ def main() -> None:
     redis = start_embedded_redis(work / "redis")
     sink = ReplySink()
     relay_port, smtp_port = free_port(), free_port()
+    # replies and originals both go to the relay sink (production sends originals over SMTP, not to a maildir)
     controller = Controller(sink, hostname="127.0.0.1", port=relay_port)
     controller.start()
     env = channelshift_env(
@@ -152,6 +158,7 @@ def main() -> None:
         smtp_listen=f"127.0.0.1:{smtp_port}",
         lmtp_listen="",
         relay_url=f"smtp://127.0.0.1:{relay_port}",
+        delivery_url=f"smtp://127.0.0.1:{relay_port}",
         var_dir=str(work / "var"),
         pseudonym_key="bench",
         track_clicks="false",

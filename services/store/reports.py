@@ -135,11 +135,15 @@ def volumes(
     return [{"period": p, "key": k, "count": n} for (p, k), n in sorted(totals.items())]
 
 
-def _by_outcome(engine: Engine, period: Period, dimension: str) -> dict[str, dict[str, int]]:
-    result: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for (name, outcome), count in counts_per_day(engine, period, (dimension, "outcome"), per_day=False).items():
-        result[str(name)][str(outcome)] += count
-    return result
+def _by_outcome(engine: Engine, period: Period) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]]]:
+    """Outcome counts per category and per channel, from one scan."""
+    categories: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    channels: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    keys = ("category", "channel", "outcome")
+    for (category, channel, outcome), count in counts_per_day(engine, period, keys, per_day=False).items():
+        categories[str(category)][str(outcome)] += count
+        channels[str(channel)][str(outcome)] += count
+    return categories, channels
 
 
 def _ratio(part: int, whole: int) -> float | None:
@@ -173,7 +177,7 @@ def _figures(outcomes: dict[str, int]) -> dict[str, Any]:
 
 
 def summary(engine: Engine, period: Period) -> dict[str, Any]:
-    by_category = _by_outcome(engine, period, "category")
+    by_category, by_channel = _by_outcome(engine, period)
     # every counter row has a category (SMTP rejections "(none)"), so the totals are the categories' sums
     overall: dict[str, int] = defaultdict(int)
     for outcomes in by_category.values():
@@ -192,9 +196,7 @@ def summary(engine: Engine, period: Period) -> dict[str, Any]:
         name: _figures(outcomes) for name, outcomes in sorted(by_category.items()) if not name.startswith("(")
     }
     figures["by_channel"] = {
-        name: _figures(outcomes)
-        for name, outcomes in sorted(_by_outcome(engine, period, "channel").items())
-        if not name.startswith("(")
+        name: _figures(outcomes) for name, outcomes in sorted(by_channel.items()) if not name.startswith("(")
     }
     return figures
 
