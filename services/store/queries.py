@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, event, func, insert, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session as ORMSession
-from sqlmodel import Session, col, select
+from sqlmodel import Session, SQLModel, col, select
 
 from services.store.db import session_scope
 from services.store.models import (
@@ -84,17 +84,18 @@ def _drop_counter_bumps(session: ORMSession) -> None:
     session.info.pop(_COUNTER_BUMPS, None)
 
 
-def begin_decision(session: Session, message_id: str, pseudonym: str | None) -> bool:
-    """Claim a message for deciding and serialise decisions per sender; False if someone else decided it.
+def begin_decision(session: Session, message_id: str, pseudonym: str | None, new_state: str) -> bool:
+    """Claim a message for deciding (moving it to `new_state`) and serialise decisions per sender.
 
-    The guarded UPDATE is the transaction's first statement, so SQLite takes its write lock before the
-    reply ledger is read; PostgreSQL additionally takes a transaction-scoped advisory lock per sender.
+    False if someone else decided it. The guarded UPDATE is the transaction's first statement, so SQLite
+    takes its write lock before the reply ledger is read; PostgreSQL additionally takes a transaction-scoped
+    advisory lock per sender.
     """
     table = Message.__table__  # type: ignore[attr-defined]
     result = session.execute(
         update(table)
         .where(table.c.id == message_id, table.c.state == MessageState.RECEIVED)
-        .values(updated_at=utcnow())
+        .values(state=new_state, updated_at=utcnow())
     )
     if getattr(result, "rowcount", 0) != 1:
         return False
@@ -102,6 +103,16 @@ def begin_decision(session: Session, message_id: str, pseudonym: str | None) -> 
         key = int.from_bytes(bytes.fromhex(pseudonym[:16]), "big", signed=True)
         session.execute(select(func.pg_advisory_xact_lock(key)))
     return True
+
+
+def insert_rows(session: Session, *rows: SQLModel) -> None:
+    """INSERT table-model objects with Core (no unit of work: they are returned to callers, not tracked)."""
+    for row in rows:
+        table = row.__table__  # type: ignore[attr-defined]
+        values = {column.name: getattr(row, column.name) for column in table.columns}
+        if values.get("id", 0) is None:
+            del values["id"]  # autoincrement
+        session.execute(insert(table).values(**values))
 
 
 def bump_message_counter(session: Session, message: Message, decision: Decision, outcome: str) -> None:

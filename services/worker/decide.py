@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 import structlog
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, SQLModel
 
 from services.classify.engine import MailFacts
 from services.config import Settings
@@ -26,7 +26,7 @@ from services.store.models import (
     ReplyLedger,
     utcnow,
 )
-from services.store.queries import begin_decision, bump_counter, mark_repeat_contact, reply_allowance
+from services.store.queries import begin_decision, bump_counter, insert_rows, mark_repeat_contact, reply_allowance
 from services.worker.deps import Deps
 
 log = structlog.get_logger(__name__)
@@ -49,6 +49,7 @@ class Pending:
 class Classified:
     """Everything decided outside the database: classification, policy verdict, threading headers."""
 
+    message: Message  # as read (detached); record_decision moves its state on
     message_id: str
     received_at: datetime
     mailbox: str
@@ -98,6 +99,7 @@ def classify_message(deps: Deps, message_id: str) -> Classified | Pending | None
             return None
         if message.state != MessageState.RECEIVED:
             return _pending_of(session, message_id)
+        session.expunge(message)
         raw = message.raw or b""
         envelope_from = message.mail_from
         envelope_to = tuple(message.rcpt_tos)
@@ -119,6 +121,7 @@ def classify_message(deps: Deps, message_id: str) -> Classified | Pending | None
     sender_key = envelope_from or mail.from_address
     in_reply_to, references = threading_headers(mail)
     return Classified(
+        message=message,
         message_id=message_id,
         received_at=received_at,
         mailbox=mailbox,
@@ -148,10 +151,9 @@ def record_decision(session: Session, settings: Settings, found: Classified, *, 
     decided returns its pending work instead.
     """
     message_id = found.message_id
-    if not begin_decision(session, message_id, found.pseudonym):
+    new_state = MessageState.CLASSIFIED if found.deliver else MessageState.HELD
+    if not begin_decision(session, message_id, found.pseudonym, new_state):
         return _pending_of(session, message_id)
-    message = session.get(Message, message_id)
-    assert message is not None
     # windows (dedup, daily cap, repeat senders) are measured on arrival time, not on processing time
     now = found.received_at
     reason = found.reason
@@ -183,7 +185,7 @@ def record_decision(session: Session, settings: Settings, found: Classified, *, 
         tags=list(found.tags),
         defects=list(found.defects),
     )
-    session.add(decision)
+    rows: list[SQLModel] = [decision]
     state, claimed_at, attempts = (JobState.SENDING, utcnow(), 1) if claim else (JobState.PENDING, None, 0)
     reply = delivery = None
     if will_reply:
@@ -197,8 +199,8 @@ def record_decision(session: Session, settings: Settings, found: Classified, *, 
             claimed_at=claimed_at,
             attempts=attempts,
         )
-        session.add(reply)
-        session.add(
+        rows.append(reply)
+        rows.append(
             ReplyLedger(
                 sender_pseudonym=found.pseudonym,
                 key_id=settings.pseudonym_key_id,
@@ -213,10 +215,10 @@ def record_decision(session: Session, settings: Settings, found: Classified, *, 
         )
     if found.deliver:
         delivery = Delivery(message_id=message_id, state=state, claimed_at=claimed_at, attempts=attempts)
-        session.add(delivery)
-    message.state = MessageState.CLASSIFIED if found.deliver else MessageState.HELD
-    message.updated_at = utcnow()
-    session.add(message)
+        rows.append(delivery)
+    insert_rows(session, *rows)
+    message = found.message
+    message.state = new_state
 
     def count(outcome: str) -> None:
         bump_counter(
@@ -239,7 +241,6 @@ def record_decision(session: Session, settings: Settings, found: Classified, *, 
         count("no-reply")
     if not found.deliver:
         count("held")
-    session.flush()
     pending = Pending(reply=will_reply, deliver=found.deliver, claimed=claim)
     return Decided(pending, message, decision, reply, delivery)
 
