@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import statistics
 import sys
@@ -30,19 +31,55 @@ from services.embedded_redis import start_embedded_redis
 from services.store.migrate import upgrade
 
 
+def reply_token(data: bytes) -> str | None:
+    marker = data.find(b"In-Reply-To:")
+    if marker < 0:
+        return None
+    return data[marker : marker + 200].split(b"<", 1)[1].split(b">", 1)[0].decode()
+
+
 class ReplySink:
+    """aiosmtpd relay in this process (the harness then competes with channelshift for the CPU)."""
+
     def __init__(self) -> None:
         self.arrived: dict[str, float] = {}
         self.lock = threading.Lock()
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        data: bytes = envelope.original_content
-        marker = data.find(b"In-Reply-To:")
-        if marker >= 0:
-            token = data[marker : marker + 200].split(b"<", 1)[1].split(b">", 1)[0].decode()
+        token = reply_token(envelope.original_content)
+        if token:
             with self.lock:
-                self.arrived.setdefault(token, time.perf_counter())
+                self.arrived.setdefault(token, time.time())
         return "250 2.0.0 OK"
+
+    def poll(self) -> None:
+        pass
+
+
+class DumpSink:
+    """Postfix's smtp-sink as the relay, dumping each mail to a file; arrival is the file's modification time."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.arrived: dict[str, float] = {}
+        self.lock = threading.Lock()
+        self._seen: set[str] = set()
+
+    def poll(self) -> None:
+        for path in self.directory.rglob("*"):
+            if path.name in self._seen or not path.is_file():
+                continue
+            stat = path.stat()
+            age = time.time() - stat.st_mtime
+            if age < 0.05:
+                continue  # maybe still being written
+            # smtp-sink creates the file at MAIL FROM: only a file with its headers or one left alone is done
+            token = reply_token(path.read_bytes())
+            if token or age > 5:
+                self._seen.add(path.name)
+            if token:
+                with self.lock:
+                    self.arrived.setdefault(token, stat.st_mtime)
 
 
 def mail(token: str) -> bytes:
@@ -74,7 +111,7 @@ async def send_paced(port: int, tokens: list[str], rate: float, sessions: int, s
         while (await reader.readline())[3:4] == b"-":
             pass
         while token := await queue.get():
-            sent_at[token] = time.perf_counter()
+            sent_at[token] = time.time()
             writer.write(b"MAIL FROM:<" + token.encode() + b"@example.org>\r\nRCPT TO:<" + RECIPIENT + b">\r\nDATA\r\n")
             for _ in range(3):
                 await reader.readline()
@@ -87,7 +124,13 @@ async def send_paced(port: int, tokens: list[str], rate: float, sessions: int, s
 
 
 def run_phase(
-    port: int, sink: ReplySink, tokens: list[str], rate: float, sessions: int, pids: list[int], timeout: float
+    port: int,
+    sink: ReplySink | DumpSink,
+    tokens: list[str],
+    rate: float,
+    sessions: int,
+    pids: list[int],
+    timeout: float,
 ) -> dict[str, Any]:
     sent_at: dict[str, float] = {}
     rss: list[int] = []
@@ -101,15 +144,15 @@ def run_phase(
     sampler = threading.Thread(target=sample)
     sampler.start()
     cpu_before = [cpu_seconds(pid) for pid in pids]
-    started = time.perf_counter()
+    started_wall = time.time()
     asyncio.run(send_paced(port, tokens, rate, sessions, sent_at))
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline:
+        sink.poll()
         with sink.lock:
             if all(f"{t}@example.org" in sink.arrived for t in tokens):
                 break
         time.sleep(0.05)
-    finished = time.perf_counter()
     cpu_used = [cpu_seconds(pid) - before for pid, before in zip(pids, cpu_before, strict=True)]
     sampling = False
     sampler.join()
@@ -117,12 +160,12 @@ def run_phase(
         latencies = sorted(
             sink.arrived[f"{t}@example.org"] - sent_at[t] for t in tokens if f"{t}@example.org" in sink.arrived
         )
-        last = max((sink.arrived.get(f"{t}@example.org", 0.0) for t in tokens), default=finished)
+        last = max((sink.arrived.get(f"{t}@example.org", 0.0) for t in tokens), default=0.0)
     return {
         "mails": len(tokens),
         "replied": len(latencies),
         "offered_per_s": rate or None,
-        "throughput_per_s": round(len(latencies) / max(1e-9, last - started), 1),
+        "throughput_per_s": round(len(latencies) / max(1e-9, last - started_wall), 1),
         "p50_s": round(latencies[len(latencies) // 2], 3) if latencies else None,
         "p99_s": round(latencies[int(len(latencies) * 0.99) - 1], 3) if latencies else None,
         "mean_s": round(statistics.fmean(latencies), 3) if latencies else None,
@@ -135,6 +178,13 @@ def run_phase(
     }
 
 
+def _postfix_ids() -> tuple[int, int]:
+    import pwd
+
+    entry = pwd.getpwnam("postfix")
+    return entry.pw_uid, entry.pw_gid
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rate", type=float, default=100)
@@ -142,16 +192,36 @@ def main() -> None:
     parser.add_argument("--saturation", type=int, default=3000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--database", help="default: a SQLite file")
+    parser.add_argument(
+        "--relay",
+        choices=["smtp-sink", "aiosmtpd"],
+        default="smtp-sink",
+        help="smtp-sink (Postfix, C) keeps the harness off the CPU channelshift is measured on",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cs-e2e-"))
     database = args.database or f"sqlite:///{work}/e2e.db"
     upgrade(database.replace("postgresql://", "postgresql+psycopg://"))
     redis = start_embedded_redis(work / "redis")
-    sink = ReplySink()
     relay_port, smtp_port = free_port(), free_port()
+    sink: ReplySink | DumpSink
+    relay_process = None
+    if args.relay == "smtp-sink":
+        sink = DumpSink(work / "relay")
+        sink.directory.mkdir()
+        smtp_sink = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+        os.chown(sink.directory, *_postfix_ids())
+        work.chmod(0o755)  # smtp-sink drops to the postfix user, which must reach the dump directory
+        relay_process = start(
+            [smtp_sink, "-u", "postfix", "-d", f"{sink.directory}/%H%M%S.", f"127.0.0.1:{relay_port}", "256"]
+        )
+        wait_port(relay_port)
+    else:
+        sink = ReplySink()
     # replies and originals both go to the relay sink (production sends originals over SMTP, not to a maildir)
-    controller = Controller(sink, hostname="127.0.0.1", port=relay_port)
-    controller.start()
+    controller = Controller(sink, hostname="127.0.0.1", port=relay_port) if isinstance(sink, ReplySink) else None
+    if controller is not None:
+        controller.start()
     env = channelshift_env(
         database_url=database,
         redis_url=redis.url,
@@ -180,7 +250,10 @@ def main() -> None:
     finally:
         for process in processes:
             stop(process)
-        controller.stop()
+        if controller is not None:
+            controller.stop()
+        if relay_process is not None:
+            stop(relay_process)
         redis.stop()
         shutil.rmtree(work, ignore_errors=True)
     database_name = "postgresql" if args.database else "sqlite"
@@ -190,6 +263,7 @@ def main() -> None:
             {
                 "database": database_name,
                 "workers": args.workers,
+                "relay": args.relay,
                 "steady": steady,
                 "saturation": saturation,
             },
