@@ -6,7 +6,7 @@ import collections
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, event, func, insert, or_, update
+from sqlalchemy import Engine, case, event, func, insert, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session as ORMSession
 from sqlmodel import Session, SQLModel, col, select
@@ -106,13 +106,16 @@ def begin_decision(session: Session, message_id: str, pseudonym: str | None, new
 
 
 def insert_rows(session: Session, *rows: SQLModel) -> None:
-    """INSERT table-model objects with Core (no unit of work: they are returned to callers, not tracked)."""
+    """INSERT table-model objects with Core (no unit of work: they are returned to callers, not tracked).
+
+    A plain insert(table) with parameters compiles once and is reused from SQLAlchemy's cache.
+    """
     for row in rows:
         table = row.__table__  # type: ignore[attr-defined]
         values = {column.name: getattr(row, column.name) for column in table.columns}
         if values.get("id", 0) is None:
             del values["id"]  # autoincrement
-        session.execute(insert(table).values(**values))
+        session.execute(insert(table), [values])
 
 
 def bump_message_counter(session: Session, message: Message, decision: Decision, outcome: str) -> None:
@@ -131,22 +134,19 @@ def reply_allowance(
     session: Session, pseudonym: str, template: str, now: datetime, window: timedelta, daily_cap: int
 ) -> str | None:
     """None if a reply may go out, else the suppression reason (window per template, daily cap per sender)."""
-    recent_same = session.exec(
-        select(func.count())
-        .select_from(ReplyLedger)
-        .where(
-            ReplyLedger.sender_pseudonym == pseudonym,
-            ReplyLedger.template == template,
-            ReplyLedger.granted_at > now - window,
+    day_ago = now - timedelta(days=1)
+    same_template = (col(ReplyLedger.template) == template) & (col(ReplyLedger.granted_at) > now - window)
+    recent_same, today = session.execute(
+        select(
+            func.coalesce(func.sum(case((same_template, 1), else_=0)), 0),
+            func.coalesce(func.sum(case((col(ReplyLedger.granted_at) > day_ago, 1), else_=0)), 0),
+        ).where(
+            col(ReplyLedger.sender_pseudonym) == pseudonym,
+            col(ReplyLedger.granted_at) > min(now - window, day_ago),
         )
     ).one()
     if recent_same:
         return "already-replied"
-    today = session.exec(
-        select(func.count())
-        .select_from(ReplyLedger)
-        .where(ReplyLedger.sender_pseudonym == pseudonym, ReplyLedger.granted_at > now - timedelta(days=1))
-    ).one()
     if today >= daily_cap:
         return "daily-cap"
     return None
