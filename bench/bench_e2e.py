@@ -17,12 +17,14 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import psycopg
 from aiosmtpd.controller import Controller
 from common import channelshift_env, cpu_seconds, free_port, python, rss_kib, save, start, stop, wait_port
 from loadgen import RECIPIENT
@@ -191,7 +193,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--saturation", type=int, default=3000)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--database", help="default: a SQLite file")
+    parser.add_argument("--database", help="PostgreSQL base URL (a scratch database is used); default: a SQLite file")
     parser.add_argument(
         "--relay",
         choices=["smtp-sink", "aiosmtpd"],
@@ -200,7 +202,14 @@ def main() -> None:
     )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cs-e2e-"))
-    database = args.database or f"sqlite:///{work}/e2e.db"
+    scratch = f"cs_e2e_{uuid.uuid4().hex[:8]}"
+    if args.database:
+        # a scratch database beside the given one, dropped afterwards: nothing is left behind
+        with psycopg.connect(args.database, autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{scratch}"')
+        database = args.database.rpartition("/")[0] + f"/{scratch}"
+    else:
+        database = f"sqlite:///{work}/e2e.db"
     upgrade(database.replace("postgresql://", "postgresql+psycopg://"))
     redis = start_embedded_redis(work / "redis")
     relay_port, smtp_port = free_port(), free_port()
@@ -256,6 +265,9 @@ def main() -> None:
             stop(relay_process)
         redis.stop()
         shutil.rmtree(work, ignore_errors=True)
+        if args.database:
+            with psycopg.connect(args.database, autocommit=True) as connection:
+                connection.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
     database_name = "postgresql" if args.database else "sqlite"
     print(
         save(
