@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.constants import job_key_prefix, result_key_prefix
+from arq.jobs import serialize_job
+from arq.utils import timestamp_ms
 
 PROCESS = "process_message"
 SEND_REPLY = "send_reply"
@@ -31,3 +36,38 @@ async def enqueue(pool: ArqRedis, function: str, message_id: str, *, defer: floa
     await pool.enqueue_job(
         function, message_id, _job_id=job_id(function, message_id), _queue_name=QUEUE_NAME, _defer_by=defer
     )
+
+
+# arq's enqueue_job for many jobs in one round trip, with the same effect per job: skipped if its job or result
+# key exists, else job key (with arq's expiry) and queue entry written together (atomic, as arq's MULTI is).
+_ENQUEUE_MANY = """
+local added = 0
+for n = 1, (#KEYS - 1) / 2 do
+  local job_key, result_key = KEYS[2 * n], KEYS[2 * n + 1]
+  if redis.call('EXISTS', job_key, result_key) == 0 then
+    redis.call('PSETEX', job_key, ARGV[1], ARGV[2 + 2 * n])
+    redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1 + 2 * n])
+    added = added + 1
+  end
+end
+return added
+"""
+
+
+async def enqueue_many(pool: ArqRedis, function: str, message_ids: list[str]) -> int:
+    """Enqueue one job per message id (deterministic ids, as `enqueue`) in one Redis call; returns how many were new.
+
+    The job payload is arq's own serialisation, so arq workers run these jobs exactly like enqueue_job's.
+    """
+    if not message_ids:
+        return 0
+    now = timestamp_ms()
+    keys: list[str] = [QUEUE_NAME]
+    args: list[Any] = [pool.expires_extra_ms, now]
+    for message_id in message_ids:
+        identifier = job_id(function, message_id)
+        keys += [job_key_prefix + identifier, result_key_prefix + identifier]
+        args += [identifier, serialize_job(function, (message_id,), {}, None, now, serializer=pool.job_serializer)]
+    # redis-py types eval() for its sync and async clients at once
+    added = await pool.eval(_ENQUEUE_MANY, len(keys), *keys, *args)  # type: ignore[misc]
+    return int(added)

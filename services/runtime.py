@@ -17,6 +17,7 @@ from services.config import Settings, split_host_port
 from services.embedded_redis import EmbeddedRedis, start_embedded_redis
 from services.gateway.handler import GatewayHandler
 from services.gateway.server import listener_options, start_listener
+from services.store.batch import BatchWriter
 from services.store.migrate import upgrade
 from services.web.app import create_app, create_health_app
 from services.worker.app import build_worker
@@ -46,8 +47,15 @@ async def _wait_for_stop() -> None:
 async def start_gateway(
     settings: Settings, deps: Deps, pool: ArqRedis
 ) -> tuple[list[asyncio.Server], list[GatewayHandler]]:
+    async def enqueue_batch(message_ids: list[str]) -> list[BaseException | None]:
+        await queue.enqueue_many(pool, queue.PROCESS, list(dict.fromkeys(message_ids)))
+        return [None] * len(message_ids)
+
+    # one Redis call for all mails accepted meanwhile instead of arq's three round trips per mail
+    enqueuer: BatchWriter[str, None] = BatchWriter(enqueue_batch)
+
     async def enqueue(message_id: str) -> None:
-        await queue.enqueue(pool, queue.PROCESS, message_id)
+        await enqueuer.submit(message_id)
 
     servers = []
     handlers = []

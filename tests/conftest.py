@@ -20,7 +20,17 @@ from services.web.app import create_app
 from tests.support import ADMIN_TOKEN, Pipeline, start_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
-TABLES = ("rollup_state", "counter_day", "counter_dirty_hour", "counter", "reply_ledger", "reply", "delivery", "decision", "message")
+TABLES = (
+    "rollup_state",
+    "counter_day",
+    "counter_dirty_hour",
+    "counter",
+    "reply_ledger",
+    "reply",
+    "delivery",
+    "decision",
+    "message",
+)
 
 
 @pytest.fixture(scope="session")

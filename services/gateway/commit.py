@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import Engine
 
-from services.store.batch import BatchWriter
+from services.store.batch import BatchWriter, in_thread
 from services.store.queries import store_messages
 
 
@@ -12,7 +12,9 @@ class GroupCommitter:
     """Messages (column dicts of the message table) waiting together are written with one executemany."""
 
     def __init__(self, engine: Engine) -> None:
-        self._writer: BatchWriter[dict[str, object], None] = BatchWriter(lambda rows: self._store(engine, rows))
+        self._writer: BatchWriter[dict[str, object], None] = BatchWriter(
+            in_thread(lambda rows: self._store(engine, rows))
+        )
 
     @staticmethod
     def _store(engine: Engine, rows: list[dict[str, object]]) -> list[BaseException | None]:

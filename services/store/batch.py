@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar, cast
 
 from sqlalchemy import Engine
@@ -18,14 +18,15 @@ MAX_BATCH = 256
 
 
 class BatchWriter(Generic[Item, Result]):
-    """One writer task hands everything waiting (up to `max_batch`) to `write` in a thread and wakes each caller.
+    """One writer task hands everything waiting (up to `max_batch`) to `write` and wakes each caller.
 
-    `write` returns one result or exception per item, in order; if it raises, every caller of that batch gets
-    the exception. Callers wait for their own outcome, so nothing is acknowledged before it is written.
+    `write` (a coroutine; see `in_thread` for blocking code) returns one result or exception per item, in
+    order; if it raises, every caller of that batch gets the exception. Callers wait for their own outcome, so
+    nothing is acknowledged before it is written.
     """
 
     def __init__(
-        self, write: Callable[[list[Item]], list[Result | BaseException]], *, max_batch: int = MAX_BATCH
+        self, write: Callable[[list[Item]], Awaitable[list[Result | BaseException]]], *, max_batch: int = MAX_BATCH
     ) -> None:
         self._write = write
         self._max_batch = max_batch
@@ -49,7 +50,7 @@ class BatchWriter(Generic[Item, Result]):
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                outcomes = await asyncio.to_thread(self._write, [item for item, _future in batch])
+                outcomes = await self._write([item for item, _future in batch])
             except Exception as exc:
                 outcomes = [exc] * len(batch)
             for (_item, future), outcome in zip(batch, outcomes, strict=True):
@@ -65,6 +66,17 @@ class BatchWriter(Generic[Item, Result]):
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
+
+
+def in_thread(
+    write: Callable[[list[Item]], list[Result | BaseException]],
+) -> Callable[[list[Item]], Awaitable[list[Result | BaseException]]]:
+    """A blocking batch write (database work) run in a worker thread."""
+
+    async def run(items: list[Item]) -> list[Result | BaseException]:
+        return await asyncio.to_thread(write, items)
+
+    return run
 
 
 Work = Callable[[Session], object]
@@ -96,7 +108,7 @@ class TransactionBatcher:
 
     def __init__(self, engine: Engine, *, max_batch: int = 64) -> None:
         self._writer: BatchWriter[Work, object] = BatchWriter(
-            lambda works: run_together(engine, works), max_batch=max_batch
+            in_thread(lambda works: run_together(engine, works)), max_batch=max_batch
         )
 
     async def run(self, work: Callable[[Session], Result]) -> Result:
