@@ -8,8 +8,9 @@ import re
 import shutil
 import subprocess
 import sys
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from aiohttp import web
@@ -25,7 +26,8 @@ from services.store.purge import purge
 from services.web.app import create_app
 from tests.support import AUTH, SERVED, Pipeline, clean_env, make_mail, send
 
-TODAY = date.today().isoformat()
+BERLIN = ZoneInfo("Europe/Berlin")  # the shipped rule set's time zone: the API counts its local days
+TODAY = datetime.now(BERLIN).date().isoformat()
 
 
 async def demo_gateway(pipeline: Pipeline) -> tuple[asyncio.Server, int]:
@@ -87,7 +89,7 @@ async def test_api_numbers_match_the_mails_sent(pipeline: Pipeline, client: Test
     assert csv_text.splitlines()[0] == "period,channel,outcome,count"
     assert sum(int(line.rsplit(",", 1)[1]) for line in csv_text.splitlines()[1:]) == 5
 
-    yesterday = (date.today() - timedelta(days=1)).isoformat()
+    yesterday = (datetime.now(BERLIN).date() - timedelta(days=1)).isoformat()
     compared = await (
         await client.get(
             f"/api/v1/compare?before_from={yesterday}&before_to={yesterday}&after_from={TODAY}&after_to={TODAY}",
@@ -147,7 +149,8 @@ async def test_click_redirect_counts_without_personal_data(
 
 async def test_repeat_senders_within_7_and_30_days(pipeline: Pipeline, client: TestClient[object, object]) -> None:
     server, port = await demo_gateway(pipeline)
-    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=40)
+    # local noon, so that the day asked for below is the day of the mails at any time of day
+    start = datetime.combine(datetime.now(BERLIN).date() - timedelta(days=40), time(12), BERLIN)
     await send_at(port, start, "first@example.org", "Neue Adresse", "Ich bin umgezogen.")
     await send_at(port, start, "second@example.org", "Termin", "Ich muss den Termin absagen.")
     await send_at(port, start, "third@example.org", "Frage", "Wann haben Sie geöffnet?")

@@ -51,6 +51,8 @@ class BatchWriter(Generic[Item, Result]):
                 batch.append(self._queue.get_nowait())
             try:
                 outcomes = await self._write([item for item, _future in batch])
+                if len(outcomes) != len(batch):
+                    raise RuntimeError(f"batch write returned {len(outcomes)} outcomes for {len(batch)} items")
             except Exception as exc:
                 outcomes = [exc] * len(batch)
             for (_item, future), outcome in zip(batch, outcomes, strict=True):

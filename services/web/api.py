@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -32,7 +32,7 @@ def _date(request: web.Request, name: str, default: date) -> date:
 
 
 def period_from(request: web.Request, zone: ZoneInfo, prefix: str = "") -> reports.Period:
-    today = date.today()
+    today = datetime.now(zone).date()  # the agency's day, not the server's
     end = _date(request, f"{prefix}to", today)
     start = _date(request, f"{prefix}from", end - timedelta(days=DEFAULT_DAYS - 1))
     if start > end:

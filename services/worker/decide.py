@@ -26,7 +26,13 @@ from services.store.models import (
     ReplyLedger,
     utcnow,
 )
-from services.store.queries import begin_decision, bump_counter, insert_rows, mark_repeat_contact, reply_allowance
+from services.store.queries import (
+    begin_decision,
+    bump_message_counter,
+    insert_rows,
+    mark_repeat_contact,
+    reply_allowance,
+)
 from services.worker.deps import Deps
 
 log = structlog.get_logger(__name__)
@@ -221,14 +227,7 @@ def record_decision(session: Session, settings: Settings, found: Classified, *, 
     message.state = new_state
 
     def count(outcome: str) -> None:
-        bump_counter(
-            session,
-            hour=found.received_at,
-            mailbox=found.mailbox,
-            category=found.category,
-            channel=found.channel,
-            outcome=outcome,
-        )
+        bump_message_counter(session, message, decision, outcome)
 
     count("received")
     if found.pseudonym is not None and found.category != "automated":

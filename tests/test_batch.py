@@ -1,0 +1,75 @@
+"""Group commit helpers: concurrent callers share writes, each gets its own outcome, one bad item fails alone."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from services.store.batch import BatchWriter, TransactionBatcher, run_together
+from services.store.db import make_engine
+
+
+async def test_concurrent_submits_share_writes_and_get_their_own_results() -> None:
+    batches: list[list[int]] = []
+
+    async def write(items: list[int]) -> list[int | BaseException]:
+        batches.append(items)
+        await asyncio.sleep(0.01)
+        return [item * 10 for item in items]
+
+    writer: BatchWriter[int, int] = BatchWriter(write)
+    results = await asyncio.gather(*(writer.submit(n) for n in range(50)))
+    assert results == [n * 10 for n in range(50)]
+    assert len(batches) < 10 and sorted(n for batch in batches for n in batch) == list(range(50))
+    await writer.close()
+
+
+async def test_a_failed_write_fails_its_callers_and_the_writer_goes_on() -> None:
+    calls = 0
+
+    async def write(items: list[int]) -> list[int | BaseException]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OSError("disk full")
+        if calls == 2:
+            return []  # a broken write function: the wrong number of outcomes
+        return [ValueError("bad") if item == 3 else item for item in items]
+
+    writer: BatchWriter[int, int] = BatchWriter(write)
+    with pytest.raises(OSError):
+        await writer.submit(1)
+    with pytest.raises(RuntimeError):
+        await writer.submit(2)
+    assert await writer.submit(4) == 4
+    with pytest.raises(ValueError):
+        await writer.submit(3)
+    await writer.close()
+
+
+async def test_one_failing_work_does_not_undo_the_others(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path}/batch.db")
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE item (id INTEGER PRIMARY KEY)"))
+
+    def insert(number: int) -> Callable[[Session], int]:
+        def work(session: Session) -> int:
+            session.execute(text("INSERT INTO item (id) VALUES (:n)"), {"n": number})
+            return number
+
+        return work
+
+    outcomes = run_together(engine, [insert(1), insert(2), insert(1), insert(3)])
+    assert outcomes[:2] == [1, 2] and outcomes[3] == 3 and isinstance(outcomes[2], IntegrityError)
+    batcher = TransactionBatcher(engine)
+    assert await asyncio.gather(*(batcher.run(insert(n)) for n in (4, 5))) == [4, 5]
+    with engine.connect() as connection:
+        assert [row[0] for row in connection.execute(text("SELECT id FROM item ORDER BY id"))] == [1, 2, 3, 4, 5]
+    await batcher.close()
+    engine.dispose()
