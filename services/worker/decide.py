@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import structlog
 from sqlalchemy.exc import IntegrityError
@@ -44,11 +44,10 @@ _PRIORITY_ORDER = ("low", "normal", "high", "urgent")
 
 @dataclass(frozen=True)
 class Pending:
-    """Which follow-up work a message has; `claimed` when the deciding job itself holds it (state sending)."""
+    """Which follow-up work a message already decided still has."""
 
     reply: bool
     deliver: bool
-    claimed: bool = False
 
 
 @dataclass(frozen=True)
@@ -56,9 +55,6 @@ class Classified:
     """Everything decided outside the database: classification, policy verdict, threading headers."""
 
     message: Message  # as read (detached); record_decision moves its state on
-    message_id: str
-    received_at: datetime
-    mailbox: str
     category: str
     channel: str
     rule_id: str
@@ -80,7 +76,6 @@ class Classified:
 class Decided:
     """A recorded decision and the rows its follow-up work needs (detached, loaded)."""
 
-    pending: Pending
     message: Message
     decision: Decision
     reply: Reply | None
@@ -109,12 +104,10 @@ def classify_message(deps: Deps, message_id: str) -> Classified | Pending | None
         raw = message.raw or b""
         envelope_from = message.mail_from
         envelope_to = tuple(message.rcpt_tos)
-        received_at = message.received_at
-        mailbox = message.mailbox
 
     mail = parse_mail(raw)
     ruleset = deps.rules.current
-    facts = MailFacts.of(mail, envelope_from, envelope_to, received_at)
+    facts = MailFacts.of(mail, envelope_from, envelope_to, message.received_at)
     classification = ruleset.classify(facts)
     action = classification.action
     category = action.category
@@ -128,9 +121,6 @@ def classify_message(deps: Deps, message_id: str) -> Classified | Pending | None
     in_reply_to, references = threading_headers(mail)
     return Classified(
         message=message,
-        message_id=message_id,
-        received_at=received_at,
-        mailbox=mailbox,
         category=category,
         channel=action.channel,
         rule_id=classification.rule_id,
@@ -149,19 +139,20 @@ def classify_message(deps: Deps, message_id: str) -> Classified | Pending | None
     )
 
 
-def record_decision(session: Session, settings: Settings, found: Classified, *, claim: bool) -> Decided | Pending:
+def record_decision(session: Session, settings: Settings, found: Classified) -> Decided | Pending:
     """Write the decision, reply/delivery rows, ledger and counters in the caller's transaction.
 
-    With `claim`, the reply and delivery rows start claimed (sending) by the calling job, which sends them next;
-    if that job dies, the sweep finds them stale like any other interrupted send. A message someone else
-    decided returns its pending work instead.
+    The reply and delivery rows start claimed (sending) by the calling job, which sends them next; if that
+    job dies, the sweep finds them stale like any other interrupted send. A message someone else decided
+    returns its pending work instead.
     """
-    message_id = found.message_id
+    message = found.message
+    message_id = message.id
     new_state = MessageState.CLASSIFIED if found.deliver else MessageState.HELD
     if not begin_decision(session, message_id, found.pseudonym, new_state):
         return _pending_of(session, message_id)
     # windows (dedup, daily cap, repeat senders) are measured on arrival time, not on processing time
-    now = found.received_at
+    now = message.received_at
     reason = found.reason
     template = found.template
     if template is not None and reason is None and found.pseudonym is not None:
@@ -192,7 +183,7 @@ def record_decision(session: Session, settings: Settings, found: Classified, *, 
         defects=list(found.defects),
     )
     rows: list[SQLModel] = [decision]
-    state, claimed_at, attempts = (JobState.SENDING, utcnow(), 1) if claim else (JobState.PENDING, None, 0)
+    claimed_at = utcnow()
     reply = delivery = None
     if will_reply:
         assert template is not None and found.pseudonym is not None
@@ -201,9 +192,9 @@ def record_decision(session: Session, settings: Settings, found: Classified, *, 
             reply_message_id=f"<reply.{message_id}@{settings.hostname}>",
             in_reply_to=found.in_reply_to,
             references=found.references,
-            state=state,
+            state=JobState.SENDING,
             claimed_at=claimed_at,
-            attempts=attempts,
+            attempts=1,
         )
         rows.append(reply)
         rows.append(
@@ -212,18 +203,17 @@ def record_decision(session: Session, settings: Settings, found: Classified, *, 
                 key_id=settings.pseudonym_key_id,
                 template=template,
                 message_id=message_id,
-                granted_at=found.received_at,
-                received_at=found.received_at,
-                mailbox=found.mailbox,
+                granted_at=message.received_at,
+                received_at=message.received_at,
+                mailbox=message.mailbox,
                 category=found.category,
                 channel=found.channel,
             )
         )
     if found.deliver:
-        delivery = Delivery(message_id=message_id, state=state, claimed_at=claimed_at, attempts=attempts)
+        delivery = Delivery(message_id=message_id, state=JobState.SENDING, claimed_at=claimed_at, attempts=1)
         rows.append(delivery)
     insert_rows(session, *rows)
-    message = found.message
     message.state = new_state
 
     def count(outcome: str) -> None:
@@ -240,17 +230,16 @@ def record_decision(session: Session, settings: Settings, found: Classified, *, 
         count("no-reply")
     if not found.deliver:
         count("held")
-    pending = Pending(reply=will_reply, deliver=found.deliver, claimed=claim)
-    return Decided(pending, message, decision, reply, delivery)
+    return Decided(message, decision, reply, delivery)
 
 
-async def decide(deps: Deps, message_id: str, *, claim: bool = False) -> Decided | Pending | None:
+async def decide(deps: Deps, message_id: str) -> Decided | Pending | None:
     """Idempotent: a message already decided returns its pending work instead of a second decision."""
     found = await asyncio.to_thread(classify_message, deps, message_id)
     if not isinstance(found, Classified):
         return found
     try:
-        decided = await deps.batcher.run(lambda session: record_decision(session, deps.settings, found, claim=claim))
+        decided = await deps.batcher.run(lambda session: record_decision(session, deps.settings, found))
     except IntegrityError:
         # A duplicate job decided the same message at the same moment; its decision stands.
         log.info("process.lost_race")

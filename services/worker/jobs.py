@@ -41,7 +41,7 @@ async def process_message(ctx: dict[str, Any], message_id: str) -> str:
     deps: Deps = ctx["deps"]
     structlog.contextvars.bind_contextvars(message_id=message_id, job="process")
     with timed(JOB_SECONDS, "process"):
-        decided = await decide(deps, message_id, claim=True)
+        decided = await decide(deps, message_id)
     if decided is None:
         return "skipped"
     if isinstance(decided, Pending):
