@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -106,15 +106,9 @@ def counts_per_day(
                 .where(*_conditions(hourly, outcome, filters))
                 .group_by(*columns)
             )
-            days_of: dict[datetime, date] = {}
             for row in session.execute(query).all():
-                if not per_day:
-                    totals[tuple(row[:-1])] += int(row[-1])
-                    continue
-                day = days_of.get(row[0])
-                if day is None:
-                    day = days_of[row[0]] = local_day(row[0], zone)
-                totals[(day, *row[1:-1])] += int(row[-1])
+                key = (local_day(row[0], zone), *row[1:-1]) if per_day else tuple(row[:-1])
+                totals[key] += int(row[-1])
     return totals
 
 

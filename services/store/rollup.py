@@ -8,6 +8,7 @@ without marks and `counter` for the rest (services/store/reports.py), so answers
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
@@ -30,7 +31,9 @@ class RollupResult:
     days: int
 
 
+@functools.lru_cache(maxsize=100_000)
 def local_day(hour: datetime, zone: ZoneInfo) -> date:
+    """The local calendar day of a UTC hour (cached: rollup rows repeat the same hours many times over)."""
     return hour.astimezone(zone).date()
 
 
@@ -51,12 +54,8 @@ def _rebuild(session: Session, zone: ZoneInfo, first: date, last: date) -> None:
         )
     ).all()
     sums: dict[tuple[date, str, str, str, str], int] = defaultdict(int)
-    days_of: dict[datetime, date] = {}
     for hour, mailbox, category, channel, outcome, count in rows:
-        day = days_of.get(hour)
-        if day is None:
-            day = days_of[hour] = local_day(hour, zone)
-        sums[(day, mailbox, category, channel, outcome)] += count
+        sums[(local_day(hour, zone), mailbox, category, channel, outcome)] += count
     daily = CounterDay.__table__  # type: ignore[attr-defined]
     session.execute(delete(daily).where(daily.c.zone == zone.key, daily.c.day >= first, daily.c.day <= last))
     if sums:
