@@ -219,8 +219,9 @@ async def send_reply(ctx: dict[str, Any], message_id: str) -> str:
 
 
 async def deliver_original(ctx: dict[str, Any], message_id: str) -> str:
-    structlog.contextvars.bind_contextvars(message_id=message_id, job="deliver")
-    with timed(JOB_SECONDS, "deliver"):
+    # the same job label as a first delivery attempt inside process_message
+    structlog.contextvars.bind_contextvars(message_id=message_id, job="delivery")
+    with timed(JOB_SECONDS, "delivery"):
         return await _send(ctx["deps"], Delivery, message_id, "delivery")
 
 
@@ -234,12 +235,9 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
         find_stuck, deps.engine, timedelta(seconds=deps.settings.sweep_after_seconds), deps.stale_sending
     )
     pool = ctx["redis"]
-    for message_id in stuck.received:
-        await queue.enqueue(pool, queue.PROCESS, message_id)
-    for message_id in stuck.replies:
-        await queue.enqueue(pool, queue.SEND_REPLY, message_id)
-    for message_id in stuck.deliveries:
-        await queue.enqueue(pool, queue.DELIVER, message_id)
+    await queue.enqueue_many(pool, queue.PROCESS, stuck.received)
+    await queue.enqueue_many(pool, queue.SEND_REPLY, stuck.replies)
+    await queue.enqueue_many(pool, queue.DELIVER, stuck.deliveries)
     counts = {"received": len(stuck.received), "replies": len(stuck.replies), "deliveries": len(stuck.deliveries)}
     if any(counts.values()):
         log.info("sweep.requeued", **counts)
