@@ -8,6 +8,7 @@ import os
 import signal
 import smtplib
 import subprocess
+import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -87,6 +88,13 @@ def make_mail(
         maintype, subtype = mime.split("/")
         message.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
     return message.as_bytes(policy=SMTP_POLICY)
+
+
+def start_role(role: str, env: dict[str, str], log: Any, cwd: Path) -> subprocess.Popen[bytes]:
+    """`channelshift ROLE` (serve, gateway, worker, web) as a child process, output into the open file `log`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "services", role], env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT
+    )
 
 
 def clean_env() -> dict[str, str]:

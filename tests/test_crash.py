@@ -7,8 +7,6 @@ import email
 import os
 import re
 import smtplib
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -22,7 +20,7 @@ from sqlalchemy import text
 
 from services.embedded_redis import EmbeddedRedis, start_embedded_redis
 from services.store.db import make_engine
-from tests.support import SERVED, clean_env, make_mail, terminate, wait_for_smtp
+from tests.support import SERVED, clean_env, make_mail, start_role, terminate, wait_for_smtp
 from tests.test_serve import free_port
 
 pytestmark = pytest.mark.slow
@@ -52,12 +50,6 @@ class Recorder:
         with self.lock:
             values = [email.message_from_bytes(m, policy=default_policy)[name] for m in self.messages]
         return Counter(str(v) for v in values if v)
-
-
-def _start(role: str, env: dict[str, str], log: Any, cwd: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "services", role], env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT
-    )
 
 
 def _client(index: int, port: int, results: dict[str, str], sizes: dict[str, int], stop_at: float) -> None:
@@ -122,8 +114,8 @@ def test_kill_9_gateway_worker_and_redis_under_load(tmp_path: Path, clean_databa
     )
     log_path = tmp_path / "processes.log"
     log = open(log_path, "ab")  # noqa: SIM115 - closed in finally
-    gateway = _start("gateway", env, log, tmp_path)
-    worker = _start("worker", env, log, tmp_path)
+    gateway = start_role("gateway", env, log, tmp_path)
+    worker = start_role("worker", env, log, tmp_path)
     results: dict[str, str] = {}
     sizes: dict[str, int] = {}
     kills: Counter[str] = Counter()
@@ -141,13 +133,13 @@ def test_kill_9_gateway_worker_and_redis_under_load(tmp_path: Path, clean_databa
             gateway.wait()
             kills["gateway"] += 1
             time.sleep(0.5)
-            gateway = _start("gateway", env, log, tmp_path)
+            gateway = start_role("gateway", env, log, tmp_path)
             time.sleep(2.0)
             worker.kill()
             worker.wait()
             kills["worker"] += 1
             time.sleep(0.5)
-            worker = _start("worker", env, log, tmp_path)
+            worker = start_role("worker", env, log, tmp_path)
             time.sleep(2.0)
             redis.process.kill()
             redis.process.wait()

@@ -14,7 +14,7 @@ from email.policy import default as default_policy
 from pathlib import Path
 
 from services.config import PROJECT_ROOT
-from tests.support import SERVED, clean_env, make_mail, terminate, wait_until_ready
+from tests.support import SERVED, clean_env, make_mail, start_role, terminate, wait_until_ready
 from tests.test_serve import free_port
 
 
@@ -35,12 +35,7 @@ def test_separate_processes_share_the_work(tmp_path: Path, clean_database: str, 
     )
     log_path = tmp_path / "processes.log"
     log = open(log_path, "wb")  # noqa: SIM115 - closed below
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "services", role], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT
-        )
-        for role in ("gateway", "worker", "web")
-    ]
+    processes = [start_role(role, env, log, tmp_path) for role in ("gateway", "worker", "web")]
     try:
         wait_until_ready(web_port, processes, log_path)
         deadline = time.monotonic() + 30

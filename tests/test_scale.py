@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import smtplib
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -15,7 +13,7 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import text
 
 from services.store.db import make_engine
-from tests.support import SERVED, clean_env, make_mail, terminate, wait_for_smtp
+from tests.support import SERVED, clean_env, make_mail, start_role, terminate, wait_for_smtp
 from tests.test_crash import Recorder
 from tests.test_serve import free_port
 
@@ -54,25 +52,9 @@ def test_two_gateways_two_workers_one_stream(tmp_path: Path, clean_database: str
             "CHANNELSHIFT_SMTP_LISTEN": f"127.0.0.1:{port}",
             "CHANNELSHIFT_HEALTH_LISTEN": f"127.0.0.1:{free_port()}",
         }
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "services", "gateway"],
-                env=env,
-                cwd=tmp_path,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        )
+        processes.append(start_role("gateway", env, log, tmp_path))
     for _ in range(2):
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "services", "worker"],
-                env=base,
-                cwd=tmp_path,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        )
+        processes.append(start_role("worker", base, log, tmp_path))
     accepted: Counter[str] = Counter()
     try:
         for port in gateway_ports:

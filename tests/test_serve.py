@@ -9,7 +9,6 @@ import signal
 import smtplib
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from services.config import PROJECT_ROOT
-from tests.support import SERVED, clean_env, make_mail, wait_until_ready
+from tests.support import SERVED, clean_env, make_mail, start_role, wait_until_ready
 
 PROBE_RULE = """rules:
   - id: probe
@@ -87,9 +86,7 @@ def served(tmp_path: Path, reload_seconds: float) -> Iterator[Served]:
         }
     )
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed in teardown
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services", "serve"], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT
-    )
+    process = start_role("serve", env, log, tmp_path)
     try:
         wait_until_ready(web_port, [process], tmp_path / "serve.log")
     except AssertionError:
