@@ -68,6 +68,6 @@ async def enqueue_many(pool: ArqRedis, function: str, message_ids: list[str]) ->
         identifier = job_id(function, message_id)
         keys += [job_key_prefix + identifier, result_key_prefix + identifier]
         args += [identifier, serialize_job(function, (message_id,), {}, None, now, serializer=pool.job_serializer)]
-    # redis-py types eval() for its sync and async clients at once
-    added = await pool.eval(_ENQUEUE_MANY, len(keys), *keys, *args)  # type: ignore[misc]
+    # EVALSHA (redis-py falls back to loading the script once per server): the script text is not resent per batch
+    added = await pool.register_script(_ENQUEUE_MANY)(keys=keys, args=args)
     return int(added)

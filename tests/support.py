@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage, Message
 from email.policy import SMTP as SMTP_POLICY
@@ -190,6 +191,15 @@ class Pipeline:
             server.close()
 
 
+def enqueue_to(pool: ArqRedis) -> Callable[[list[str]], Awaitable[None]]:
+    """The gateway's enqueue callback: process jobs for a committed batch of message ids."""
+
+    async def enqueue(message_ids: list[str]) -> None:
+        await queue.enqueue_many(pool, queue.PROCESS, message_ids)
+
+    return enqueue
+
+
 async def start_pipeline(tmp_path: Path, database_url: str, redis_url: str, **overrides: Any) -> Pipeline:
     relay, relay_server, relay_port = await start_sink()
     delivery, delivery_server, delivery_port = await start_sink()
@@ -208,15 +218,12 @@ async def start_pipeline(tmp_path: Path, database_url: str, redis_url: str, **ov
     deps = Deps.build(settings, engine=engine, rules=RuleSetHolder(settings.rules_dir, settings.templates_dir))
     pool = await queue.connect(redis_url)
 
-    async def enqueue(message_id: str) -> None:
-        await queue.enqueue(pool, queue.PROCESS, message_id)
-
     servers = [relay_server, delivery_server]
     handlers = []
     ports = []
     for protocol in ("smtp", "lmtp"):
         handler = GatewayHandler(
-            engine, deps.rules, enqueue, protocol=protocol, max_message_size=settings.max_message_size
+            engine, deps.rules, enqueue_to(pool), protocol=protocol, max_message_size=settings.max_message_size
         )
         server = await start_listener(handler, "127.0.0.1:0", hostname="gateway.test", session_timeout=30)
         servers.append(server)

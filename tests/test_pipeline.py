@@ -13,7 +13,7 @@ from services import queue
 from services.links import read_token
 from services.store.models import Decision, Delivery, JobState, Message, MessageState, Reply
 from services.worker.jobs import deliver_original, process_message, send_reply, sweep
-from tests.support import SERVED, Pipeline, make_mail
+from tests.support import SERVED, Pipeline, enqueue_to, make_mail
 
 PDF = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
 
@@ -109,11 +109,8 @@ async def test_oversized_mail_gets_552(pipeline: Pipeline) -> None:
     from services.gateway.handler import GatewayHandler
     from services.gateway.server import start_listener
 
-    async def enqueue(message_id: str) -> None:
-        await queue.enqueue(pipeline.pool, queue.PROCESS, message_id)
-
     handler = GatewayHandler(
-        pipeline.deps.engine, pipeline.deps.rules, enqueue, protocol="smtp", max_message_size=10_000
+        pipeline.deps.engine, pipeline.deps.rules, enqueue_to(pipeline.pool), protocol="smtp", max_message_size=10_000
     )
 
     pipeline.handlers.append(handler)
@@ -165,7 +162,7 @@ async def test_database_unreachable_answers_451_never_250(pipeline: Pipeline) ->
 
     dead = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/nothing?connect_timeout=2")
 
-    async def enqueue(message_id: str) -> None:
+    async def enqueue(message_ids: list[str]) -> None:
         raise AssertionError("must not enqueue what was not stored")
 
     handler = GatewayHandler(dead, pipeline.deps.rules, enqueue, protocol="smtp", max_message_size=1_000_000)
@@ -184,7 +181,7 @@ async def test_redis_down_at_arrival_mail_is_stored_and_swept_later(pipeline: Pi
     from services.gateway.server import start_listener
     from tests.support import send
 
-    async def broken_enqueue(message_id: str) -> None:
+    async def broken_enqueue(message_ids: list[str]) -> None:
         await queue.connect("unix:///nonexistent/redis.sock")
 
     handler = GatewayHandler(

@@ -15,12 +15,22 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, select
 
-from services import queue
 from services.gateway.handler import GatewayHandler
 from services.gateway.server import start_listener, tls_context
 from services.reply.send import MaildirSender, PermanentSendError, SmtpSender
+from services.store.db import make_engine
 from services.store.models import Decision, Delivery, JobState, Message, MessageState, Reply
-from tests.support import SERVED, Pipeline, make_mail, send
+from tests.support import (
+    SERVED,
+    Pipeline,
+    clean_env,
+    enqueue_to,
+    make_mail,
+    send,
+    start_role,
+    terminate,
+    wait_for_smtp,
+)
 from tests.test_serve import free_port
 
 
@@ -221,12 +231,46 @@ def certificate(tmp_path: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-async def test_starttls_and_no_command_injection(pipeline: Pipeline, certificate: tuple[Path, Path]) -> None:
-    async def enqueue(message_id: str) -> None:
-        await queue.enqueue(pipeline.pool, queue.PROCESS, message_id)
+def send_after_starttls(port: int, context: ssl.SSLContext) -> bytes:
+    """A mail over STARTTLS; returns the final DATA answer."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.ehlo("c")
+        assert client.has_extn("starttls")
+        client.starttls(context=context)
+        client.ehlo("c")
+        client.mail("a@example.org")
+        client.rcpt(SERVED)
+        code, text = client.data(make_mail())
+        assert code == 250, text
+        return text
 
+
+def answer_after_injected_plaintext(port: int, context: ssl.SSLContext) -> bytes:
+    """A MAIL FROM pipelined behind STARTTLS must be discarded: the RCPT after the handshake gets 503."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        stream = raw.makefile("rb")
+        stream.readline()
+        raw.sendall(b"EHLO c\r\n")
+        while stream.readline()[3:4] == b"-":
+            pass
+        raw.sendall(b"STARTTLS\r\nMAIL FROM:<injected@example.org>\r\n")  # pipelined into the handshake
+        assert stream.readline().startswith(b"220")
+        with context.wrap_socket(raw, server_hostname="localhost") as secure:
+            secure_stream = secure.makefile("rb")
+            secure.sendall(b"EHLO c\r\n")
+            while secure_stream.readline()[3:4] == b"-":
+                pass
+            secure.sendall(b"RCPT TO:<" + SERVED.encode() + b">\r\n")
+            return secure_stream.readline()
+
+
+async def test_starttls_and_no_command_injection(pipeline: Pipeline, certificate: tuple[Path, Path]) -> None:
     handler = GatewayHandler(
-        pipeline.deps.engine, pipeline.deps.rules, enqueue, protocol="smtp", max_message_size=1_000_000
+        pipeline.deps.engine,
+        pipeline.deps.rules,
+        enqueue_to(pipeline.pool),
+        protocol="smtp",
+        max_message_size=1_000_000,
     )
 
     pipeline.handlers.append(handler)
@@ -235,37 +279,51 @@ async def test_starttls_and_no_command_injection(pipeline: Pipeline, certificate
     )
     port = server.sockets[0].getsockname()[1]
     client_context = ssl.create_default_context(cafile=str(certificate[0]))
-
-    def with_tls() -> None:
-        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
-            client.ehlo("c")
-            assert client.has_extn("starttls")
-            client.starttls(context=client_context)
-            client.ehlo("c")
-            client.sendmail("a@example.org", [SERVED], make_mail())
-
-    await asyncio.to_thread(with_tls)
-
-    def injection() -> bytes:
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-            stream = raw.makefile("rb")
-            stream.readline()
-            raw.sendall(b"EHLO c\r\n")
-            while stream.readline()[3:4] == b"-":
-                pass
-            raw.sendall(b"STARTTLS\r\nMAIL FROM:<injected@example.org>\r\n")  # pipelined into the handshake
-            assert stream.readline().startswith(b"220")
-            with client_context.wrap_socket(raw, server_hostname="localhost") as secure:
-                secure_stream = secure.makefile("rb")
-                secure.sendall(b"EHLO c\r\n")
-                while secure_stream.readline()[3:4] == b"-":
-                    pass
-                secure.sendall(b"RCPT TO:<" + SERVED.encode() + b">\r\n")
-                return secure_stream.readline()
-
-    answer = await asyncio.to_thread(injection)
+    await asyncio.to_thread(send_after_starttls, port, client_context)
+    answer = await asyncio.to_thread(answer_after_injected_plaintext, port, client_context)
     assert answer.startswith(b"503"), answer  # the plaintext MAIL FROM was discarded, not executed
     server.close()
+
+
+def test_starttls_in_the_gateway_role_on_uvloop(
+    tmp_path: Path, clean_database: str, clean_redis: str, certificate: tuple[Path, Path]
+) -> None:
+    """The gateway role runs on uvloop; aiosmtpd's STARTTLS (asyncio's SSLProtocol) must hold there too."""
+    port = free_port()
+    env = clean_env()
+    env.update(
+        {
+            "CHANNELSHIFT_DATABASE_URL": clean_database,
+            "CHANNELSHIFT_REDIS_URL": clean_redis,
+            "CHANNELSHIFT_SMTP_LISTEN": f"127.0.0.1:{port}",
+            "CHANNELSHIFT_LMTP_LISTEN": "",
+            "CHANNELSHIFT_HOSTNAME": "localhost",
+            "CHANNELSHIFT_TLS_CERT_FILE": str(certificate[0]),
+            "CHANNELSHIFT_TLS_KEY_FILE": str(certificate[1]),
+            "CHANNELSHIFT_VAR_DIR": str(tmp_path / "var"),
+        }
+    )
+    log_path = tmp_path / "gateway.log"
+    with open(log_path, "wb") as log:
+        gateway = start_role("gateway", env, log, tmp_path)
+        try:
+            wait_for_smtp(port)
+            context = ssl.create_default_context(cafile=str(certificate[0]))
+            queued = send_after_starttls(port, context)
+            answer = answer_after_injected_plaintext(port, context)
+        finally:
+            terminate([gateway])
+    output = log_path.read_text()
+    assert '"event_loop": "uvloop"' in output, output
+    assert answer.startswith(b"503"), answer
+    message_id = queued.decode().rsplit(" ", 1)[-1]
+    engine = make_engine(clean_database)
+    try:
+        with Session(engine) as session:
+            stored = session.get(Message, message_id)
+            assert stored is not None and stored.raw is not None and b"Subject:" in stored.raw
+    finally:
+        engine.dispose()
 
 
 async def test_crlf_in_addresses_never_reaches_the_relay(pipeline: Pipeline) -> None:
@@ -335,7 +393,7 @@ async def test_control_characters_in_rcpt_are_refused(pipeline: Pipeline) -> Non
 
 
 async def test_idle_session_is_dropped(pipeline: Pipeline) -> None:
-    async def enqueue(message_id: str) -> None:
+    async def enqueue(message_ids: list[str]) -> None:
         raise AssertionError("nothing is sent in this test")
 
     handler = GatewayHandler(

@@ -17,25 +17,26 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from sqlmodel import Session, select
 
-from services import queue
 from services.demo import run_demo
 from services.gateway.handler import GatewayHandler
 from services.gateway.server import start_listener
 from services.store.models import Message
 from services.store.purge import purge
 from services.web.app import create_app
-from tests.support import AUTH, SERVED, Pipeline, clean_env, make_mail, send
+from tests.support import AUTH, SERVED, Pipeline, clean_env, enqueue_to, make_mail, send
 
 BERLIN = ZoneInfo("Europe/Berlin")  # the shipped rule set's time zone: the API counts its local days
 TODAY = datetime.now(BERLIN).date().isoformat()
 
 
 async def demo_gateway(pipeline: Pipeline) -> tuple[asyncio.Server, int]:
-    async def enqueue(message_id: str) -> None:
-        await queue.enqueue(pipeline.pool, queue.PROCESS, message_id)
-
     handler = GatewayHandler(
-        pipeline.deps.engine, pipeline.deps.rules, enqueue, protocol="smtp", max_message_size=1_000_000, demo_dates=True
+        pipeline.deps.engine,
+        pipeline.deps.rules,
+        enqueue_to(pipeline.pool),
+        protocol="smtp",
+        max_message_size=1_000_000,
+        demo_dates=True,
     )
 
     pipeline.handlers.append(handler)

@@ -2,28 +2,54 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import structlog
 from sqlalchemy import Engine
 
-from services.store.batch import BatchWriter, in_thread
+from services.store.batch import BatchWriter
 from services.store.queries import store_messages
+
+log = structlog.get_logger(__name__)
+
+EnqueueBatch = Callable[[list[str]], Awaitable[None]]
 
 
 class GroupCommitter:
-    """Messages (column dicts of the message table) waiting together are written with one executemany."""
+    """Messages (column dicts of the message table) waiting together are written with one executemany.
 
-    def __init__(self, engine: Engine) -> None:
-        self._writer: BatchWriter[dict[str, object], None] = BatchWriter(
-            in_thread(lambda rows: self._store(engine, rows))
-        )
+    After each commit the batch's ids are handed to `enqueue` in one background task: the 250s do not wait
+    for Redis (the mails are durable by then, and the sweep enqueues whatever this misses).
+    """
 
-    @staticmethod
-    def _store(engine: Engine, rows: list[dict[str, object]]) -> list[BaseException | None]:
-        store_messages(engine, rows)
+    def __init__(self, engine: Engine, enqueue: EnqueueBatch) -> None:
+        self._engine = engine
+        self._enqueue = enqueue
+        self._pending: set[asyncio.Task[None]] = set()
+        self._writer: BatchWriter[dict[str, object], None] = BatchWriter(self._write)
+
+    async def _write(self, rows: list[dict[str, object]]) -> list[BaseException | None]:
+        await asyncio.to_thread(store_messages, self._engine, rows)
+        task = asyncio.create_task(self._enqueue_quietly([str(row["id"]) for row in rows]))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
         return [None] * len(rows)
+
+    async def _enqueue_quietly(self, message_ids: list[str]) -> None:
+        try:
+            await self._enqueue(message_ids)
+        except Exception as exc:
+            log.warning("gateway.enqueue_failed", error=type(exc).__name__, messages=len(message_ids))
 
     async def store(self, row: dict[str, object]) -> None:
         """Returns once the message is committed; raises what the commit raised (the caller answers 451)."""
         await self._writer.submit(row)
+
+    async def drain(self) -> None:
+        """Wait for enqueues still in flight (at shutdown; the sweep would catch them anyway)."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
 
     async def close(self) -> None:
         await self._writer.close()
