@@ -1,4 +1,7 @@
-"""Baseline: an aiosmtpd handler that only answers 250 (what channelshift's gateway is compared against)."""
+"""Baseline: an aiosmtpd handler that only answers 250 (what channelshift's gateway is compared against).
+
+bare_aiosmtpd.py PORT [--uvloop]
+"""
 
 from __future__ import annotations
 
@@ -22,4 +25,8 @@ async def main(port: int) -> None:
 
 
 if __name__ == "__main__":
+    if "--uvloop" in sys.argv:
+        import uvloop
+
+        uvloop.install()
     asyncio.run(main(int(sys.argv[1])))

@@ -193,6 +193,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--saturation", type=int, default=3000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=20, help="jobs per worker process at once")
     parser.add_argument("--database", help="PostgreSQL base URL (a scratch database is used); default: a SQLite file")
     parser.add_argument(
         "--relay",
@@ -243,6 +244,7 @@ def main() -> None:
         track_clicks="false",
         max_connections_per_client="200",
         reply_daily_cap="1000",
+        worker_concurrency=str(args.concurrency),
     )
     processes = [start([python(), "-m", "services", "gateway"], env=env, cwd=work)]
     processes += [start([python(), "-m", "services", "worker"], env=env, cwd=work) for _ in range(args.workers)]

@@ -34,7 +34,10 @@ def wait_port(port: int, timeout: float = 30) -> None:
 
 
 def start(args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    """Output is dropped unless CHANNELSHIFT_BENCH_LOG names a file to append it to."""
+    log_file = os.environ.get("CHANNELSHIFT_BENCH_LOG")
+    output = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115 - the child keeps it
+    return subprocess.Popen(args, env=env, cwd=cwd, stdout=output, stderr=subprocess.STDOUT)
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -61,7 +64,7 @@ def cpu_seconds(pid: int) -> float:
 def channelshift_env(**values: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHANNELSHIFT_")}
     env.update({f"CHANNELSHIFT_{k.upper()}": v for k, v in values.items()})
-    env["CHANNELSHIFT_LOG_LEVEL"] = "WARNING"
+    env["CHANNELSHIFT_LOG_LEVEL"] = os.environ.get("CHANNELSHIFT_BENCH_LOG_LEVEL", "WARNING")
     return env
 
 

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     job_timeout_seconds: int = Field(
         default=120, description="arq job timeout; a killed worker's jobs run again after this plus 10 s"
     )
+    worker_concurrency: int = Field(
+        default=20, ge=1, le=1000, description="jobs one worker process runs at once (arq max_jobs)"
+    )
     sweep_interval_seconds: int = Field(default=30, description="how often the sweep runs (divisor of 60)")
     reply_window_days: int = 7
     reply_daily_cap: int = 3

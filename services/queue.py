@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.constants import job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
+from redis.commands.core import AsyncScript
 
 PROCESS = "process_message"
 SEND_REPLY = "send_reply"
@@ -54,6 +56,9 @@ return added
 """
 
 
+_scripts: weakref.WeakKeyDictionary[ArqRedis, AsyncScript] = weakref.WeakKeyDictionary()
+
+
 async def enqueue_many(pool: ArqRedis, function: str, message_ids: list[str]) -> int:
     """Enqueue one job per message id (deterministic ids, as `enqueue`) in one Redis call; returns how many were new.
 
@@ -68,6 +73,9 @@ async def enqueue_many(pool: ArqRedis, function: str, message_ids: list[str]) ->
         identifier = job_id(function, message_id)
         keys += [job_key_prefix + identifier, result_key_prefix + identifier]
         args += [identifier, serialize_job(function, (message_id,), {}, None, now, serializer=pool.job_serializer)]
-    # EVALSHA (redis-py falls back to loading the script once per server): the script text is not resent per batch
-    added = await pool.register_script(_ENQUEUE_MANY)(keys=keys, args=args)
+    script = _scripts.get(pool)
+    if script is None:
+        script = _scripts[pool] = pool.register_script(_ENQUEUE_MANY)
+    # EVALSHA (redis-py loads the script again after NOSCRIPT): the script text is not resent per batch
+    added = await script(keys=keys, args=args)
     return int(added)

@@ -7,10 +7,13 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar, cast
 
+import structlog
 from sqlalchemy import Engine
 from sqlmodel import Session
 
 from services.store.db import session_scope
+
+log = structlog.get_logger(__name__)
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -90,8 +93,9 @@ def run_together(engine: Engine, works: list[Work]) -> list[object | BaseExcepti
         try:
             with session_scope(engine) as session:
                 return [work(session) for work in works]
-        except Exception:  # noqa: S110 - the one-by-one pass below reports each item's own error
-            pass
+        except Exception as exc:
+            # the one-by-one pass below reports each item's own error; this line shows how often batches fail
+            log.info("batch.retried_one_by_one", works=len(works), error=type(exc).__name__)
     outcomes: list[object | BaseException] = []
     for work in works:
         try:

@@ -17,7 +17,7 @@ MANY_TRIES = 1000
 
 
 def build_worker(
-    deps: Deps, pool: ArqRedis, *, burst: bool = False, handle_signals: bool = True, max_jobs: int = 20
+    deps: Deps, pool: ArqRedis, *, burst: bool = False, handle_signals: bool = True
 ) -> Worker:
     """Rule hot reload (polling and SIGHUP) is run by services.runtime for every role, not by the worker."""
 
@@ -46,7 +46,7 @@ def build_worker(
         on_startup=on_startup,
         ctx={"deps": deps},
         keep_result=0,
-        max_jobs=max_jobs,
+        max_jobs=deps.settings.worker_concurrency,
         job_timeout=deps.settings.job_timeout_seconds,
         poll_delay=0.05,
         log_results=False,
