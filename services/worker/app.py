@@ -16,9 +16,7 @@ from services.worker.jobs import deliver_original, process_message, purge_expire
 MANY_TRIES = 1000
 
 
-def build_worker(
-    deps: Deps, pool: ArqRedis, *, burst: bool = False, handle_signals: bool = True
-) -> Worker:
+def build_worker(deps: Deps, pool: ArqRedis, *, burst: bool = False, handle_signals: bool = True) -> Worker:
     """Rule hot reload (polling and SIGHUP) is run by services.runtime for every role, not by the worker."""
 
     async def on_startup(ctx: dict[str, Any]) -> None:
