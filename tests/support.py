@@ -170,6 +170,32 @@ class Pipeline:
     ) -> dict[str, tuple[int, bytes]]:
         return await send(self.smtp_port, sender, recipients or [SERVED], data)
 
+    async def extra_gateway(
+        self,
+        enqueue: Callable[[list[str]], Awaitable[None]] | None = None,
+        *,
+        engine: Any = None,
+        max_message_size: int = 1_000_000,
+        demo_dates: bool = False,
+        hostname: str = "t",
+        session_timeout: float = 30,
+        tls: Any = None,
+    ) -> tuple[asyncio.Server, int]:
+        """One more SMTP gateway on this pipeline (its own handler settings), on an ephemeral port."""
+        handler = GatewayHandler(
+            engine or self.deps.engine,
+            self.deps.rules,
+            enqueue or enqueue_to(self.pool),
+            protocol="smtp",
+            max_message_size=max_message_size,
+            demo_dates=demo_dates,
+        )
+        self.handlers.append(handler)
+        server = await start_listener(
+            handler, "127.0.0.1:0", hostname=hostname, session_timeout=session_timeout, tls=tls
+        )
+        return server, server.sockets[0].getsockname()[1]
+
     async def work(self) -> None:
         """Run a burst worker until the queue is empty (follow-up jobs included)."""
         for handler in self.handlers:

@@ -13,7 +13,7 @@ from services import queue
 from services.links import read_token
 from services.store.models import Decision, Delivery, JobState, Message, MessageState, Reply
 from services.worker.jobs import deliver_original, process_message, send_reply, sweep
-from tests.support import SERVED, Pipeline, enqueue_to, make_mail
+from tests.support import SERVED, Pipeline, make_mail
 
 PDF = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
 
@@ -106,16 +106,8 @@ async def test_unserved_recipient_is_rejected_never_relayed(pipeline: Pipeline) 
 async def test_oversized_mail_gets_552(pipeline: Pipeline) -> None:
     for server in pipeline.servers[2:]:
         server.close()
-    from services.gateway.handler import GatewayHandler
-    from services.gateway.server import start_listener
 
-    handler = GatewayHandler(
-        pipeline.deps.engine, pipeline.deps.rules, enqueue_to(pipeline.pool), protocol="smtp", max_message_size=10_000
-    )
-
-    pipeline.handlers.append(handler)
-    server = await start_listener(handler, "127.0.0.1:0", hostname="t", session_timeout=30)
-    port = server.sockets[0].getsockname()[1]
+    server, port = await pipeline.extra_gateway(max_message_size=10_000)
     from tests.support import send
 
     # announced with SIZE, refused at MAIL FROM; the same limit holds at DATA for clients that do not announce
@@ -155,8 +147,6 @@ async def test_lmtp_answers_once_per_recipient(pipeline: Pipeline) -> None:
 
 
 async def test_database_unreachable_answers_451_never_250(pipeline: Pipeline) -> None:
-    from services.gateway.handler import GatewayHandler
-    from services.gateway.server import start_listener
     from services.store.db import make_engine
     from tests.support import send
 
@@ -165,33 +155,23 @@ async def test_database_unreachable_answers_451_never_250(pipeline: Pipeline) ->
     async def enqueue(message_ids: list[str]) -> None:
         raise AssertionError("must not enqueue what was not stored")
 
-    handler = GatewayHandler(dead, pipeline.deps.rules, enqueue, protocol="smtp", max_message_size=1_000_000)
-
-    pipeline.handlers.append(handler)
-    server = await start_listener(handler, "127.0.0.1:0", hostname="t", session_timeout=30)
+    server, port = await pipeline.extra_gateway(enqueue, engine=dead)
     with pytest.raises(smtplib.SMTPDataError) as error:
-        await send(server.sockets[0].getsockname()[1], "citizen@example.org", [SERVED], make_mail())
+        await send(port, "citizen@example.org", [SERVED], make_mail())
     assert error.value.smtp_code == 451
     server.close()
     dead.dispose()
 
 
 async def test_redis_down_at_arrival_mail_is_stored_and_swept_later(pipeline: Pipeline) -> None:
-    from services.gateway.handler import GatewayHandler
-    from services.gateway.server import start_listener
     from tests.support import send
 
     async def broken_enqueue(message_ids: list[str]) -> None:
         await queue.connect("unix:///nonexistent/redis.sock")
 
-    handler = GatewayHandler(
-        pipeline.deps.engine, pipeline.deps.rules, broken_enqueue, protocol="smtp", max_message_size=1_000_000
-    )
-
-    pipeline.handlers.append(handler)
-    server = await start_listener(handler, "127.0.0.1:0", hostname="t", session_timeout=30)
+    server, port = await pipeline.extra_gateway(broken_enqueue)
     await send(
-        server.sockets[0].getsockname()[1],
+        port,
         "citizen@example.org",
         [SERVED],
         make_mail(subject="Neue Adresse", body="Ich bin umgezogen, meine neue Adresse ist ..."),

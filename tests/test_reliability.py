@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, select
 
-from services.gateway.handler import GatewayHandler
-from services.gateway.server import start_listener, tls_context
+from services.gateway.server import tls_context
 from services.reply.send import MaildirSender, PermanentSendError, SmtpSender
 from services.store.db import make_engine
 from services.store.models import Decision, Delivery, JobState, Message, MessageState, Reply
@@ -24,7 +23,6 @@ from tests.support import (
     SERVED,
     Pipeline,
     clean_env,
-    enqueue_to,
     make_mail,
     send,
     start_role,
@@ -265,19 +263,7 @@ def answer_after_injected_plaintext(port: int, context: ssl.SSLContext) -> bytes
 
 
 async def test_starttls_and_no_command_injection(pipeline: Pipeline, certificate: tuple[Path, Path]) -> None:
-    handler = GatewayHandler(
-        pipeline.deps.engine,
-        pipeline.deps.rules,
-        enqueue_to(pipeline.pool),
-        protocol="smtp",
-        max_message_size=1_000_000,
-    )
-
-    pipeline.handlers.append(handler)
-    server = await start_listener(
-        handler, "127.0.0.1:0", hostname="localhost", session_timeout=30, tls=tls_context(*certificate)
-    )
-    port = server.sockets[0].getsockname()[1]
+    server, port = await pipeline.extra_gateway(hostname="localhost", tls=tls_context(*certificate))
     client_context = ssl.create_default_context(cafile=str(certificate[0]))
     await asyncio.to_thread(send_after_starttls, port, client_context)
     answer = await asyncio.to_thread(answer_after_injected_plaintext, port, client_context)
@@ -396,13 +382,8 @@ async def test_idle_session_is_dropped(pipeline: Pipeline) -> None:
     async def enqueue(message_ids: list[str]) -> None:
         raise AssertionError("nothing is sent in this test")
 
-    handler = GatewayHandler(
-        pipeline.deps.engine, pipeline.deps.rules, enqueue, protocol="smtp", max_message_size=1_000_000
-    )
-
-    pipeline.handlers.append(handler)
-    server = await start_listener(handler, "127.0.0.1:0", hostname="t", session_timeout=1)
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+    server, port = await pipeline.extra_gateway(enqueue, session_timeout=1)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
     assert (await reader.readline()).startswith(b"220")
     # nothing sent: the server hangs up after the idle timeout (aiosmtpd closes without a reply line)
     assert await asyncio.wait_for(reader.read(), timeout=10) == b""

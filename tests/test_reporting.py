@@ -18,30 +18,17 @@ from aiohttp.test_utils import TestClient, TestServer
 from sqlmodel import Session, select
 
 from services.demo import run_demo
-from services.gateway.handler import GatewayHandler
-from services.gateway.server import start_listener
 from services.store.models import Message
 from services.store.purge import purge
 from services.web.app import create_app
-from tests.support import AUTH, SERVED, Pipeline, clean_env, enqueue_to, make_mail, send
+from tests.support import AUTH, SERVED, Pipeline, clean_env, make_mail, send
 
 BERLIN = ZoneInfo("Europe/Berlin")  # the shipped rule set's time zone: the API counts its local days
 TODAY = datetime.now(BERLIN).date().isoformat()
 
 
 async def demo_gateway(pipeline: Pipeline) -> tuple[asyncio.Server, int]:
-    handler = GatewayHandler(
-        pipeline.deps.engine,
-        pipeline.deps.rules,
-        enqueue_to(pipeline.pool),
-        protocol="smtp",
-        max_message_size=1_000_000,
-        demo_dates=True,
-    )
-
-    pipeline.handlers.append(handler)
-    server = await start_listener(handler, "127.0.0.1:0", hostname="t", session_timeout=30)
-    return server, server.sockets[0].getsockname()[1]
+    return await pipeline.extra_gateway(demo_dates=True)
 
 
 async def send_at(port: int, moment: datetime, sender: str, subject: str, body: str) -> None:
