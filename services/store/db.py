@@ -10,6 +10,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, text
 from sqlmodel import Session
 
+from services.store.writelock import write_lock
+
 
 def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     if url.startswith("sqlite"):
@@ -34,8 +36,8 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
 
 @contextmanager
 def session_scope(engine: Engine) -> Iterator[Session]:
-    """A session whose transaction commits on success and rolls back on any error."""
-    with Session(engine, expire_on_commit=False) as session:
+    """A write transaction: commits on success, rolls back on any error; on SQLite it holds our writer lock."""
+    with write_lock(engine), Session(engine, expire_on_commit=False) as session:
         try:
             yield session
             session.commit()

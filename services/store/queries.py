@@ -24,6 +24,7 @@ from services.store.models import (
     ReplyLedger,
     utcnow,
 )
+from services.store.writelock import write_lock
 
 
 def store_messages(engine: Engine, rows: list[dict[str, object]]) -> None:
@@ -31,7 +32,7 @@ def store_messages(engine: Engine, rows: list[dict[str, object]]) -> None:
 
     Core rather than ORM objects: this runs once per accepted mail and the gateway answers 250 only after it.
     """
-    with engine.begin() as connection:
+    with write_lock(engine), engine.begin() as connection:
         connection.execute(insert(Message.__table__), rows)  # type: ignore[attr-defined]
 
 
