@@ -68,17 +68,18 @@ class DumpSink:
         self._seen: set[str] = set()
 
     def poll(self) -> None:
-        for path in self.directory.rglob("*"):
-            if path.name in self._seen or not path.is_file():
-                continue
-            stat = path.stat()
+        # one scandir, no stat of files already done: the harness shares the CPU with what it measures
+        with os.scandir(self.directory) as entries:
+            fresh = [entry for entry in entries if entry.name not in self._seen and entry.is_file()]
+        for entry in fresh:
+            stat = entry.stat()
             age = time.time() - stat.st_mtime
             if age < 0.05:
                 continue  # maybe still being written
             # smtp-sink creates the file at MAIL FROM: only a file with its headers or one left alone is done
-            token = reply_token(path.read_bytes())
+            token = reply_token(Path(entry.path).read_bytes())
             if token or age > 5:
-                self._seen.add(path.name)
+                self._seen.add(entry.name)
             if token:
                 with self.lock:
                     self.arrived.setdefault(token, stat.st_mtime)
@@ -154,7 +155,8 @@ def run_phase(
         with sink.lock:
             if all(f"{t}@example.org" in sink.arrived for t in tokens):
                 break
-        time.sleep(0.05)
+        # arrival times are the files' own modification times, so polling slowly loses no precision
+        time.sleep(0.5)
     cpu_used = [cpu_seconds(pid) - before for pid, before in zip(pids, cpu_before, strict=True)]
     sampling = False
     sampler.join()
