@@ -9,6 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 
 from services.store.db import make_engine, session_scope
@@ -17,6 +18,7 @@ from services.store.writelock import sqlite_file, write_lock
 
 HOLD_WRITE = """
 import sys
+import pytest
 from sqlalchemy import text
 from services.store.db import make_engine, session_scope
 engine = make_engine(sys.argv[1])
@@ -134,3 +136,13 @@ def test_only_sqlite_files_have_a_writer_lock(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.lock"))
     with write_lock(make_engine(f"sqlite:///{tmp_path / 'cs.db'}")):
         assert (tmp_path / "cs.db-writer.lock").exists()
+
+
+def test_two_spellings_of_one_file_share_one_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    absolute = make_engine(f"sqlite:///{tmp_path / 'cs.db'}")
+    relative = make_engine("sqlite:///sub/../cs.db")
+    # nesting them in one thread would deadlock if each had its own descriptor
+    with write_lock(absolute), write_lock(relative):
+        pass

@@ -17,8 +17,10 @@ class WriteLock:
 
     SQLite's own busy handler polls with sleeps of up to 100 ms, so with gateway and workers writing at once
     a third of the CPU sat idle while the lock was already free. flock() waiters are woken by the kernel the
-    moment it is released. Processes that do not take this lock (a CLI command, another tool) are still
-    serialised by SQLite itself; this lock only decides the order among those that do.
+    moment it is released. Processes that do not take this lock (another tool) are still serialised by SQLite
+    itself; this lock only decides the order among those that do. The kernel releases it when its holder
+    dies, even by kill -9; a holder that is stopped (SIGSTOP) holds up the others' writes, as it would hold
+    SQLite's own lock.
 
     flock belongs to an open file description, which the threads of a process share: a re-entrant thread
     lock orders them. A forked child starts with new locks (see `_forget_after_fork`).
@@ -49,7 +51,8 @@ class WriteLock:
                     fcntl.flock(self._descriptor(), fcntl.LOCK_UN)
 
 
-_locks: dict[Path, WriteLock] = {}
+_locks: dict[str, WriteLock | None] = {}  # by the engine's database as written; None: no lock
+_by_file: dict[Path, WriteLock] = {}  # one per file: two descriptors of one process would exclude each other
 _locks_guard = threading.Lock()
 
 
@@ -57,6 +60,7 @@ def _forget_after_fork() -> None:
     # the inherited descriptors share the parent's lock, and a lock held at fork time would look held
     global _locks_guard
     _locks.clear()
+    _by_file.clear()
     _locks_guard = threading.Lock()
 
 
@@ -75,11 +79,13 @@ def sqlite_file(engine: Engine) -> Path | None:
 
 def write_lock(engine: Engine) -> AbstractContextManager[None]:
     """Hold this around a write transaction; a no-op where the database has no single write lock."""
-    database = sqlite_file(engine)
-    if database is None:
-        return nullcontext()
-    with _locks_guard:
-        lock = _locks.get(database)
-        if lock is None:
-            lock = _locks[database] = WriteLock(database.with_name(database.name + "-writer.lock"))
-    return lock.held()
+    key = f"{engine.dialect.name}:{engine.url.database}"
+    lock = _locks.get(key)
+    if lock is None and key not in _locks:
+        # resolving the path costs system calls: once per database, not once per transaction
+        database = sqlite_file(engine)
+        with _locks_guard:
+            if database is not None and database not in _by_file:
+                _by_file[database] = WriteLock(database.with_name(database.name + "-writer.lock"))
+            lock = _locks.setdefault(key, _by_file[database] if database is not None else None)
+    return lock.held() if lock is not None else nullcontext()
