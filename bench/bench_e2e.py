@@ -1,7 +1,8 @@
 """End to end: accept -> steering reply handed to the relay, at a fixed offered load and at saturation.
 
-Gateway and workers run as separate processes (SQLite by default, or --database postgresql://...), the relay
-is an aiosmtpd sink recording when each reply arrives. RSS of gateway and workers is sampled throughout.
+Gateway and workers run as separate processes (SQLite by default, or --database postgresql://...). The relay
+is Postfix's smtp-sink dumping each mail to a file whose modification time is the reply's arrival (or, with
+--relay aiosmtpd, a sink in this process). CPU per mail and RSS of gateway and workers are sampled throughout.
 
     .venv/bin/python bench/bench_e2e.py [--rate 100] [--seconds 20] [--saturation 3000] [--workers 2]
 """
