@@ -30,6 +30,7 @@ from services.store.queries import (
     begin_decision,
     bump_message_counter,
     insert_rows,
+    load_message,
     mark_repeat_contact,
     reply_allowance,
 )
@@ -94,13 +95,12 @@ def _pending_of(session: Session, message_id: str) -> Pending:
 def classify_message(deps: Deps, message_id: str) -> Classified | Pending | None:
     """Read and classify (no writes); a message already decided returns its pending work instead."""
     with Session(deps.engine) as session:
-        message = session.get(Message, message_id)
+        message = load_message(session, message_id)
         if message is None:
             log.warning("process.unknown_message")
             return None
         if message.state != MessageState.RECEIVED:
             return _pending_of(session, message_id)
-        session.expunge(message)
         raw = message.raw or b""
         envelope_from = message.mail_from
         envelope_to = tuple(message.rcpt_tos)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass
 from datetime import timedelta
 from email.errors import MessageError
@@ -10,7 +11,7 @@ from typing import Any, cast
 
 import structlog
 from arq import Retry
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 from sqlmodel import Session
 
 from services import queue
@@ -137,20 +138,33 @@ def _finish(
     error: str | None,
     outcome: str | None,
 ) -> None:
-    table = model.__table__  # type: ignore[union-attr]
-    values: dict[str, object] = {"state": state, "error": error[:500] if error else None}
-    if state == JobState.SENT:
-        values["sent_at" if model is Reply else "delivered_at"] = utcnow()
-    session.execute(update(table).where(table.c.message_id == message.id).values(**values))
-    if state == JobState.SENT and model is Delivery:
-        messages = Message.__table__  # type: ignore[attr-defined]
-        session.execute(
-            update(messages)
-            .where(messages.c.id == message.id)
-            .values(state=MessageState.DELIVERED, updated_at=utcnow())
-        )
+    sent = state == JobState.SENT
+    now = utcnow()
+    session.execute(
+        _finish_statement(model, sent),
+        {"target_id": message.id, "new_state": state, "new_error": error[:500] if error else None, "now": now},
+    )
+    if sent and model is Delivery:
+        session.execute(_DELIVERED, {"target_id": message.id, "now": now})
     if outcome:
         bump_message_counter(session, message, decision, outcome)
+
+
+@functools.cache
+def _finish_statement(model: type[Reply] | type[Delivery], sent: bool) -> Any:
+    table = model.__table__  # type: ignore[union-attr]
+    values: dict[str, Any] = {"state": bindparam("new_state"), "error": bindparam("new_error")}
+    if sent:
+        values["sent_at" if model is Reply else "delivered_at"] = bindparam("now")
+    return update(table).where(table.c.message_id == bindparam("target_id")).values(**values)
+
+
+_MESSAGES = Message.__table__  # type: ignore[attr-defined]
+_DELIVERED = (
+    update(_MESSAGES)
+    .where(_MESSAGES.c.id == bindparam("target_id"))
+    .values(state=MessageState.DELIVERED, updated_at=bindparam("now"))
+)
 
 
 def _reply_bytes(deps: Deps, message: Message, decision: Decision, reply: Reply) -> bytes:
