@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 from services.classify.keywords import KeywordIndex
 from services.classify.language import detect_language
 from services.classify.schema import Action, AddressMatch, Condition, Rule, RuleSettings, TextMatch
-from services.classify.text import fold
+from services.classify.text import as_written, fold
 from services.mail import InboundMail
 
 _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -30,6 +30,8 @@ class MailFacts:
     subject: str
     body: str
     text: str
+    # subject, body and text as written (case and umlauts kept), for regexes
+    written: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     keyword_hits: dict[str, dict[str, int]] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -37,6 +39,7 @@ class MailFacts:
         cls, mail: InboundMail, envelope_from: str, envelope_to: tuple[str, ...], language: str, received_at: datetime
     ) -> MailFacts:
         subject, body = fold(mail.subject), fold(mail.own_text)
+        written_subject, written_body = as_written(mail.subject), as_written(mail.own_text)
         return cls(
             mail=mail,
             envelope_from=envelope_from.lower(),
@@ -46,6 +49,7 @@ class MailFacts:
             subject=subject,
             body=body,
             text=subject + "\n" + body,
+            written={"subject": written_subject, "body": written_body, "text": written_subject + "\n" + written_body},
         )
 
     @classmethod
@@ -153,8 +157,9 @@ def _text_predicate(name: str, spec: TextMatch, field_name: str, index: KeywordI
                 # the first keyword in the text wins, the longest at the same place, as the trace shows
                 first = min(common, key=lambda key: (hits[key], -len(key), key.lstrip("*")))
                 return trace.record(name, True, f"keyword {first.lstrip('*')!r}")
+        written = facts.written[field_name]
         for regex in regexes:
-            found = regex.search(text)
+            found = regex.search(written)
             if found:
                 return trace.record(name, True, f"regex {regex.pattern!r}")
         return trace.record(name, False)

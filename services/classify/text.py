@@ -9,6 +9,14 @@ _UMLAUTS = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "ß": "ss", "ё": 
 _SPACES = re.compile(r"\s+")
 
 
+def as_written(text: str) -> str:
+    """What rule regexes see: Unicode-normalised (NFKC) with white space runs as one space; case and umlauts kept.
+
+    Collapsing white space lets a regex span the line breaks of a hard-wrapped mail.
+    """
+    return _SPACES.sub(" ", unicodedata.normalize("NFKC", text))
+
+
 def fold(text: str) -> str:
     """Case-fold and spell umlauts out, so 'Kontoauszüge', 'KONTOAUSZUEGE' and 'kontoauszuege' agree."""
     normalized = unicodedata.normalize("NFKC", text).casefold().translate(_UMLAUTS)
