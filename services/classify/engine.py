@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 from services.classify.keywords import KeywordIndex
 from services.classify.language import detect_language
+from services.classify.prefilter import filter_fold, required_words
 from services.classify.schema import Action, AddressMatch, Condition, Rule, RuleSettings, TextMatch
 from services.classify.text import as_written, fold
 from services.mail import InboundMail
@@ -33,6 +34,7 @@ class MailFacts:
     # subject, body and text as written (case and umlauts kept), for regexes
     written: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     keyword_hits: dict[str, dict[str, int]] = field(default_factory=dict, compare=False, repr=False)
+    prefilter_texts: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(
@@ -143,7 +145,7 @@ def _address_predicate(
 
 
 def _text_predicate(name: str, spec: TextMatch, field_name: str, index: KeywordIndex) -> Predicate:
-    regexes = [re.compile(pattern, re.IGNORECASE) for pattern in spec.regex]
+    regexes = [(re.compile(pattern, re.IGNORECASE), required_words(pattern, re.IGNORECASE)) for pattern in spec.regex]
     wanted = index.register(spec.keywords) if spec.keywords else frozenset()
 
     def check(facts: MailFacts, trace: Trace) -> bool:
@@ -158,7 +160,13 @@ def _text_predicate(name: str, spec: TextMatch, field_name: str, index: KeywordI
                 first = min(common, key=lambda key: (hits[key], -len(key), key.lstrip("*")))
                 return trace.record(name, True, f"keyword {first.lstrip('*')!r}")
         written = facts.written[field_name]
-        for regex in regexes:
+        for regex, words in regexes:
+            if words is not None:
+                folded = facts.prefilter_texts.get(field_name)
+                if folded is None:
+                    folded = facts.prefilter_texts[field_name] = filter_fold(written)
+                if not any(word in folded for word in words):
+                    continue  # none of the words every match contains: the regex cannot match
             found = regex.search(written)
             if found:
                 return trace.record(name, True, f"regex {regex.pattern!r}")
