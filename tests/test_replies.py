@@ -5,14 +5,17 @@ from __future__ import annotations
 import email
 import re
 from datetime import UTC, datetime
+from email.policy import compat32
 from email.policy import default as default_policy
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from services.classify.loader import load_rules
 from services.config import PROJECT_ROOT
 from services.mail import parse_mail
-from services.reply.compose import compose_reply, threading_headers
+from services.reply.compose import REPLY_POLICY, compose_reply, threading_headers
 from services.reply.render import ReplyRenderer
 from tests.support import Pipeline, make_mail
 
@@ -141,3 +144,33 @@ def test_reply_to_an_address_that_cannot_be_a_header_is_refused(address: str) ->
             to_address=address,
             reply_message_id="<reply.x@gateway.test>",
         )
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_reply_headers_fold_as_compat32_does(template: str, language: str) -> None:
+    """The quick header path writes exactly what compat32's Header folding writes; subjects are proper words."""
+    rendered = RENDERER.render(template, language, RULESET.settings, RECEIVED, reference="abc123")
+    message = compose_reply(
+        rendered,
+        in_reply_to="<original@example.org>",
+        references="<first@example.org> <original@example.org>",
+        from_name="Jobcenter Musterstädt",
+        from_address="info@jobcenter-musterstadt.example",
+        to_address="citizen@example.org",
+        reply_message_id="<reply.x@gateway.test>",
+    )
+    data = message.as_bytes()
+    assert data == message.as_bytes(policy=compat32.clone(linesep="\r\n"))
+    head = data.split(b"\r\n\r\n")[0].decode("ascii")
+    assert all(len(line) <= 78 for line in head.split("\r\n"))
+    assert all(len(word) <= 75 for word in re.findall(r"=\?[^?]+\?[qQbB]\?[^?]*\?=", head))
+    parsed = email.message_from_bytes(data, policy=default_policy)
+    assert parsed["Subject"] == rendered.subject
+
+
+@given(st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E) | st.just("\t"), max_size=120))
+def test_quick_fold_equals_compat32(value: str) -> None:
+    stock = compat32.clone(linesep="\r\n")
+    for name in ("To", "Content-Language", "X-Auto-Response-Suppress"):
+        assert REPLY_POLICY.fold(name, value) == stock.fold(name, value)

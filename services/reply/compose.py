@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import UTC, datetime
 from email.charset import QP, Charset
@@ -9,7 +10,7 @@ from email.header import Header
 from email.message import Message
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
-from email.policy import compat32
+from email.policy import Compat32
 from email.utils import format_datetime, formataddr
 
 from services.mail import InboundMail, single_line
@@ -17,7 +18,27 @@ from services.reply.render import RenderedReply
 
 _MSGID = re.compile(r"<[^<>\s\"\\]{1,250}@[^<>\s\"\\]{1,250}>")
 _ADDRESS = re.compile(r"[^\s@<>()\[\],;:\"\\]{1,64}@[A-Za-z0-9.-]{1,253}")
-_POLICY = compat32.clone(linesep="\r\n")
+_PLAIN_VALUE = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*")
+
+
+class _QuickFold(Compat32):
+    """compat32 that writes a short header of plain ASCII words as it is.
+
+    compat32 runs every header through `email.header.Header`, which returns such a value unchanged; skipping it
+    halves the cost of flattening a reply (tests/test_replies.py checks the bytes are the same).
+    """
+
+    def _fold(self, name: str, value: object, sanitize: bool) -> str:
+        if (
+            isinstance(value, str)
+            and len(name) + 2 + len(value) <= (self.max_line_length or 78)
+            and _PLAIN_VALUE.fullmatch(value)
+        ):
+            return f"{name}: {value}{self.linesep}"
+        return str(super()._fold(name, value, sanitize))  # type: ignore[misc]
+
+
+REPLY_POLICY = _QuickFold(linesep="\r\n")
 _UTF8_QP = Charset("utf-8")
 _UTF8_QP.body_encoding = QP
 
@@ -47,12 +68,23 @@ def threading_headers(inbound: InboundMail) -> tuple[str | None, str | None]:
     return original[0], " ".join(chain)
 
 
-def _encoded(value: str) -> str | Header:
-    return value if value.isascii() else Header(value, "utf-8")
+def _encoded(value: str, name: str) -> str:
+    return value if value.isascii() else _encoded_words(value, name)
+
+
+@functools.lru_cache(maxsize=256)
+def _encoded_words(value: str, name: str) -> str:
+    """A non-ASCII value as RFC 2047 words on one line; the policy folds it at the spaces between the words.
+
+    `email.header` encodes one character at a time and re-measures the line for each (quadratic in the value);
+    reply subjects come from a few templates, so each one is encoded once per process.
+    """
+    # 76: each word stays within RFC 2047's 75 characters, which compat32's 78 would exceed on continuation lines
+    return Header(value, "utf-8", header_name=name).encode(linesep="\r\n", maxlinelen=76).replace("\r\n", "")
 
 
 def _text_part(content: str, subtype: str) -> MIMEText:
-    part = MIMEText(content, subtype, _charset=_UTF8_QP, policy=_POLICY)  # type: ignore[arg-type]
+    part = MIMEText(content, subtype, _charset=_UTF8_QP, policy=REPLY_POLICY)  # type: ignore[arg-type]
     del part["MIME-Version"]  # only the top level carries it
     return part
 
@@ -75,11 +107,10 @@ def compose_reply(
     for address in (from_address, to_address):
         if not address.isascii() or not _ADDRESS.fullmatch(address):
             raise ValueError("address cannot be written into a reply header")
-    message = MIMEMultipart("alternative", policy=_POLICY)
+    message = MIMEMultipart("alternative", policy=REPLY_POLICY)
     message["From"] = formataddr((safe_header(from_name, 100), from_address), charset="utf-8")
     message["To"] = to_address
-    # compat32 takes a Header object as a value (typeshed only knows str)
-    message["Subject"] = _encoded(safe_header(rendered.subject, 250))  # type: ignore[assignment]
+    message["Subject"] = _encoded(safe_header(rendered.subject, 250), "Subject")
     message["Date"] = format_datetime(datetime.now(UTC))
     message["Message-ID"] = reply_message_id
     if in_reply_to:
