@@ -1,21 +1,25 @@
-"""Rule regexes: they see the text as written, and the literal prefilter never skips a regex that would match."""
+"""Rule text: regexes see it as written, the literal prefilter never skips a match, folding is exact."""
 
 from __future__ import annotations
 
 import re
 import sys
+import unicodedata
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from services.classify.engine import MailFacts, Trace, compile_condition
 from services.classify.keywords import KeywordIndex
 from services.classify.loader import load_rules
 from services.classify.prefilter import filter_fold, required_words
 from services.classify.schema import Condition
+from services.classify.text import collapse_spaces, fold
 from services.config import PROJECT_ROOT
 from services.mail import parse_mail
 from tests.support import SERVED, make_mail
@@ -144,3 +148,22 @@ def test_prefilter_never_skips_a_match_of_a_shipped_regex(corpus_dir: Path) -> N
                 matched += 1
                 assert words is None or any(word in filter_fold(text) for word in words), (pattern, words)
     assert matched >= 10  # the corpus exercises the regexes, so the check above is not vacuous
+
+
+_TEXT = st.text(alphabet=st.sampled_from("aäöüßÄÖÜẞёıİ\u0307 \t\r\n\x0b\x0c\x1c\x85\xa0\u2028\u3000xZ.!"), max_size=40)
+
+
+@given(_TEXT)
+def test_white_space_collapses_as_the_regex_does(text: str) -> None:
+    assert collapse_spaces(text) == re.sub(r"\s+", " ", text)
+
+
+def test_str_and_re_agree_on_white_space() -> None:
+    everything = [chr(code) for code in range(sys.maxunicode + 1) if not 0xD800 <= code <= 0xDFFF]
+    assert [char for char in everything if char.isspace()] == re.findall(r"\s", "".join(everything))
+
+
+@given(_TEXT)
+def test_fold_spells_out_as_the_translation_table_does(text: str) -> None:
+    table = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "ß": "ss", "ё": "е", "ı": "i", "\u0307": ""})
+    assert fold(text) == re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text).casefold().translate(table))
