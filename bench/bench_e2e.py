@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg
 from aiosmtpd.controller import Controller
+from common import bench_mail as mail
 from common import channelshift_env, cpu_seconds, free_port, python, rss_kib, save, start, stop, wait_port
 from loadgen import RECIPIENT
 
@@ -84,14 +85,6 @@ class DumpSink:
             if token:
                 with self.lock:
                     self.arrived.setdefault(token, stat.st_mtime)
-
-
-def mail(token: str) -> bytes:
-    return (
-        b"From: " + token.encode() + b"@example.org\r\nTo: " + RECIPIENT + b"\r\nSubject: Frage\r\n"
-        b"Message-ID: <" + token.encode() + b"@example.org>\r\n\r\n"
-        b"Guten Tag, wann haben Sie geoeffnet? Ich habe eine Frage zu meinem Antrag.\r\n" * 40
-    )
 
 
 async def send_paced(port: int, tokens: list[str], rate: float, sessions: int, sent_at: dict[str, float]) -> None:

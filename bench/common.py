@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from loadgen import RECIPIENT
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -82,3 +84,12 @@ def save(name: str, payload: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2))
     return path
+
+
+def bench_mail(token: str) -> bytes:
+    """The 3.5 KB German question the end-to-end and worker benches send; its sender and id carry `token`."""
+    return (
+        b"From: " + token.encode() + b"@example.org\r\nTo: " + RECIPIENT + b"\r\nSubject: Frage\r\n"
+        b"Message-ID: <" + token.encode() + b"@example.org>\r\n\r\n"
+        b"Guten Tag, wann haben Sie geoeffnet? Ich habe eine Frage zu meinem Antrag.\r\n" * 40
+    )
