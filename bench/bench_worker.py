@@ -27,7 +27,7 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from common import ROOT, bench_mail, python, save  # noqa: E402
+from common import ROOT, bench_mail, channelshift_env, python, save  # noqa: E402
 from loadgen import RECIPIENT  # noqa: E402
 
 
@@ -111,9 +111,8 @@ def child(mails: int, concurrency: int) -> None:
 
 
 def measure(tree: Path, mails: int, concurrency: int) -> dict[str, float]:
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    env = {key: value for key, value in env.items() if not key.startswith("CHANNELSHIFT_")}
-    env["CHANNELSHIFT_LOG_LEVEL"] = "WARNING"
+    env = channelshift_env()
+    env["PYTHONPATH"] = str(tree)
     output = subprocess.run(
         [python(), str(BENCH / "bench_worker.py"), "--child", "--mails", str(mails), "--concurrency", str(concurrency)],
         env=env,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import weakref
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
@@ -79,3 +80,12 @@ async def enqueue_many(pool: ArqRedis, function: str, message_ids: list[str]) ->
     # EVALSHA (redis-py loads the script again after NOSCRIPT): the script text is not resent per batch
     added = await script(keys=keys, args=args)
     return int(added)
+
+
+def process_jobs_for(pool: ArqRedis) -> Callable[[list[str]], Awaitable[None]]:
+    """The gateway's enqueue callback: a process job per committed message id, one Redis call per group commit."""
+
+    async def enqueue(message_ids: list[str]) -> None:
+        await enqueue_many(pool, PROCESS, message_ids)
+
+    return enqueue

@@ -46,10 +46,7 @@ async def _wait_for_stop() -> None:
 async def start_gateway(
     settings: Settings, deps: Deps, pool: ArqRedis
 ) -> tuple[list[asyncio.Server], list[GatewayHandler]]:
-    async def enqueue(message_ids: list[str]) -> None:
-        # one Redis call per group commit instead of arq's three round trips per mail
-        await queue.enqueue_many(pool, queue.PROCESS, list(dict.fromkeys(message_ids)))
-
+    enqueue = queue.process_jobs_for(pool)
     servers = []
     handlers = []
     for protocol, listen in (("smtp", settings.smtp_listen), ("lmtp", settings.lmtp_listen)):

@@ -185,7 +185,7 @@ class Pipeline:
         handler = GatewayHandler(
             engine or self.deps.engine,
             self.deps.rules,
-            enqueue or enqueue_to(self.pool),
+            enqueue or queue.process_jobs_for(self.pool),
             protocol="smtp",
             max_message_size=max_message_size,
             demo_dates=demo_dates,
@@ -217,15 +217,6 @@ class Pipeline:
             server.close()
 
 
-def enqueue_to(pool: ArqRedis) -> Callable[[list[str]], Awaitable[None]]:
-    """The gateway's enqueue callback: process jobs for a committed batch of message ids."""
-
-    async def enqueue(message_ids: list[str]) -> None:
-        await queue.enqueue_many(pool, queue.PROCESS, message_ids)
-
-    return enqueue
-
-
 async def start_pipeline(tmp_path: Path, database_url: str, redis_url: str, **overrides: Any) -> Pipeline:
     relay, relay_server, relay_port = await start_sink()
     delivery, delivery_server, delivery_port = await start_sink()
@@ -249,7 +240,11 @@ async def start_pipeline(tmp_path: Path, database_url: str, redis_url: str, **ov
     ports = []
     for protocol in ("smtp", "lmtp"):
         handler = GatewayHandler(
-            engine, deps.rules, enqueue_to(pool), protocol=protocol, max_message_size=settings.max_message_size
+            engine,
+            deps.rules,
+            queue.process_jobs_for(pool),
+            protocol=protocol,
+            max_message_size=settings.max_message_size,
         )
         server = await start_listener(handler, "127.0.0.1:0", hostname="gateway.test", session_timeout=30)
         servers.append(server)

@@ -32,7 +32,7 @@ def _canonical_table() -> dict[int, int]:
 
 _CANONICAL = _canonical_table()
 # str.lower equals re's per-character lowercase for every character but U+0130, whose full lowercase is two
-# characters; re lowercases it to "i" (tests/test_regex_prefilter.py checks both over all of Unicode).
+# characters; re lowercases it to "i" (tests/test_regex_rules.py checks both over all of Unicode).
 _BEFORE_LOWER = {0x130: "i"}
 _MIN_LENGTH = 3  # a shorter required word is in almost every text: not worth the test
 

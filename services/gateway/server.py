@@ -83,7 +83,7 @@ def parse_command_address(arg: str, local_part_limit: int) -> tuple[str | None, 
     """aiosmtpd's `SMTP._getaddr` (1.4.6) without the typing.Protocol class it defines on every call.
 
     That class creation was about a tenth of the gateway's CPU per mail (py-spy, bench/README.md); the parsing
-    is the same stdlib parser. tests/test_gateway_parse.py compares both on many inputs.
+    is the same stdlib parser. tests/test_gateway_session.py compares both on many inputs.
     """
     if not arg:
         return "", ""

@@ -45,7 +45,7 @@ def store_messages(engine: Engine, rows: list[dict[str, object]]) -> None:
     Core rather than ORM objects: this runs once per accepted mail and the gateway answers 250 only after it.
     """
     with write_lock(engine), engine.begin() as connection:
-        connection.execute(insert(Message.__table__), rows)  # type: ignore[attr-defined]
+        connection.execute(_insert_into(_MESSAGES), rows)
 
 
 def hour_of(moment: datetime) -> datetime:
@@ -269,6 +269,36 @@ def _transmitting_statement(model: type[Reply] | type[Delivery]) -> Any:
         .where(table.c.message_id == bindparam("target_id"), table.c.state == JobState.SENDING)
         .values(state=JobState.TRANSMITTING, claimed_at=bindparam("now"))
     )
+
+
+def record_send_outcome(
+    session: Session, model: type[Reply] | type[Delivery], message_id: str, state: str, error: str | None
+) -> None:
+    """A reply's or delivery's new state after a send attempt; a delivered original also moves its message on."""
+    sent = state == JobState.SENT
+    now = utcnow()
+    session.execute(
+        _outcome_statement(model, sent),
+        {"target_id": message_id, "new_state": state, "new_error": error[:500] if error else None, "now": now},
+    )
+    if sent and model is Delivery:
+        session.execute(_DELIVERED, {"target_id": message_id, "now": now})
+
+
+@functools.cache
+def _outcome_statement(model: type[Reply] | type[Delivery], sent: bool) -> Any:
+    table = model.__table__  # type: ignore[union-attr]
+    values: dict[str, Any] = {"state": bindparam("new_state"), "error": bindparam("new_error")}
+    if sent:
+        values["sent_at" if model is Reply else "delivered_at"] = bindparam("now")
+    return update(table).where(table.c.message_id == bindparam("target_id")).values(**values)
+
+
+_DELIVERED = (
+    update(_MESSAGES)
+    .where(_MESSAGES.c.id == bindparam("target_id"))
+    .values(state=MessageState.DELIVERED, updated_at=bindparam("now"))
+)
 
 
 def settle_uncertain_replies(engine: Engine, stale_after: timedelta) -> int:

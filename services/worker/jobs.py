@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 from dataclasses import dataclass
 from datetime import timedelta
 from email.errors import MessageError
@@ -11,7 +10,6 @@ from typing import Any, cast
 
 import structlog
 from arq import Retry
-from sqlalchemy import bindparam, update
 from sqlmodel import Session
 
 from services import queue
@@ -20,9 +18,16 @@ from services.metrics import JOB_SECONDS, timed
 from services.reply.compose import compose_reply
 from services.reply.original import with_routing_headers
 from services.reply.send import MaildirSender, PermanentSendError, TransientSendError
-from services.store.models import Decision, Delivery, JobState, Message, MessageState, Reply, utcnow
+from services.store.models import Decision, Delivery, JobState, Message, Reply
 from services.store.purge import purge
-from services.store.queries import bump_message_counter, claim, find_stuck, mark_transmitting, settle_uncertain_replies
+from services.store.queries import (
+    bump_message_counter,
+    claim,
+    find_stuck,
+    mark_transmitting,
+    record_send_outcome,
+    settle_uncertain_replies,
+)
 from services.store.rollup import refresh_daily_rollup
 from services.worker.decide import Pending, decide
 from services.worker.deps import Deps
@@ -138,33 +143,9 @@ def _finish(
     error: str | None,
     outcome: str | None,
 ) -> None:
-    sent = state == JobState.SENT
-    now = utcnow()
-    session.execute(
-        _finish_statement(model, sent),
-        {"target_id": message.id, "new_state": state, "new_error": error[:500] if error else None, "now": now},
-    )
-    if sent and model is Delivery:
-        session.execute(_DELIVERED, {"target_id": message.id, "now": now})
+    record_send_outcome(session, model, message.id, state, error)
     if outcome:
         bump_message_counter(session, message, decision, outcome)
-
-
-@functools.cache
-def _finish_statement(model: type[Reply] | type[Delivery], sent: bool) -> Any:
-    table = model.__table__  # type: ignore[union-attr]
-    values: dict[str, Any] = {"state": bindparam("new_state"), "error": bindparam("new_error")}
-    if sent:
-        values["sent_at" if model is Reply else "delivered_at"] = bindparam("now")
-    return update(table).where(table.c.message_id == bindparam("target_id")).values(**values)
-
-
-_MESSAGES = Message.__table__  # type: ignore[attr-defined]
-_DELIVERED = (
-    update(_MESSAGES)
-    .where(_MESSAGES.c.id == bindparam("target_id"))
-    .values(state=MessageState.DELIVERED, updated_at=bindparam("now"))
-)
 
 
 def _reply_bytes(deps: Deps, message: Message, decision: Decision, reply: Reply) -> bytes:
