@@ -33,6 +33,17 @@ EXAMPLES = [
     "<(comment)citizen@example.org>",
     "<citizen@example.org>>",
     "not an address at all",
+    "<a.b+tag@sub.example.org> SIZE=1",
+    "<a@b> (comment) SIZE=1",
+    "<a@b>  SIZE=1",
+    "<a@b> \tSIZE=1",
+    "<a@b> ",
+    "<a@b> =1",
+    "<a..b@c>",
+    "<a@b..c>",
+    "<.a@b>",
+    "<a@b.>",
+    "<a@b> X\r\n",
 ]
 
 
@@ -60,3 +71,23 @@ def test_same_answer_as_aiosmtpd(arg: str, limit: int) -> None:
 @given(st.text(alphabet=st.sampled_from('<>@."() \\:;,[]abcxyzäö0-_+=\t'), max_size=40), st.sampled_from([0, 4, 64]))
 def test_same_answer_as_aiosmtpd_on_generated_input(arg: str, limit: int) -> None:
     same_as_upstream(arg, limit)
+
+
+_ATEXT = "abcxyzABZ019!#$%&'*+/=?^_`{|}~-"
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(st.text(alphabet=_ATEXT + ".", min_size=0, max_size=8), min_size=1, max_size=3).map(".".join),
+    st.lists(st.text(alphabet=_ATEXT + ".[]", min_size=0, max_size=8), min_size=1, max_size=3).map(".".join),
+    st.one_of(
+        st.text(alphabet=st.sampled_from(" \t\r\n()<>=Aa0ä"), max_size=12),
+        st.tuples(st.sampled_from(["", " ", "  ", " (c) ", "\t", " ("]), st.sampled_from(["SIZE=1", "=", "ä", ""])).map(
+            "".join
+        ),
+    ),
+    st.sampled_from([0, 4, 64]),
+)
+def test_same_answer_as_aiosmtpd_for_plain_addresses(local: str, domain: str, rest: str, limit: int) -> None:
+    """Mostly what the regex fast path takes (and its near misses: empty atoms, odd separators, CFWS after '>')."""
+    same_as_upstream(f"<{local}@{domain}>{rest}", limit)
