@@ -7,12 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Column, Integer, MetaData, Table, text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from services.store.batch import BatchWriter, TransactionBatcher, run_together
 from services.store.db import make_engine
+from services.store.queries import insert_at_commit, write_deferred_inserts
 
 
 async def test_concurrent_submits_share_writes_and_get_their_own_results() -> None:
@@ -72,4 +73,40 @@ async def test_one_failing_work_does_not_undo_the_others(tmp_path: Path) -> None
     with engine.connect() as connection:
         assert [row[0] for row in connection.execute(text("SELECT id FROM item ORDER BY id"))] == [1, 2, 3, 4, 5]
     await batcher.close()
+    engine.dispose()
+
+
+async def test_rows_held_for_the_commit_are_written_once_and_blamed_on_their_own_work(tmp_path: Path) -> None:
+    """insert_at_commit: one executemany at commit; a row that fails there fails only the work that held it."""
+    engine = make_engine(f"sqlite:///{tmp_path}/deferred.db")
+    items = Table("item", MetaData(), Column("id", Integer, primary_key=True))
+    items.create(engine)
+
+    def count(session: Session) -> int:
+        return int(session.execute(text("SELECT count(*) FROM item")).scalar_one())
+
+    def hold(number: int) -> Callable[[Session], int]:
+        def work(session: Session) -> int:
+            insert_at_commit(session, items, {"id": number})
+            return count(session)  # held back: not yet in the table
+
+        return work
+
+    assert run_together(engine, [hold(1), hold(2)]) == [0, 0]
+    outcomes = run_together(engine, [hold(3), hold(1), hold(4)])
+    assert outcomes[0] == 2 and outcomes[2] == 3 and isinstance(outcomes[1], IntegrityError)
+
+    def hold_then_read(session: Session) -> int:
+        insert_at_commit(session, items, {"id": 5})
+        write_deferred_inserts(session)
+        return count(session)
+
+    def hold_then_fail(session: Session) -> int:
+        insert_at_commit(session, items, {"id": 6})
+        raise ValueError("the work fails after holding a row")
+
+    assert run_together(engine, [hold_then_read]) == [5]
+    assert isinstance(run_together(engine, [hold_then_fail])[0], ValueError)
+    with engine.connect() as connection:
+        assert [row[0] for row in connection.execute(text("SELECT id FROM item ORDER BY id"))] == [1, 2, 3, 4, 5]
     engine.dispose()

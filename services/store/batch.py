@@ -98,11 +98,13 @@ def run_together(engine: Engine, works: list[Work]) -> list[object | BaseExcepti
             log.info("batch.retried_one_by_one", works=len(works), error=type(exc).__name__)
     outcomes: list[object | BaseException] = []
     for work in works:
+        outcome: object | BaseException
         try:
             with session_scope(engine) as session:
-                outcomes.append(work(session))
-        except Exception as exc:
-            outcomes.append(exc)
+                outcome = work(session)
+        except Exception as exc:  # from the work or from its commit (rows and counters are written then)
+            outcome = exc
+        outcomes.append(outcome)
     return outcomes
 
 

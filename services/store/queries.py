@@ -17,7 +17,7 @@ from sqlalchemy import BigInteger, Engine, Table, bindparam, case, event, func, 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session as ORMSession
 from sqlalchemy.sql.dml import Insert
-from sqlmodel import Session, SQLModel, col
+from sqlmodel import Session, col
 from sqlmodel import select as model_select
 
 from services.store.db import session_scope
@@ -33,6 +33,7 @@ from services.store.models import (
     ReplyLedger,
     utcnow,
 )
+from services.store.records import DecisionRecord, SendRecord
 from services.store.writelock import write_lock
 
 _MESSAGES: Table = Message.__table__  # type: ignore[attr-defined]
@@ -71,7 +72,8 @@ def bump_counter(
 
 
 @event.listens_for(ORMSession, "before_commit")
-def _write_counter_bumps(session: ORMSession) -> None:
+def _write_deferred(session: ORMSession) -> None:
+    write_deferred_inserts(session)
     bumps = session.info.pop(_COUNTER_BUMPS, None)
     if not bumps:
         return
@@ -97,8 +99,9 @@ def _counter_upserts(dialect: str) -> tuple[Insert, Insert]:
 
 
 @event.listens_for(ORMSession, "after_rollback")
-def _drop_counter_bumps(session: ORMSession) -> None:
+def _drop_deferred(session: ORMSession) -> None:
     session.info.pop(_COUNTER_BUMPS, None)
+    session.info.pop(_DEFERRED_INSERTS, None)
 
 
 def begin_decision(session: Session, message_id: str, pseudonym: str | None, new_state: str) -> bool:
@@ -132,17 +135,50 @@ def load_message(session: Session, message_id: str) -> Message | None:
     return None if row is None else Message(**row._mapping)
 
 
-def insert_rows(session: Session, *rows: SQLModel) -> None:
-    """INSERT table-model objects with Core (no unit of work: they are returned to callers, not tracked).
+def load_decision(session: Session, message_id: str) -> DecisionRecord | None:
+    row = session.execute(_DECISION_BY_ID, {"target_id": message_id}).one_or_none()
+    return None if row is None else DecisionRecord.of(row._mapping)
 
-    A plain insert(table) with parameters compiles once and is reused from SQLAlchemy's cache.
+
+def load_send(session: Session, model: type[Reply] | type[Delivery], message_id: str) -> SendRecord | None:
+    row = session.execute(_send_by_id(model), {"target_id": message_id}).one_or_none()
+    return None if row is None else SendRecord.of(model, row._mapping)
+
+
+_DECISIONS: Table = Decision.__table__  # type: ignore[attr-defined]
+_DECISION_BY_ID = select(_DECISIONS).where(_DECISIONS.c.message_id == bindparam("target_id"))
+
+
+@functools.cache
+def _send_by_id(model: type[Reply] | type[Delivery]) -> Any:
+    table = model.__table__  # type: ignore[union-attr]
+    return select(table).where(table.c.message_id == bindparam("target_id"))
+
+
+def insert_now(session: Session, table: Table, values: dict[str, object]) -> None:
+    """INSERT one row from plain values (every column given, or the table's defaults apply)."""
+    session.execute(_insert_into(table), [values])
+
+
+_DEFERRED_INSERTS = "channelshift.deferred_inserts"
+
+
+def insert_at_commit(session: Session, table: Table, values: dict[str, object]) -> None:
+    """INSERT one row when the transaction commits, together with the same table's other rows of that transaction.
+
+    One executemany per table instead of one statement per row, for rows nothing in the transaction reads
+    back before it commits (see `write_deferred_inserts` for reads that must see them). Rows of one table must
+    name the same columns.
     """
-    for row in rows:
-        table = row.__table__  # type: ignore[attr-defined]
-        values = {column.name: getattr(row, column.name) for column in table.columns}
-        if values.get("id", 0) is None:
-            del values["id"]  # autoincrement
-        session.execute(_insert_into(table), [values])
+    deferred: dict[Table, list[dict[str, object]]] = session.info.setdefault(_DEFERRED_INSERTS, {})
+    deferred.setdefault(table, []).append(values)
+
+
+def write_deferred_inserts(session: Session | ORMSession) -> None:
+    """Write the rows `insert_at_commit` holds back, now (before a read that must see them, and at commit)."""
+    deferred = session.info.pop(_DEFERRED_INSERTS, None)
+    for table, rows in (deferred or {}).items():
+        session.execute(_insert_into(table), rows)
 
 
 @functools.cache
@@ -150,7 +186,7 @@ def _insert_into(table: Table) -> Insert:
     return insert(table)
 
 
-def bump_message_counter(session: Session, message: Message, decision: Decision, outcome: str) -> None:
+def bump_message_counter(session: Session, message: Message, decision: Decision | DecisionRecord, outcome: str) -> None:
     """Count an outcome in the hour the message arrived, under its mailbox, category and channel."""
     bump_counter(
         session,

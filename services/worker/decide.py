@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import structlog
+from sqlalchemy import Table
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, SQLModel
+from sqlmodel import Session
 
 from services.classify.engine import MailFacts
 from services.config import Settings
@@ -29,11 +30,14 @@ from services.store.models import (
 from services.store.queries import (
     begin_decision,
     bump_message_counter,
-    insert_rows,
+    insert_at_commit,
+    insert_now,
     load_message,
     mark_repeat_contact,
     reply_allowance,
+    write_deferred_inserts,
 )
+from services.store.records import DecisionRecord, SendRecord
 from services.worker.deps import Deps
 
 log = structlog.get_logger(__name__)
@@ -75,15 +79,22 @@ class Classified:
 
 @dataclass(frozen=True)
 class Decided:
-    """A recorded decision and the rows its follow-up work needs (detached, loaded)."""
+    """A recorded decision and the sends it claimed for the calling job."""
 
     message: Message
-    decision: Decision
-    reply: Reply | None
-    delivery: Delivery | None
+    decision: DecisionRecord
+    reply: SendRecord | None
+    delivery: SendRecord | None
+
+
+_DECISIONS: Table = Decision.__table__  # type: ignore[attr-defined]
+_REPLIES: Table = Reply.__table__  # type: ignore[attr-defined]
+_DELIVERIES: Table = Delivery.__table__  # type: ignore[attr-defined]
+_LEDGER: Table = ReplyLedger.__table__  # type: ignore[attr-defined]
 
 
 def _pending_of(session: Session, message_id: str) -> Pending:
+    write_deferred_inserts(session)  # a decision of this batch may hold its rows back until the commit
     reply = session.get(Reply, message_id)
     delivery = session.get(Delivery, message_id)
     return Pending(
@@ -165,55 +176,75 @@ def record_decision(session: Session, settings: Settings, found: Classified) -> 
             settings.reply_daily_cap,
         )
     will_reply = template is not None and reason is None
-    decision = Decision(
-        message_id=message_id,
-        category=found.category,
-        channel=found.channel,
-        rule_id=found.rule_id,
-        ruleset_version=found.ruleset_version,
-        template=template,
-        priority=found.priority,
-        deliver_to=found.deliver_to,
-        language=found.language,
-        reply=will_reply,
-        suppressed=reason,
-        sender_pseudonym=found.pseudonym,
-        pseudonym_key_id=settings.pseudonym_key_id,
-        tags=list(found.tags),
-        defects=list(found.defects),
-    )
-    rows: list[SQLModel] = [decision]
+    decision_values: dict[str, object] = {
+        "message_id": message_id,
+        "decided_at": utcnow(),
+        "category": found.category,
+        "channel": found.channel,
+        "rule_id": found.rule_id,
+        "ruleset_version": found.ruleset_version,
+        "template": template,
+        "priority": found.priority,
+        "deliver_to": found.deliver_to,
+        "language": found.language,
+        "reply": will_reply,
+        "suppressed": reason,
+        "sender_pseudonym": found.pseudonym,
+        "pseudonym_key_id": settings.pseudonym_key_id,
+        "tags": list(found.tags),
+        "defects": list(found.defects),
+    }
+    # nothing in this transaction reads these rows back (but _pending_of): written in one executemany per table
+    insert_at_commit(session, _DECISIONS, decision_values)
+    decision = DecisionRecord.of(decision_values)
     claimed_at = utcnow()
     reply = delivery = None
     if will_reply:
         assert template is not None and found.pseudonym is not None
-        reply = Reply(
-            message_id=message_id,
-            reply_message_id=f"<reply.{message_id}@{settings.hostname}>",
-            in_reply_to=found.in_reply_to,
-            references=found.references,
-            state=JobState.SENDING,
-            claimed_at=claimed_at,
-            attempts=1,
-        )
-        rows.append(reply)
-        rows.append(
-            ReplyLedger(
-                sender_pseudonym=found.pseudonym,
-                key_id=settings.pseudonym_key_id,
-                template=template,
-                message_id=message_id,
-                granted_at=message.received_at,
-                received_at=message.received_at,
-                mailbox=message.mailbox,
-                category=found.category,
-                channel=found.channel,
-            )
+        reply_values: dict[str, object] = {
+            "message_id": message_id,
+            "state": JobState.SENDING,
+            "attempts": 1,
+            "reply_message_id": f"<reply.{message_id}@{settings.hostname}>",
+            "in_reply_to": found.in_reply_to,
+            "references": found.references,
+            "created_at": claimed_at,
+            "claimed_at": claimed_at,
+            "sent_at": None,
+            "error": None,
+        }
+        insert_at_commit(session, _REPLIES, reply_values)
+        reply = SendRecord.of(Reply, reply_values)
+        # written at once: the next decision of this batch may be the same sender's and must see it
+        insert_now(
+            session,
+            _LEDGER,
+            {
+                "sender_pseudonym": found.pseudonym,
+                "key_id": settings.pseudonym_key_id,
+                "template": template,
+                "granted_at": message.received_at,
+                "message_id": message_id,
+                "received_at": message.received_at,
+                "mailbox": message.mailbox,
+                "category": found.category,
+                "channel": found.channel,
+                "repeat_7d": False,
+                "repeat_30d": False,
+            },
         )
     if found.deliver:
-        delivery = Delivery(message_id=message_id, state=JobState.SENDING, claimed_at=claimed_at, attempts=1)
-        rows.append(delivery)
-    insert_rows(session, *rows)
+        delivery_values: dict[str, object] = {
+            "message_id": message_id,
+            "state": JobState.SENDING,
+            "attempts": 1,
+            "created_at": claimed_at,
+            "claimed_at": claimed_at,
+            "delivered_at": None,
+            "error": None,
+        }
+        insert_at_commit(session, _DELIVERIES, delivery_values)
+        delivery = SendRecord.of(Delivery, delivery_values)
     message.state = new_state
 
     def count(outcome: str) -> None:

@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass
 from datetime import timedelta
 from email.errors import MessageError
-from typing import Any, cast
+from typing import Any
 
 import structlog
 from arq import Retry
@@ -18,16 +18,20 @@ from services.metrics import JOB_SECONDS, timed
 from services.reply.compose import compose_reply
 from services.reply.original import with_routing_headers
 from services.reply.send import MaildirSender, PermanentSendError, TransientSendError
-from services.store.models import Decision, Delivery, JobState, Message, Reply
+from services.store.models import Delivery, JobState, Message, Reply
 from services.store.purge import purge
 from services.store.queries import (
     bump_message_counter,
     claim,
     find_stuck,
+    load_decision,
+    load_message,
+    load_send,
     mark_transmitting,
     record_send_outcome,
     settle_uncertain_replies,
 )
+from services.store.records import DecisionRecord, SendRecord
 from services.store.rollup import refresh_daily_rollup
 from services.worker.decide import Pending, decide
 from services.worker.deps import Deps
@@ -68,11 +72,11 @@ async def process_message(ctx: dict[str, Any], message_id: str) -> str:
 
 @dataclass(frozen=True)
 class Loaded:
-    """A claimed reply or delivery with its message and decision (detached rows)."""
+    """A claimed reply or delivery with its message and decision."""
 
     message: Message
-    decision: Decision
-    row: Reply | Delivery
+    decision: DecisionRecord
+    row: SendRecord
 
 
 def _claim_and_load(
@@ -80,12 +84,12 @@ def _claim_and_load(
 ) -> Loaded | None:
     if not claim(session, model, message_id, stale):
         return None
-    message = session.get(Message, message_id)
-    decision = session.get(Decision, message_id)
-    row = session.get(model, message_id)
+    message = load_message(session, message_id)
+    decision = load_decision(session, message_id)
+    row = load_send(session, model, message_id)
     if message is None or decision is None or row is None:
         return None
-    return Loaded(message, decision, cast(Reply | Delivery, row))
+    return Loaded(message, decision, row)
 
 
 async def _send_inline(ctx: dict[str, Any], loaded: Loaded, kind: str) -> None:
@@ -108,10 +112,10 @@ async def _send(deps: Deps, model: type[Reply] | type[Delivery], message_id: str
 async def _transmit(deps: Deps, loaded: Loaded, kind: str) -> str:
     """Send a claimed reply or delivery and record the outcome; raises Retry on a transient failure."""
     message, decision, row = loaded.message, loaded.decision, loaded.row
-    model = type(row)
+    model = row.model
     message_id = message.id
     try:
-        if isinstance(row, Reply):
+        if model is Reply:
             data = _reply_bytes(deps, message, decision, row)
             # from here on, a crash leaves the reply "transmitting": settled as uncertain, never resent
             await deps.batcher.run(lambda session: mark_transmitting(session, Reply, message_id))
@@ -138,7 +142,7 @@ def _finish(
     session: Session,
     model: type[Reply] | type[Delivery],
     message: Message,
-    decision: Decision,
+    decision: DecisionRecord,
     state: str,
     error: str | None,
     outcome: str | None,
@@ -148,8 +152,8 @@ def _finish(
         bump_message_counter(session, message, decision, outcome)
 
 
-def _reply_bytes(deps: Deps, message: Message, decision: Decision, reply: Reply) -> bytes:
-    assert decision.template is not None
+def _reply_bytes(deps: Deps, message: Message, decision: DecisionRecord, reply: SendRecord) -> bytes:
+    assert decision.template is not None and reply.reply_message_id is not None
     settings = deps.rules.current.settings
     links = None
     if deps.settings.track_clicks:
@@ -179,7 +183,7 @@ def _reply_bytes(deps: Deps, message: Message, decision: Decision, reply: Reply)
         raise PermanentSendError(f"reply cannot be composed: {type(exc).__name__}") from exc
 
 
-async def _deliver(deps: Deps, message: Message, decision: Decision) -> None:
+async def _deliver(deps: Deps, message: Message, decision: DecisionRecord) -> None:
     if message.raw is None:
         raise PermanentSendError("raw message already purged")
     target = decision.deliver_to or "staff"

@@ -1,0 +1,72 @@
+"""Plain read-only values of a decision and of a claimed send that a worker passes from step to step."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from services.store.models import Delivery, Reply
+
+# Building a table-model object costs 25-45 microseconds (validation and change tracking the worker never
+# uses) and a decision took four of them per mail; these dataclasses cost about 1.
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    """The columns of a `decision` row that sending and counting read."""
+
+    message_id: str
+    category: str
+    channel: str
+    rule_id: str
+    ruleset_version: str
+    template: str | None
+    priority: str
+    deliver_to: str | None
+    language: str
+    reply: bool
+    suppressed: str | None
+    defects: tuple[str, ...]
+
+    @classmethod
+    def of(cls, values: Mapping[Any, Any]) -> DecisionRecord:
+        """From a `decision` row's values (column name to value; other columns are ignored)."""
+        return cls(
+            message_id=values["message_id"],
+            category=values["category"],
+            channel=values["channel"],
+            rule_id=values["rule_id"],
+            ruleset_version=values["ruleset_version"],
+            template=values["template"],
+            priority=values["priority"],
+            deliver_to=values["deliver_to"],
+            language=values["language"],
+            reply=bool(values["reply"]),
+            suppressed=values["suppressed"],
+            defects=tuple(values["defects"] or ()),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SendRecord:
+    """A reply or a delivery claimed by this worker: which one, its attempt, and a reply's threading headers."""
+
+    model: type[Reply] | type[Delivery]
+    message_id: str
+    attempts: int
+    reply_message_id: str | None = None
+    in_reply_to: str | None = None
+    references: str | None = None
+
+    @classmethod
+    def of(cls, model: type[Reply] | type[Delivery], values: Mapping[Any, Any]) -> SendRecord:
+        """From a `reply` or `delivery` row's values (a delivery has no threading headers)."""
+        return cls(
+            model=model,
+            message_id=values["message_id"],
+            attempts=values["attempts"],
+            reply_message_id=values.get("reply_message_id"),
+            in_reply_to=values.get("in_reply_to"),
+            references=values.get("references"),
+        )
