@@ -208,20 +208,24 @@ def record_decision(session: Session, settings: Settings, found: Classified) -> 
     insert_at_commit(session, _DECISIONS, decision_values)
     decision = DecisionRecord.of(decision_values)
     claimed_at = utcnow()
+    # the calling job sends both next: they start claimed by it
+    claimed: dict[str, object] = {
+        "message_id": message_id,
+        "state": JobState.SENDING,
+        "attempts": 1,
+        "created_at": claimed_at,
+        "claimed_at": claimed_at,
+        "error": None,
+    }
     reply = delivery = None
     if will_reply:
         assert template is not None and found.pseudonym is not None
         reply_values: dict[str, object] = {
-            "message_id": message_id,
-            "state": JobState.SENDING,
-            "attempts": 1,
+            **claimed,
             "reply_message_id": f"<reply.{message_id}@{settings.hostname}>",
             "in_reply_to": found.in_reply_to,
             "references": found.references,
-            "created_at": claimed_at,
-            "claimed_at": claimed_at,
             "sent_at": None,
-            "error": None,
         }
         insert_at_commit(session, _REPLIES, reply_values)
         reply = SendRecord.of(Reply, reply_values)
@@ -244,15 +248,7 @@ def record_decision(session: Session, settings: Settings, found: Classified) -> 
             },
         )
     if found.deliver:
-        delivery_values: dict[str, object] = {
-            "message_id": message_id,
-            "state": JobState.SENDING,
-            "attempts": 1,
-            "created_at": claimed_at,
-            "claimed_at": claimed_at,
-            "delivered_at": None,
-            "error": None,
-        }
+        delivery_values: dict[str, object] = {**claimed, "delivered_at": None}
         insert_at_commit(session, _DELIVERIES, delivery_values)
         delivery = SendRecord.of(Delivery, delivery_values)
     message.state = new_state
