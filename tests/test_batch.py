@@ -7,12 +7,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, Table, text
+from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from services.store.batch import BatchWriter, TransactionBatcher, run_together
 from services.store.db import make_engine
+from services.store.migrate import upgrade
+from services.store.models import LinkClick, utcnow
 from services.store.queries import insert_at_commit, write_deferred_inserts
 
 
@@ -76,18 +78,25 @@ async def test_one_failing_work_does_not_undo_the_others(tmp_path: Path) -> None
     engine.dispose()
 
 
+NOW = utcnow()
+
+
 async def test_rows_held_for_the_commit_are_written_once_and_blamed_on_their_own_work(tmp_path: Path) -> None:
     """insert_at_commit: one executemany at commit; a row that fails there fails only the work that held it."""
-    engine = make_engine(f"sqlite:///{tmp_path}/deferred.db")
-    items = Table("item", MetaData(), Column("id", Integer, primary_key=True))
-    items.create(engine)
+    url = f"sqlite:///{tmp_path}/deferred.db"
+    upgrade(url)
+    engine = make_engine(url)
+
+    def click(number: int) -> dict[str, object]:
+        # link_click: a table of ours without foreign keys, its token the primary key
+        return {"token": str(number), "message_id": "m", "channel": "portal", "first_clicked_at": NOW, "clicks": 1}
 
     def count(session: Session) -> int:
-        return int(session.execute(text("SELECT count(*) FROM item")).scalar_one())
+        return int(session.execute(text("SELECT count(*) FROM link_click")).scalar_one())
 
     def hold(number: int) -> Callable[[Session], int]:
         def work(session: Session) -> int:
-            insert_at_commit(session, items, {"id": number})
+            insert_at_commit(session, LinkClick, click(number))
             return count(session)  # held back: not yet in the table
 
         return work
@@ -97,16 +106,17 @@ async def test_rows_held_for_the_commit_are_written_once_and_blamed_on_their_own
     assert outcomes[0] == 2 and outcomes[2] == 3 and isinstance(outcomes[1], IntegrityError)
 
     def hold_then_read(session: Session) -> int:
-        insert_at_commit(session, items, {"id": 5})
+        insert_at_commit(session, LinkClick, click(5))
         write_deferred_inserts(session)
         return count(session)
 
     def hold_then_fail(session: Session) -> int:
-        insert_at_commit(session, items, {"id": 6})
+        insert_at_commit(session, LinkClick, click(6))
         raise ValueError("the work fails after holding a row")
 
     assert run_together(engine, [hold_then_read]) == [5]
     assert isinstance(run_together(engine, [hold_then_fail])[0], ValueError)
     with engine.connect() as connection:
-        assert [row[0] for row in connection.execute(text("SELECT id FROM item ORDER BY id"))] == [1, 2, 3, 4, 5]
+        tokens = [row[0] for row in connection.execute(text("SELECT token FROM link_click ORDER BY token"))]
+    assert tokens == ["1", "2", "3", "4", "5"]
     engine.dispose()

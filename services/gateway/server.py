@@ -99,16 +99,16 @@ def parse_command_address(arg: str, local_part_limit: int) -> tuple[str | None, 
         return "", ""
     plain = _PLAIN_ANGLE_ADDRESS.fullmatch(arg)
     if plain is not None:
-        if local_part_limit and len(plain["local"]) > local_part_limit:
+        addr: str = plain["address"]
+        localpart: str = plain["local"]
+        rest: str = plain["rest"] or ""
+    else:
+        try:
+            address, rest = get_angle_addr(arg) if arg.lstrip().startswith("<") else get_addr_spec(arg)
+        except HeaderParseError:
             return None, None
-        return plain["address"], plain["rest"] or ""
-    try:
-        parsed = get_angle_addr(arg) if arg.lstrip().startswith("<") else get_addr_spec(arg)
-    except HeaderParseError:
-        return None, None
-    address, rest = parsed
-    addr: str = address.addr_spec
-    localpart = addr.rpartition("@")[0]
+        addr = address.addr_spec
+        localpart = addr.rpartition("@")[0]
     if local_part_limit and len(localpart) > local_part_limit:
         return None, None
     return addr, rest

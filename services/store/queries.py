@@ -17,7 +17,7 @@ from sqlalchemy import BigInteger, Engine, Table, bindparam, case, event, func, 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session as ORMSession
 from sqlalchemy.sql.dml import Insert
-from sqlmodel import Session, col
+from sqlmodel import Session, SQLModel, col
 from sqlmodel import select as model_select
 
 from services.store.db import session_scope
@@ -38,6 +38,7 @@ from services.store.writelock import write_lock
 
 _MESSAGES: Table = Message.__table__  # type: ignore[attr-defined]
 _LEDGER: Table = ReplyLedger.__table__  # type: ignore[attr-defined]
+_DECISIONS: Table = Decision.__table__  # type: ignore[attr-defined]
 
 
 def store_messages(engine: Engine, rows: list[dict[str, object]]) -> None:
@@ -145,7 +146,6 @@ def load_send(session: Session, model: type[Reply] | type[Delivery], message_id:
     return None if row is None else SendRecord.of(model, row._mapping)
 
 
-_DECISIONS: Table = Decision.__table__  # type: ignore[attr-defined]
 _DECISION_BY_ID = select(_DECISIONS).where(_DECISIONS.c.message_id == bindparam("target_id"))
 
 
@@ -155,15 +155,15 @@ def _send_by_id(model: type[Reply] | type[Delivery]) -> Any:
     return select(table).where(table.c.message_id == bindparam("target_id"))
 
 
-def insert_now(session: Session, table: Table, values: dict[str, object]) -> None:
-    """INSERT one row from plain values (every column given, or the table's defaults apply)."""
-    session.execute(_insert_into(table), [values])
+def insert_now(session: Session, model: type[SQLModel], values: dict[str, object]) -> None:
+    """INSERT one row of a table model from plain values (every column given, or the table's defaults apply)."""
+    session.execute(_insert_into(model.__table__), [values])  # type: ignore[attr-defined]
 
 
 _DEFERRED_INSERTS = "channelshift.deferred_inserts"
 
 
-def insert_at_commit(session: Session, table: Table, values: dict[str, object]) -> None:
+def insert_at_commit(session: Session, model: type[SQLModel], values: dict[str, object]) -> None:
     """INSERT one row when the transaction commits, together with the same table's other rows of that transaction.
 
     One executemany per table instead of one statement per row, for rows nothing in the transaction reads
@@ -171,10 +171,10 @@ def insert_at_commit(session: Session, table: Table, values: dict[str, object]) 
     name the same columns.
     """
     deferred: dict[Table, list[dict[str, object]]] = session.info.setdefault(_DEFERRED_INSERTS, {})
-    deferred.setdefault(table, []).append(values)
+    deferred.setdefault(model.__table__, []).append(values)  # type: ignore[attr-defined]
 
 
-def write_deferred_inserts(session: Session | ORMSession) -> None:
+def write_deferred_inserts(session: ORMSession) -> None:
     """Write the rows `insert_at_commit` holds back, now (before a read that must see them, and at commit)."""
     deferred = session.info.pop(_DEFERRED_INSERTS, None)
     for table, rows in (deferred or {}).items():

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import structlog
-from sqlalchemy import Table
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
@@ -85,12 +84,6 @@ class Decided:
     decision: DecisionRecord
     reply: SendRecord | None
     delivery: SendRecord | None
-
-
-_DECISIONS: Table = Decision.__table__  # type: ignore[attr-defined]
-_REPLIES: Table = Reply.__table__  # type: ignore[attr-defined]
-_DELIVERIES: Table = Delivery.__table__  # type: ignore[attr-defined]
-_LEDGER: Table = ReplyLedger.__table__  # type: ignore[attr-defined]
 
 
 def _pending_of(session: Session, message_id: str) -> Pending:
@@ -205,7 +198,7 @@ def record_decision(session: Session, settings: Settings, found: Classified) -> 
         "defects": list(found.defects),
     }
     # nothing in this transaction reads these rows back (but _pending_of): written in one executemany per table
-    insert_at_commit(session, _DECISIONS, decision_values)
+    insert_at_commit(session, Decision, decision_values)
     decision = DecisionRecord.of(decision_values)
     claimed_at = utcnow()
     # the calling job sends both next: they start claimed by it
@@ -227,12 +220,12 @@ def record_decision(session: Session, settings: Settings, found: Classified) -> 
             "references": found.references,
             "sent_at": None,
         }
-        insert_at_commit(session, _REPLIES, reply_values)
+        insert_at_commit(session, Reply, reply_values)
         reply = SendRecord.of(Reply, reply_values)
         # written at once: the next decision of this batch may be the same sender's and must see it
         insert_now(
             session,
-            _LEDGER,
+            ReplyLedger,
             {
                 "sender_pseudonym": found.pseudonym,
                 "key_id": settings.pseudonym_key_id,
@@ -249,7 +242,7 @@ def record_decision(session: Session, settings: Settings, found: Classified) -> 
         )
     if found.deliver:
         delivery_values: dict[str, object] = {**claimed, "delivered_at": None}
-        insert_at_commit(session, _DELIVERIES, delivery_values)
+        insert_at_commit(session, Delivery, delivery_values)
         delivery = SendRecord.of(Delivery, delivery_values)
     message.state = new_state
 
