@@ -54,7 +54,7 @@ def cmd_inject(args: argparse.Namespace) -> int:
         from services.classify.explain import default_envelope
         from services.classify.loader import load_rules
 
-        ruleset = load_rules(settings.rules_dir, settings.templates_dir)
+        ruleset = load_rules(settings.rules_dir, settings.templates_dir, with_model=False)
         recipients = list(default_envelope(ruleset, mail, None, None)[1])
     sender = args.sender if args.sender is not None else mail.from_address
     try:
@@ -81,7 +81,9 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
     directory = Path(args.dir) if args.dir else settings.rules_dir
     templates = Path(args.templates) if args.templates else settings.templates_dir
     try:
-        ruleset = load_rules(directory, templates)
+        ruleset = load_rules(
+            directory, templates, cache_dir=settings.effective_model_cache_dir, examples_dir=settings.examples_dir
+        )
     except RuleSetInvalid as exc:
         if args.json:
             print(json.dumps({"ok": False, "errors": [e.__dict__ for e in exc.errors]}, ensure_ascii=False))
@@ -103,7 +105,12 @@ def cmd_rules_explain(args: argparse.Namespace) -> int:
     from services.reply.policy import PolicyConfig
 
     settings = _settings()
-    ruleset = load_rules(Path(args.rules) if args.rules else settings.rules_dir, settings.templates_dir)
+    ruleset = load_rules(
+        Path(args.rules) if args.rules else settings.rules_dir,
+        settings.templates_dir,
+        cache_dir=settings.effective_model_cache_dir,
+        examples_dir=settings.examples_dir,
+    )
     result = explain(
         ruleset,
         Path(args.file).read_bytes(),
@@ -120,7 +127,12 @@ def cmd_rules_eval(args: argparse.Namespace) -> int:
     from services.classify.loader import load_rules
 
     settings = _settings()
-    ruleset = load_rules(Path(args.rules) if args.rules else settings.rules_dir, settings.templates_dir)
+    ruleset = load_rules(
+        Path(args.rules) if args.rules else settings.rules_dir,
+        settings.templates_dir,
+        cache_dir=settings.effective_model_cache_dir,
+        examples_dir=settings.examples_dir,
+    )
     report = evaluate(ruleset, Path(args.dir), Path(args.labels) if args.labels else None)
     print(json.dumps(report.as_dict(), ensure_ascii=False, indent=2) if args.json else report.format())
     if args.min_accuracy is not None and report.accuracy < args.min_accuracy:
@@ -129,6 +141,30 @@ def cmd_rules_eval(args: argparse.Namespace) -> int:
     if args.no_missed_safety and report.missed_safety():
         print("missed emergency/objection mails", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_examples_add(args: argparse.Namespace) -> int:
+    from services.classify.examples import RULE_ONLY_CATEGORIES, ExampleRefused, add_example
+    from services.classify.loader import load_rules
+
+    settings = _settings()
+    rules_dir = Path(args.rules) if args.rules else settings.rules_dir
+    ruleset = load_rules(rules_dir, settings.templates_dir, with_model=False)
+    try:
+        raw = Path(args.file).read_bytes()
+        name = add_example(
+            settings.examples_dir or rules_dir / ruleset.settings.model.examples,
+            raw,
+            args.category,
+            set(ruleset.settings.categories) | RULE_ONLY_CATEGORIES,
+            language=args.language or "",
+            notes=args.notes or "",
+        )
+    except ExampleRefused as exc:
+        print(f"not added: {exc}", file=sys.stderr)
+        return 1
+    print(f"added {name} as {args.category}; the model retrains when the rule set reloads (rules check shows it)")
     return 0
 
 
@@ -147,7 +183,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     settings = _settings()
     try:
-        ruleset = load_rules(Path(args.rules) if args.rules else settings.rules_dir, settings.templates_dir)
+        ruleset = load_rules(
+            Path(args.rules) if args.rules else settings.rules_dir,
+            settings.templates_dir,
+            cache_dir=settings.effective_model_cache_dir,
+            examples_dir=settings.examples_dir,
+        )
     except RuleSetInvalid as exc:
         for error in exc.errors:
             print(error, file=sys.stderr)
@@ -221,7 +262,7 @@ def cmd_rollup(args: argparse.Namespace) -> int:
     from services.store.rollup import refresh_daily_rollup
 
     settings = _settings()
-    zone = load_rules(settings.rules_dir, settings.templates_dir).settings.timezone
+    zone = load_rules(settings.rules_dir, settings.templates_dir, with_model=False).settings.timezone
     engine = make_engine(settings.effective_database_url)
     result = refresh_daily_rollup(engine, zone)
     engine.dispose()
@@ -293,6 +334,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-missed-safety", action="store_true", help="exit 1 if an emergency/objection is missed")
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(func=cmd_rules_eval)
+
+    examples = sub.add_parser("examples", help="labelled example mails the intent model learns from")
+    examples_sub = examples.add_subparsers(dest="examples_command", required=True)
+    add = examples_sub.add_parser("add", help="copy a mail into the examples with its category (your own decision)")
+    add.add_argument("file")
+    add.add_argument("--category", required=True)
+    add.add_argument("--language", help="ISO code of the mail's language (for the report by language)")
+    add.add_argument("--notes", help="why this label (one line)")
+    add.add_argument("--rules", help="rule directory (default CHANNELSHIFT_RULES_DIR)")
+    add.set_defaults(func=cmd_examples_add)
 
     replay_parser = sub.add_parser(
         "replay", help="re-classify stored messages with a candidate rule set; shows the shift, sends nothing"

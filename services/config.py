@@ -85,6 +85,16 @@ class Settings(BaseSettings):
     log_format: str = Field(default="auto", description="auto | json | console")
     log_level: str = "INFO"
     corpus_dir: Path | None = Field(default=None, description="../shared/corpus for corpus tests")
+    embeddings: bool = Field(
+        default=True,
+        description="ask the sentence-embedding model about mails the fast model is unsure of (off: n-grams alone)",
+    )
+    examples_dir: Path | None = Field(
+        default=None, description="labelled example mails; unset = the rule set's model.examples folder"
+    )
+    model_cache_dir: Path | None = Field(
+        default=None, description="trained intent models and example embeddings; unset = var_dir/model-cache"
+    )
 
     @field_validator(
         "lmtp_listen", "relay_url", "delivery_url", "redis_url", "database_url", "health_listen", mode="before"
@@ -106,6 +116,10 @@ class Settings(BaseSettings):
         if url.startswith("postgresql://") or url.startswith("postgres://"):
             url = "postgresql+psycopg://" + url.split("://", 1)[1]
         return url
+
+    @property
+    def effective_model_cache_dir(self) -> Path:
+        return self.model_cache_dir or self.var_dir / "model-cache"
 
     @property
     def outbox_dir(self) -> Path:

@@ -82,7 +82,7 @@ async def start_web(settings: Settings, deps: Deps, pool: ArqRedis, *, health_on
 
 
 async def run(settings: Settings, *, gateway: bool, worker: bool, web_app: bool, redis_url: str) -> None:
-    deps = Deps.build(settings)
+    deps = Deps.build(settings, with_model=worker)
     log.info("runtime.started", event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0])
     pool = await _connect_redis(redis_url)
     servers: list[asyncio.Server] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import redis
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import text
 
+from services.classify.loader import load_rules
 from services.embedded_redis import start_embedded_redis
 from services.store.db import make_engine
 from services.store.migrate import upgrade
@@ -20,6 +22,15 @@ from services.web.app import create_app
 from tests.support import ADMIN_TOKEN, Pipeline, start_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
+# Every process of the run (this one and the service roles tests start) shares one model cache, so the intent
+# model is trained once per content of routing_rules/, not once per process.
+os.environ.setdefault(
+    "CHANNELSHIFT_MODEL_CACHE_DIR", str(Path(tempfile.gettempdir()) / f"channelshift-test-model-cache-{os.getuid()}")
+)
+load_rules(ROOT / "routing_rules", ROOT / "templates", cache_dir=Path(os.environ["CHANNELSHIFT_MODEL_CACHE_DIR"]))
+# The embedding model costs 0.1-0.3 s of CPU per unsure mail: the pipeline and reliability tests run the fast
+# model alone; tests/test_classification.py switches it on for the gate and the model's own tests.
+os.environ.setdefault("CHANNELSHIFT_EMBEDDINGS", "off")
 TABLES = (
     "rollup_state",
     "counter_day",

@@ -99,8 +99,12 @@ def start_role(role: str, env: dict[str, str], log: Any, cwd: Path) -> subproces
 
 
 def clean_env() -> dict[str, str]:
-    """This environment without the caller's CHANNELSHIFT_* settings, for a subprocess that gets its own."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("CHANNELSHIFT_")}
+    """This environment without the caller's CHANNELSHIFT_* settings, for a subprocess that gets its own.
+
+    The model cache and the embeddings switch stay: every role of the run shares them (conftest.py).
+    """
+    kept = ("CHANNELSHIFT_MODEL_CACHE_DIR", "CHANNELSHIFT_EMBEDDINGS")
+    return {k: v for k, v in os.environ.items() if not k.startswith("CHANNELSHIFT_") or k in kept}
 
 
 def wait_until_ready(port: int, processes: list[subprocess.Popen[bytes]], log: Path, timeout: float = 60) -> None:

@@ -57,8 +57,9 @@ async def test_documents_mail_gets_steering_reply_and_reaches_staff(pipeline: Pi
     delivered = original.message
     assert delivered["X-Channelshift-Category"] == "documents"
     assert delivered["X-Channelshift-Channel"] == "upload"
-    assert delivered["X-Channelshift-Rule"] == "documents"
+    assert delivered["X-Channelshift-Rule"] == "model:documents"  # the intent model decided, no rule
     assert delivered["X-Channelshift-Priority"] == "normal"
+    assert delivered["X-Channelshift-Confidence"] == "high"
     assert original.data.endswith(stored.raw or b"")
 
     [final] = _messages(pipeline)

@@ -21,7 +21,10 @@ from tests.support import Pipeline, make_mail
 
 RULESET = load_rules(PROJECT_ROOT / "routing_rules", PROJECT_ROOT / "templates")
 RENDERER = ReplyRenderer(PROJECT_ROOT / "templates")
-TEMPLATES = sorted({r.rule.then.reply for r in RULESET.rules if r.rule.then.reply})
+TEMPLATES = sorted(
+    {r.rule.then.reply for r in RULESET.rules if r.rule.then.reply}
+    | {c.reply for c in RULESET.settings.categories.values() if c.reply}
+)
 LANGUAGES = ["de", "en", "uk", "ar", "ru", "tr"]
 SCRIPT = {"uk": "[іїєґ]", "ru": "[ыэъё]|[а-я]", "ar": "[\u0600-\u06ff]", "tr": "[ğışçöü]", "en": "[a-z]"}
 RECEIVED = datetime(2026, 3, 16, 7, 42, tzinfo=UTC)

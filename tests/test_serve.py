@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import json
 import re
 import shutil
 import signal
@@ -54,6 +55,18 @@ class Served:
         found = re.search(rb"queued as ([0-9a-f]{32})", text)
         assert found
         return found.group(1).decode()
+
+    def rules_version(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/readyz", timeout=5) as response:
+            return str(json.loads(response.read())["checks"]["rules"]["version"])
+
+    def wait_for_rules_other_than(self, version: str, timeout: float = 30) -> None:
+        """Until the running rule set is a new one (a changed rule re-checks the model against the examples)."""
+        deadline = time.monotonic() + timeout
+        while self.rules_version() == version:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"rule set still {version} after {timeout}s")
+            time.sleep(0.2)
 
     def delivered(self, message_id: str, timeout: float = 20) -> email.message.Message:
         deadline = time.monotonic() + timeout
@@ -124,18 +137,19 @@ def test_serve_replies_and_delivers(served: Served) -> None:
 
 
 def test_rule_edit_applies_without_restart_and_broken_edit_is_refused(served: Served) -> None:
-    first = served.send(make_mail(subject="Zauberwort", body="Nur ein Test."))
+    first = served.send(make_mail(subject="Zauberwort", body="Wann haben Sie am Freitag geöffnet?"))
     assert served.delivered(first)["X-Channelshift-Category"] == "general"
 
+    version = served.rules_version()
     (served.rules / "35-probe.yaml").write_text(PROBE_RULE, encoding="utf-8")
-    time.sleep(3)  # the worker polls rule files every 2 seconds
-    second = served.send(make_mail(subject="Zauberwort", body="Noch ein Test."))
+    served.wait_for_rules_other_than(version)  # the worker polls rule files every 2 seconds
+    second = served.send(make_mail(subject="Zauberwort", body="Wann haben Sie am Freitag geöffnet?"))
     assert served.delivered(second)["X-Channelshift-Category"] == "complaint"
     assert served.delivered(second)["X-Channelshift-Rule"] == "probe"
 
     (served.rules / "35-probe.yaml").write_text(PROBE_RULE.replace("feedback", "fax"), encoding="utf-8")
     time.sleep(3)
-    third = served.send(make_mail(subject="Zauberwort", body="Dritter Test."))
+    third = served.send(make_mail(subject="Zauberwort", body="Wann haben Sie am Freitag geöffnet?"))
     assert served.delivered(third)["X-Channelshift-Category"] == "complaint"
     with urllib.request.urlopen(f"http://127.0.0.1:{served.web_port}/readyz", timeout=5) as response:
         body = response.read().decode()
@@ -146,9 +160,10 @@ def test_rule_edit_applies_without_restart_and_broken_edit_is_refused(served: Se
 def test_sighup_reloads_rules(served: Served) -> None:
     (served.rules / "35-probe.yaml").write_text(PROBE_RULE, encoding="utf-8")
     time.sleep(1)
-    before = served.send(make_mail(subject="Zauberwort", body="Vor dem Signal."))
+    before = served.send(make_mail(subject="Zauberwort", body="Wann haben Sie am Freitag geöffnet?"))
     assert served.delivered(before)["X-Channelshift-Category"] == "general"  # polling is off
+    version = served.rules_version()
     served.process.send_signal(signal.SIGHUP)
-    time.sleep(1.5)
-    after = served.send(make_mail(subject="Zauberwort", body="Nach dem Signal."))
+    served.wait_for_rules_other_than(version)
+    after = served.send(make_mail(subject="Zauberwort", body="Wann haben Sie am Freitag geöffnet?"))
     assert served.delivered(after)["X-Channelshift-Category"] == "complaint"

@@ -6,15 +6,22 @@ import fnmatch
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
+from services.classify.examples import RULE_ONLY_CATEGORIES
+from services.classify.features import model_text
 from services.classify.keywords import KeywordIndex
 from services.classify.language import detect_language
 from services.classify.prefilter import filter_fold, required_words
 from services.classify.schema import Action, AddressMatch, Condition, Rule, RuleSettings, TextMatch
 from services.classify.text import as_written, fold
+from services.domain_constants import SAFETY_CATEGORIES
 from services.mail import InboundMail
+
+if TYPE_CHECKING:
+    from services.classify.training import TrainedIntent
 
 _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -99,13 +106,22 @@ class RuleTrial:
 
 @dataclass(frozen=True)
 class Classification:
+    """Which layer decided (path), with the rule trials and, when the model was asked, its scores."""
+
     rule: Rule
     action: Action
     trials: tuple[RuleTrial, ...]
+    path: str = "rule"  # rule | model | safety | uncertain
+    scores: tuple[tuple[str, float], ...] = ()
+    escalated: bool = False
 
     @property
     def rule_id(self) -> str:
-        return self.rule.id
+        return self.rule.id if self.path == "rule" else f"{self.path}:{self.action.category}"
+
+    @property
+    def confidence(self) -> str:
+        return "low" if self.path == "uncertain" else "high"
 
 
 def domain_matches(domain: str, pattern: str) -> bool:
@@ -157,8 +173,8 @@ def _text_predicate(name: str, spec: TextMatch, field_name: str, index: KeywordI
             common = hits.keys() & wanted
             if common:
                 # the first keyword in the text wins, the longest at the same place, as the trace shows
-                first = min(common, key=lambda key: (hits[key], -len(key), key.lstrip("*")))
-                return trace.record(name, True, f"keyword {first.lstrip('*')!r}")
+                first = min(common, key=lambda key: (hits[key], -len(key), key.strip("*")))
+                return trace.record(name, True, f"keyword {first.strip('*')!r}")
         written = facts.written[field_name]
         for regex, words in regexes:
             if words is not None:
@@ -277,6 +293,7 @@ class RuleSet:
     rules: tuple[CompiledRule, ...]
     lists: Mapping[str, tuple[str, ...]]
     templates: frozenset[str]
+    intent: TrainedIntent | None = None
 
     def is_served(self, address: str) -> bool:
         address = address.lower()
@@ -290,6 +307,45 @@ class RuleSet:
         return self.is_served(address) or address.lower() in {a.lower() for a in self.settings.own_addresses}
 
     def classify(self, facts: MailFacts) -> Classification:
+        """Rules first (certain things: automated, partners, explicit rules); the catch-all asks the model.
+
+        A rule-decided citizen category still yields to the model's safety layer; automated and partner
+        decisions do not (the model never decides those).
+        """
+        by_rules = self.classify_by_rules(facts)
+        if self.intent is None or by_rules.action.category in RULE_ONLY_CATEGORIES:
+            return by_rules
+        is_catch_all = by_rules.rule.when is None or by_rules.rule.when.always is True
+        if not is_catch_all and by_rules.action.category in SAFETY_CATEGORIES:
+            return by_rules
+        result = self.intent.classifier.classify(model_text(facts.mail))
+        scores = result.scores.ranked[:5]
+        if result.category is not None and (is_catch_all or result.category in SAFETY_CATEGORIES):
+            action = self.settings.categories[result.category].action(result.category)
+            return Classification(by_rules.rule, action, by_rules.trials, result.path, scores, result.escalated)
+        if is_catch_all:
+            return Classification(
+                by_rules.rule, by_rules.action, by_rules.trials, "uncertain", scores, result.escalated
+            )
+        return Classification(by_rules.rule, by_rules.action, by_rules.trials, "rule", scores, result.escalated)
+
+    def warm_up(self) -> None:
+        """Build what the first mail would otherwise pay for (the language detector's models, the model's first
+        call), so a worker's first job is as fast as the others."""
+        words = "Guten Tag, ich brauche bitte einen neuen Termin bei meiner Vermittlerin."
+        mail = InboundMail(subject="Termin", body_text=words, own_text=words)
+        self.classify(MailFacts.of(mail, "warm-up@example.org", (), datetime.now(UTC)))
+
+    def certain_category(self, mail: InboundMail) -> str | None:
+        """The category a rule other than the catch-all gives a mail (as `explain` would see it), else None."""
+        from services.classify.explain import default_envelope
+
+        sender, recipients = default_envelope(self, mail, None, None)
+        decided = self.classify_by_rules(MailFacts.of(mail, sender, recipients, datetime.now(UTC)))
+        when = decided.rule.when
+        return None if when is None or when.always is True else decided.action.category
+
+    def classify_by_rules(self, facts: MailFacts) -> Classification:
         trials: list[RuleTrial] = []
         for compiled in self.rules:
             trace = Trace()

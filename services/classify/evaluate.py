@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.classify.engine import RuleSet
-from services.classify.explain import explain
+from services.classify.engine import MailFacts, RuleSet
+from services.classify.explain import default_envelope, explain
+from services.mail import parse_mail
+from services.store.models import utcnow
 
 SAFETY_CATEGORIES = ("emergency", "objection")
 
@@ -21,6 +23,18 @@ class EvalReport:
     confusion: Counter[tuple[str, str]] = field(default_factory=Counter)
     misses: list[dict[str, str]] = field(default_factory=list)
     missing_files: list[str] = field(default_factory=list)
+    # (group kind, group value) -> [correct, total]; kinds: path, language, difficulty
+    groups: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    rules_alone_correct: int = 0
+    replies_to_automated: int = 0
+
+    def count(self, kind: str, value: str, correct: bool) -> None:
+        tally = self.groups.setdefault((kind, value or "-"), [0, 0])
+        tally[0] += correct
+        tally[1] += 1
+
+    def false_alarms(self, category: str) -> int:
+        return sum(n for (e, p), n in self.confusion.items() if p == category and e != category)
 
     @property
     def accuracy(self) -> float:
@@ -55,6 +69,13 @@ class EvalReport:
             "misses": self.misses,
             "missed_safety": self.missed_safety(),
             "missing_files": self.missing_files,
+            "rules_alone_accuracy": round(self.rules_alone_correct / self.total, 4) if self.total else 0.0,
+            "false_emergencies": self.false_alarms("emergency"),
+            "replies_to_automated": self.replies_to_automated,
+            "groups": [
+                {"by": kind, "value": value, "correct": c, "total": n, "accuracy": round(c / n, 4)}
+                for (kind, value), (c, n) in sorted(self.groups.items())
+            ],
         }
 
     def format(self) -> str:
@@ -77,7 +98,27 @@ class EvalReport:
             ]
         if self.missing_files:
             lines += ["", "listed in labels.csv but missing: " + ", ".join(self.missing_files)]
+        if self.total:
+            lines += [
+                "",
+                f"rules alone (no model): {self.rules_alone_correct}/{self.total} = "
+                f"{self.rules_alone_correct / self.total:.1%}",
+                f"false emergencies: {self.false_alarms('emergency')}; replies to automated mail: "
+                f"{self.replies_to_automated}",
+            ]
+        for kind in ("path", "language", "difficulty"):
+            rows = [(value, tally) for (k, value), tally in sorted(self.groups.items()) if k == kind]
+            if rows:
+                lines += ["", f"by {kind}:"]
+                lines += [f"  {value:<18}{c:>5}/{n:<5}{c / n:>8.1%}" for value, (c, n) in rows]
         return "\n".join(lines)
+
+
+def rules_alone(ruleset: RuleSet, raw: bytes) -> str:
+    """The category the rule files give without the model (for the side-by-side in the report)."""
+    mail = parse_mail(raw)
+    sender, recipients = default_envelope(ruleset, mail, None, None)
+    return ruleset.classify_by_rules(MailFacts.of(mail, sender, recipients, utcnow())).action.category
 
 
 def evaluate(ruleset: RuleSet, directory: Path, labels_file: Path | None = None) -> EvalReport:
@@ -89,11 +130,18 @@ def evaluate(ruleset: RuleSet, directory: Path, labels_file: Path | None = None)
             if not path.is_file():
                 report.missing_files.append(row["file"])
                 continue
-            result = explain(ruleset, path.read_bytes())
+            raw = path.read_bytes()
+            result = explain(ruleset, raw)
             expected, predicted = row["category"].strip(), result["category"]
             report.total += 1
             report.confusion[(expected, predicted)] += 1
-            if expected == predicted:
+            hit = expected == predicted
+            report.count("path", result["path"], hit)
+            report.count("language", (row.get("language") or "").strip(), hit)
+            report.count("difficulty", (row.get("difficulty") or "").strip(), hit)
+            report.rules_alone_correct += rules_alone(ruleset, raw) == expected
+            report.replies_to_automated += expected == "automated" and bool(result["reply"])
+            if hit:
                 report.correct += 1
             else:
                 report.misses.append(

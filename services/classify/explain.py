@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from services.classify.engine import MailFacts, RuleSet
+from services.classify.features import model_text
 from services.mail import InboundMail, parse_mail
 from services.reply.policy import PolicyConfig, suppression_reason
 from services.store.models import utcnow
@@ -43,6 +44,16 @@ def explain(
     result = ruleset.classify(facts)
     action = result.action
     reason = suppression_reason(mail, envelope_from, envelope_to, ruleset, policy or PolicyConfig())
+    model: dict[str, Any] = {"path": result.path, "confidence": result.confidence, "escalated": result.escalated}
+    model["scores"] = [{"category": c, "score": score} for c, score in result.scores[:3]]
+    model["ngrams"], model["neighbours"] = [], []
+    if ruleset.intent is not None and result.scores:
+        fast = ruleset.intent.classifier.fast
+        text = model_text(mail)
+        model["ngrams"] = [{"ngram": g, "weight": w} for g, w in fast.weightiest(text, result.scores[0][0])]
+        model["neighbours"] = [
+            {"file": n.file, "category": n.category, "similarity": n.similarity} for n in fast.neighbours(text)
+        ]
     return {
         "category": action.category,
         "channel": action.channel,
@@ -58,6 +69,7 @@ def explain(
         "automated_signals": list(mail.automated_signals),
         "defects": list(mail.defects),
         "ruleset_version": ruleset.version,
+        **model,
         "trace": [
             {
                 "rule": trial.rule_id,
@@ -81,8 +93,17 @@ def format_explain(result: dict[str, Any]) -> str:
         f"language:   {result['language']}",
         f"priority:   {result['priority']}",
         f"ruleset:    {result['ruleset_version']}",
-        "trace:",
+        f"path:       {result['path']} (confidence {result['confidence']}"
+        + (", embedding model asked" if result["escalated"] else "")
+        + ")",
     ]
+    if result["scores"]:
+        lines.append("scores:     " + ", ".join(f"{s['category']} {s['score']:.2f}" for s in result["scores"]))
+    if result["ngrams"]:
+        lines.append("n-grams:    " + ", ".join(f"{g['ngram']!r} {g['weight']:+.2f}" for g in result["ngrams"]))
+    for neighbour in result["neighbours"]:
+        lines.append(f"similar:    {neighbour['file']} ({neighbour['category']}, {neighbour['similarity']:.2f})")
+    lines.append("trace:")
     for trial in result["trace"]:
         lines.append(f"  {'MATCH' if trial['matched'] else 'miss '} {trial['rule']}")
         for condition in trial["conditions"]:

@@ -14,6 +14,10 @@ _SUPPORTED = {
     Language.ARABIC: "ar",
     Language.RUSSIAN: "ru",
     Language.TURKISH: "tr",
+    # detected so that the model and the statistics see them; replies in German + English (no templates)
+    Language.ROMANIAN: "ro",
+    Language.PERSIAN: "fa",
+    Language.POLISH: "pl",
 }
 _LETTERS = re.compile(r"[^\W\d_]", re.UNICODE)
 _detector: LanguageDetector | None = None

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from services.classify.engine import CompiledRule, RuleSet, compile_condition
+from services.classify.examples import RULE_ONLY_CATEGORIES, load_examples
 from services.classify.keywords import KeywordIndex
 from services.classify.schema import CONDITION_KEYS, Condition, Rule, RuleFile, RuleSettings
 from services.classify.yamlsource import YamlSyntaxError, line_for, load_with_lines
@@ -50,13 +51,18 @@ def list_name(path: Path) -> str:
     return path.stem.removeprefix("lists__")
 
 
-def fingerprint(directory: Path, templates_dir: Path | None = None) -> tuple[tuple[str, int, int], ...]:
+def fingerprint(
+    directory: Path, templates_dir: Path | None = None, examples_dir: Path | None = None
+) -> tuple[tuple[str, int, int], ...]:
     """Cheap change detector for hot reload: names, sizes and mtimes of every file that matters."""
     paths = [*rule_files(directory), *list_files(directory)] if directory.is_dir() else []
     if templates_dir is not None and (templates_dir / "replies").is_dir():
         paths.extend(sorted((templates_dir / "replies").glob("*/*.j2")))
     if templates_dir is not None and templates_dir.is_dir():
         paths.extend(sorted(templates_dir.glob("*__*.j2")))
+    examples = examples_dir or directory / "examples"
+    if examples.is_dir():
+        paths.extend(sorted(examples.iterdir()))  # labels.csv and the mails: a changed example retrains
     result = []
     for path in paths:
         try:
@@ -113,8 +119,20 @@ def _field(location: tuple[Any, ...]) -> str:
     return out or "(file)"
 
 
-def load_rules(directory: Path, templates_dir: Path) -> RuleSet:
-    """Validate and compile; raise RuleSetInvalid with all errors found (not just the first)."""
+def load_rules(
+    directory: Path,
+    templates_dir: Path,
+    *,
+    cache_dir: Path | None = None,
+    with_model: bool = True,
+    examples_dir: Path | None = None,
+) -> RuleSet:
+    """Validate and compile, and train the intent model on the examples; raise RuleSetInvalid with all errors.
+
+    `cache_dir` keeps trained models and example embeddings between processes (keyed by content hash);
+    `with_model=False` loads the rules alone (for tools that only need mailboxes and settings);
+    `examples_dir` replaces `settings.model.examples` (a Kubernetes ConfigMap cannot hold the examples).
+    """
     errors: list[RuleError] = []
     if not directory.is_dir():
         raise RuleSetInvalid([RuleError(str(directory), 1, "(dir)", "rule directory does not exist")])
@@ -178,7 +196,7 @@ def load_rules(directory: Path, templates_dir: Path) -> RuleSet:
     templates = available_templates(templates_dir)
     ordered.sort(key=lambda item: (-item[2].priority, item[0], item[1]))
     if settings is not None:
-        errors.extend(_semantic_errors(ordered, settings, lists, templates))
+        errors.extend(_semantic_errors(ordered, settings, settings_file, lists, templates))
     if errors:
         raise RuleSetInvalid(errors)
     assert settings is not None
@@ -193,7 +211,39 @@ def load_rules(directory: Path, templates_dir: Path) -> RuleSet:
         for _f, _r, rule, _n, _l in ordered
     )
     index.build()
-    return RuleSet(version=digest.hexdigest()[:16], settings=settings, rules=compiled, lists=lists, templates=templates)
+    rules_only = RuleSet(version="", settings=settings, rules=compiled, lists=lists, templates=templates)
+    intent = None
+    if settings.model.enabled and settings.categories:
+        # read and hashed even when the model is not needed here (the gateway), so every process reports the
+        # same version and the same errors for the same folder
+        examples_dir = examples_dir or directory / settings.model.examples
+        example_set = load_examples(examples_dir, set(settings.categories) | RULE_ONLY_CATEGORIES)
+        rules_digest = digest.hexdigest()
+        digest.update(b"examples\0" + example_set.digest.encode())
+        if example_set.problems:
+            raise RuleSetInvalid([RuleError(p.file, p.line, p.field, p.message) for p in example_set.problems])
+        if with_model:
+            from services.classify.training import train_intent  # scikit-learn: only for processes that classify
+
+            trained = train_intent(
+                examples_dir,
+                settings.model,
+                example_set,
+                cache_dir,
+                rule_verdict=rules_only.certain_category,
+                context=rules_digest,
+            )
+            if isinstance(trained, list):
+                raise RuleSetInvalid([RuleError(p.file, p.line, p.field, p.message) for p in trained])
+            intent = trained
+    return RuleSet(
+        version=digest.hexdigest()[:16],
+        settings=settings,
+        rules=compiled,
+        lists=lists,
+        templates=templates,
+        intent=intent,
+    )
 
 
 def _condition_lists(condition: Condition) -> list[str]:
@@ -215,6 +265,7 @@ def _is_catch_all(rule: Rule) -> bool:
 def _semantic_errors(
     ordered: list[tuple[int, int, Rule, str, int]],
     settings: RuleSettings,
+    settings_file: str,
     lists: dict[str, tuple[str, ...]],
     templates: frozenset[str],
 ) -> list[RuleError]:
@@ -271,6 +322,16 @@ def _semantic_errors(
             seen_conditions.setdefault(key, f"{rule.id!r}")
         if _is_catch_all(rule) and catch_all is None:
             catch_all = f"{rule.id!r} ({name}:{line})"
+    for category, spec in settings.categories.items():
+        where = f"settings.categories.{category}"
+        if spec.channel != NO_CHANNEL and spec.channel not in settings.channels:
+            errors.append(RuleError(settings_file, 1, f"{where}.channel", f"unknown channel {spec.channel!r}"))
+        if spec.reply is not None and spec.reply not in templates:
+            errors.append(RuleError(settings_file, 1, f"{where}.reply", f"unknown reply template {spec.reply!r}"))
+        if spec.deliver and spec.deliver_to not in settings.targets:
+            errors.append(
+                RuleError(settings_file, 1, f"{where}.deliver_to", f"unknown delivery target {spec.deliver_to!r}")
+            )
     if ordered and catch_all is None:
         _f, _i, _rule, name, line = ordered[-1]
         errors.append(RuleError(name, line, "rules", "no catch-all rule (a last rule without `when`)"))

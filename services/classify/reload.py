@@ -16,23 +16,45 @@ log = structlog.get_logger(__name__)
 class RuleSetHolder:
     """The running rule set; `refresh()` is cheap when nothing changed and never raises on a bad edit."""
 
-    def __init__(self, rules_dir: Path, templates_dir: Path) -> None:
+    def __init__(
+        self,
+        rules_dir: Path,
+        templates_dir: Path,
+        cache_dir: Path | None = None,
+        *,
+        with_model: bool = True,
+        examples_dir: Path | None = None,
+    ) -> None:
         self.rules_dir = rules_dir
         self.templates_dir = templates_dir
-        self._fingerprint = fingerprint(rules_dir, templates_dir)
-        self.current: RuleSet = load_rules(rules_dir, templates_dir)
+        self.cache_dir = cache_dir
+        self.with_model = with_model
+        self.examples_dir = examples_dir
+        self._fingerprint = fingerprint(rules_dir, templates_dir, examples_dir)
+        self.current: RuleSet = self._load()
+        if with_model:
+            self.current.warm_up()
         self.errors: list[RuleError] = []
         self.loaded_at = time.time()
         self.reload_failures = 0
 
+    def _load(self) -> RuleSet:
+        return load_rules(
+            self.rules_dir,
+            self.templates_dir,
+            cache_dir=self.cache_dir,
+            with_model=self.with_model,
+            examples_dir=self.examples_dir,
+        )
+
     def refresh(self, force: bool = False) -> bool:
         """Reload if files changed (or forced). Returns True when a new set was installed."""
-        current_fingerprint = fingerprint(self.rules_dir, self.templates_dir)
+        current_fingerprint = fingerprint(self.rules_dir, self.templates_dir, self.examples_dir)
         if not force and current_fingerprint == self._fingerprint:
             return False
         self._fingerprint = current_fingerprint
         try:
-            candidate = load_rules(self.rules_dir, self.templates_dir)
+            candidate = self._load()
         except RuleSetInvalid as exc:
             self.errors = exc.errors
             self.reload_failures += 1

@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 PRIORITIES = ("low", "normal", "high", "urgent")
 Language = Literal["de", "en", "uk", "ar", "ru", "tr"]
 LANGUAGES: tuple[Language, ...] = ("de", "en", "uk", "ar", "ru", "tr")
+# Detected as well, answered in German + English unless a template in the language exists.
+DetectedLanguage = Literal["de", "en", "uk", "ar", "ru", "tr", "ro", "fa", "pl"]
 
 
 def _default_targets() -> dict[str, str | None]:
@@ -135,7 +137,7 @@ class Condition(_Strict):
     body: TextMatch | None = None
     text: TextMatch | None = None
     attachments: AttachmentMatch | None = None
-    language: list[Literal["de", "en", "uk", "ar", "ru", "tr"]] | None = None
+    language: list[DetectedLanguage] | None = None
     header: HeaderMatch | None = None
     automated: bool | None = None
     time: TimeMatch | None = None
@@ -162,6 +164,55 @@ class Action(_Strict):
     deliver: bool = Field(default=True, description="hand the original on to staff")
     deliver_to: str = "staff"
     tags: list[str] = Field(default_factory=list)
+
+
+class CategoryAction(_Strict):
+    """What a category decided by the intent model does: the same fields as a rule's `then`, minus the category."""
+
+    channel: str
+    reply: str | None = None
+    priority: Literal["low", "normal", "high", "urgent"] = "normal"
+    deliver: bool = True
+    deliver_to: str = "staff"
+    tags: list[str] = Field(default_factory=list)
+
+    def action(self, category: str) -> Action:
+        return Action(category=category, **self.model_dump())
+
+
+class ModelSettings(_Strict):
+    """The learned intent model: trained from labelled example mails when the rule set loads."""
+
+    enabled: bool = True
+    examples: str = Field(default="examples", description="folder of .eml files + labels.csv, under the rule folder")
+    min_accuracy: float = Field(default=0.85, ge=0.0, le=1.0, description="cross-validated accuracy a set needs")
+    low_confidence_margin: float = Field(
+        default=0.12, ge=0.0, le=1.0, description="top-two probability gap below which the general overview is sent"
+    )
+    safety_thresholds: dict[str, float] = Field(
+        default_factory=lambda: {"emergency": 0.30, "objection": 0.35},
+        description="probability at which a safety category wins over the model's top category",
+    )
+    folds: int = Field(default=5, ge=2, le=20, description="cross-validation folds of the acceptance check")
+    min_safety_recall: float = Field(
+        default=1.0, ge=0.0, le=1.0, description="cross-validated recall of emergency and objection a set needs"
+    )
+    semantic: bool = Field(default=True, description="ask the sentence-embedding model when the fast one is unsure")
+    escalate_below_margin: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="fast-model top-two gap below which the embedding model is asked"
+    )
+    semantic_weight: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="share of the embedding model in an escalated mail's scores"
+    )
+    safety_keeps_fast: bool = Field(
+        default=False, description="an escalated mail keeps the fast model's emergency/objection score if higher"
+    )
+    safety_watch: float = Field(
+        default=0.03,
+        ge=0.0,
+        le=1.0,
+        description="fast-model safety probability from which the embedding model is asked",
+    )
 
 
 class Rule(_Strict):
@@ -198,6 +249,10 @@ class RuleSettings(_Strict):
     )
     timezone: str = "Europe/Berlin"
     reply_languages: list[Language] = Field(default_factory=_all_languages)
+    categories: dict[str, CategoryAction] = Field(
+        default_factory=dict, description="category -> action when the intent model decides it"
+    )
+    model: ModelSettings = Field(default_factory=ModelSettings)
 
 
 class RuleFile(_Strict):

@@ -91,6 +91,16 @@ class ReplyRenderer:
             return False
         return True
 
+    def reply_language(self, template: str, detected: str, settings: RuleSettings) -> str:
+        """The language a reply is written in (German is always added): the sender's if a template exists,
+        English for other detected languages (Romanian, Persian, Polish ...), else German alone."""
+        for candidate in (detected, "en"):
+            if candidate != "de" and candidate in settings.reply_languages and self.has(template, candidate):
+                return candidate
+            if detected in ("de",):
+                break
+        return "de"
+
     def _render_one(self, template: str, language: str, context: dict[str, Any]) -> tuple[str, str]:
         text = self.env.get_template(f"replies/{template}/{language}.txt.j2").render(context).strip() + "\n"
         try:
@@ -113,7 +123,7 @@ class ReplyRenderer:
     ) -> RenderedReply:
         if not self.has(template, "de"):
             raise TemplateMissing(f"templates/replies/{template}/de.txt.j2")
-        language = language if language in settings.reply_languages and self.has(template, language) else "de"
+        language = self.reply_language(template, language, settings)
         local = received_at.astimezone(ZoneInfo(settings.timezone))
         channels = {name: info.model_dump(exclude_none=True) for name, info in settings.channels.items()}
         for name, url in (links or {}).items():

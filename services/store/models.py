@@ -76,6 +76,9 @@ class Decision(SQLModel, table=True):
     pseudonym_key_id: str | None = Field(default=None, max_length=16)
     tags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     defects: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    path: str = Field(default="rule", max_length=16, description="rule | model | safety | uncertain")
+    confidence: str = Field(default="high", max_length=8)
+    scores: dict[str, float] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
 
 
 class Reply(SQLModel, table=True):

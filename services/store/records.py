@@ -28,6 +28,7 @@ class DecisionRecord:
     reply: bool
     suppressed: str | None
     defects: tuple[str, ...]
+    confidence: str = "high"
 
     @classmethod
     def of(cls, values: Mapping[Any, Any]) -> DecisionRecord:
@@ -45,6 +46,7 @@ class DecisionRecord:
             reply=bool(values["reply"]),
             suppressed=values["suppressed"],
             defects=tuple(values["defects"] or ()),
+            confidence=values.get("confidence") or "high",
         )
 
 

@@ -12,6 +12,7 @@ from sqlmodel import Session
 
 from services.classify.engine import MailFacts
 from services.config import Settings
+from services.domain_constants import SAFETY_PRIORITY
 from services.mail import parse_mail
 from services.pseudonym import pseudonymize
 from services.reply.compose import threading_headers
@@ -41,8 +42,6 @@ from services.worker.deps import Deps
 
 log = structlog.get_logger(__name__)
 
-# Non-negotiable 5: these always reach a human with a priority flag, whatever a rule file says.
-SAFETY_PRIORITY = {"emergency": "urgent", "objection": "high"}
 _PRIORITY_ORDER = ("low", "normal", "high", "urgent")
 
 
@@ -74,6 +73,9 @@ class Classified:
     defects: tuple[str, ...]
     in_reply_to: str | None
     references: str | None
+    path: str = "rule"
+    confidence: str = "high"
+    scores: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -94,13 +96,6 @@ def _pending_of(session: Session, message_id: str) -> Pending:
         reply=reply is not None and reply.state in (JobState.PENDING, JobState.SENDING),
         deliver=delivery is not None and delivery.state in (JobState.PENDING, JobState.SENDING),
     )
-
-
-# Mails up to this size are read and classified on the event loop (about a millisecond for a few KB). Handing
-# that to a thread cost more than the work: on a busy worker the threads and the loop contend for the GIL
-# (bench_worker: 3.26 -> 2.05 ms of CPU per mail). Larger mails go to a thread, so the loop is not blocked
-# for long while other jobs wait on the relay or Redis.
-INLINE_CLASSIFY_BYTES = 256 * 1024
 
 
 def read_message(deps: Deps, message_id: str) -> Message | Pending | None:
@@ -150,6 +145,9 @@ def classify_message(deps: Deps, message: Message) -> Classified:
         defects=tuple(mail.defects),
         in_reply_to=in_reply_to,
         references=references,
+        path=classification.path,
+        confidence=classification.confidence,
+        scores=dict(classification.scores[:3]) if classification.scores else None,
     )
 
 
@@ -196,6 +194,9 @@ def record_decision(session: Session, settings: Settings, found: Classified) -> 
         "pseudonym_key_id": settings.pseudonym_key_id,
         "tags": list(found.tags),
         "defects": list(found.defects),
+        "path": found.path,
+        "confidence": found.confidence,
+        "scores": found.scores,
     }
     # nothing in this transaction reads these rows back (but _pending_of): written in one executemany per table
     insert_at_commit(session, Decision, decision_values)
@@ -265,13 +266,13 @@ def record_decision(session: Session, settings: Settings, found: Classified) -> 
 
 async def decide(deps: Deps, message_id: str) -> Decided | Pending | None:
     """Idempotent: a message already decided returns its pending work instead of a second decision."""
-    read = read_message(deps, message_id)  # one indexed row (a small message: see INLINE_CLASSIFY_BYTES)
+    read = read_message(deps, message_id)  # one indexed row
     if not isinstance(read, Message):
         return read
-    if read.size <= INLINE_CLASSIFY_BYTES:
-        found = classify_message(deps, read)
-    else:
-        found = await asyncio.to_thread(classify_message, deps, read)
+    # Off the event loop: a mail the fast model is unsure about asks the embedding model (about 0.1 s of C code
+    # that releases the GIL), and other jobs wait on the relay and Redis meanwhile. The hand-off to a thread
+    # used to cost more than the rules alone; against the embedding it is noise.
+    found = await asyncio.to_thread(classify_message, deps, read)
     try:
         decided = await deps.batcher.run(lambda session: record_decision(session, deps.settings, found))
     except IntegrityError:

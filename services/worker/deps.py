@@ -39,12 +39,27 @@ class Deps:
         return timedelta(seconds=self.settings.stale_after_seconds)
 
     @classmethod
-    def build(cls, settings: Settings, engine: Engine | None = None, rules: RuleSetHolder | None = None) -> Deps:
+    def build(
+        cls,
+        settings: Settings,
+        engine: Engine | None = None,
+        rules: RuleSetHolder | None = None,
+        *,
+        with_model: bool = True,
+    ) -> Deps:
+        """`with_model=False` for processes that never classify (gateway, web): no intent model is trained."""
         engine = engine or make_engine(settings.effective_database_url, pool_size=settings.db_pool_size)
         return cls(
             settings=settings,
             engine=engine,
-            rules=rules or RuleSetHolder(settings.rules_dir, settings.templates_dir),
+            rules=rules
+            or RuleSetHolder(
+                settings.rules_dir,
+                settings.templates_dir,
+                settings.effective_model_cache_dir,
+                with_model=with_model,
+                examples_dir=settings.examples_dir,
+            ),
             renderer=ReplyRenderer(settings.templates_dir),
             reply_sender=make_sender(settings.relay_url, settings.outbox_dir),
             delivery_sender=make_sender(settings.delivery_url, settings.delivered_dir),

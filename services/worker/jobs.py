@@ -196,6 +196,7 @@ async def _deliver(deps: Deps, message: Message, decision: DecisionRecord) -> No
         "X-Channelshift-Language": decision.language,
         "X-Channelshift-Reply": "sent" if decision.reply else f"suppressed ({decision.suppressed or 'no template'})",
         "X-Channelshift-Ruleset": decision.ruleset_version,
+        "X-Channelshift-Confidence": decision.confidence,
         "X-Channelshift-Id": message.id,
     }
     if decision.defects:
