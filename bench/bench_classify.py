@@ -148,7 +148,9 @@ def main() -> None:
         work = Path(tempfile.mkdtemp())
         shutil.copytree(ROOT / "routing_rules", work / "rules", ignore=shutil.ignore_patterns("tests", "examples"))
         synthetic_rules(work / "rules", count)
-        candidate = load_rules(work / "rules", ROOT / "templates", with_model=False)
+        candidate = load_rules(
+            work / "rules", ROOT / "templates", with_model=False, examples_dir=ROOT / "routing_rules" / "examples"
+        )
         # the synthetic rules come before the catch-all, so every mail is checked against all of them
         per_mail = timed(candidate.classify_by_rules, facts, max(2, args.repeat // 4))
         scaling.append(

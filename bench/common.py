@@ -72,7 +72,9 @@ def machine_busy_seconds() -> float:
 
 
 def channelshift_env(**values: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHANNELSHIFT_")}
+    # the model cache (a cold start trains for about 25 s) and the embeddings switch are the caller's choice
+    kept = ("CHANNELSHIFT_MODEL_CACHE_DIR", "CHANNELSHIFT_EMBEDDINGS")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHANNELSHIFT_") or k in kept}
     env.update({f"CHANNELSHIFT_{k.upper()}": v for k, v in values.items()})
     env["CHANNELSHIFT_LOG_LEVEL"] = os.environ.get("CHANNELSHIFT_BENCH_LOG_LEVEL", "WARNING")
     return env

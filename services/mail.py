@@ -108,6 +108,15 @@ class InboundMail:
         return any(defect.startswith("limit:") for defect in self.defects)
 
 
+# Signals of mail that only machines write about other mail: delivery, read and feedback reports and bounces.
+# Such mail is held for the postmaster report; any other automated signal still lets a citizen's words through.
+MACHINE_REPORT_SIGNALS = frozenset({"report", "bounce"})
+
+
+def is_machine_report(mail: InboundMail) -> bool:
+    return bool(MACHINE_REPORT_SIGNALS.intersection(mail.automated_signals))
+
+
 def single_line(text: str, limit: int = MAX_HEADER_VALUE_CHARS) -> str:
     """Collapse CR, LF and other whitespace runs to one space and cap the length."""
     return _WS.sub(" ", text).strip()[:limit]

@@ -277,3 +277,52 @@ async def test_forged_routing_headers_from_outside_are_replaced(pipeline: Pipeli
     [original] = pipeline.delivery.received
     assert original.message.get_all("X-Channelshift-Priority") == ["normal"]
     assert original.message.get_all("X-Channelshift-Category") == ["general"]
+
+
+SAFETY_TEXT = (
+    "Widerspruch gegen den Bescheid vom 3. März. Wir haben seit Tagen nichts zu essen und keinen Strom mehr, "
+    "bitte helfen Sie uns."
+)
+AUTOMATED_VARIANTS = {
+    "contact-form": {"headers": {"Auto-Submitted": "auto-generated"}, "subject": "Kontaktformular"},
+    "spam-false-positive": {"headers": {"X-Spam-Flag": "YES"}, "subject": "Bescheid"},
+    "precedence-bulk": {"headers": {"Precedence": "bulk"}, "subject": "Bescheid"},
+    "list-unsubscribe": {"headers": {"List-Unsubscribe": "<mailto:x@example.org>"}, "subject": "Bescheid"},
+    "admin-sender": {"sender": "praxis-admin@example.org", "subject": "Bescheid"},
+    "bounce-subject": {"subject": "WG: Unzustellbar: Bescheid"},
+}
+
+
+@pytest.mark.parametrize("variant", AUTOMATED_VARIANTS, ids=list(AUTOMATED_VARIANTS))
+async def test_safety_mail_with_an_automated_signal_reaches_staff_without_reply(
+    pipeline: Pipeline, variant: str
+) -> None:
+    spec = AUTOMATED_VARIANTS[variant]
+    await pipeline.send(
+        make_mail(
+            subject=str(spec["subject"]),
+            body=SAFETY_TEXT,
+            sender=str(spec.get("sender", "citizen@example.org")),
+            headers=dict(spec.get("headers", {})),  # type: ignore[arg-type]
+        )
+    )
+    await pipeline.work()
+    [original] = pipeline.delivery.received
+    assert original.message["X-Channelshift-Category"] in ("emergency", "objection")
+    assert original.message["X-Channelshift-Priority"] in ("urgent", "high")
+    assert pipeline.relay.received == []  # the automated signal still suppresses the reply
+    [message] = _messages(pipeline)
+    assert message.state == MessageState.DELIVERED
+
+
+async def test_a_delivery_report_quoting_an_emergency_is_still_held(pipeline: Pipeline) -> None:
+    report = make_mail(
+        subject="Undelivered Mail Returned to Sender",
+        body="This is the mail system. Your message could not be delivered: wir haben nichts zu essen.",
+        sender="MAILER-DAEMON@example.org",
+    )
+    await pipeline.send(report)
+    await pipeline.work()
+    assert pipeline.delivery.received == [] and pipeline.relay.received == []
+    [message] = _messages(pipeline)
+    assert message.state == MessageState.HELD

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from services.classify.examples import RULE_ONLY_CATEGORIES
+from services.classify.examples import AUTOMATED, RULE_ONLY_CATEGORIES
 from services.classify.features import model_text
 from services.classify.keywords import KeywordIndex
 from services.classify.language import detect_language
@@ -18,7 +18,7 @@ from services.classify.prefilter import filter_fold, required_words
 from services.classify.schema import Action, AddressMatch, Condition, Rule, RuleSettings, TextMatch
 from services.classify.text import as_written, fold
 from services.domain_constants import SAFETY_CATEGORIES
-from services.mail import InboundMail
+from services.mail import InboundMail, is_machine_report
 
 if TYPE_CHECKING:
     from services.classify.training import TrainedIntent
@@ -313,6 +313,10 @@ class RuleSet:
         decisions do not (the model never decides those).
         """
         by_rules = self.classify_by_rules(facts)
+        if by_rules.action.category == AUTOMATED and not is_machine_report(facts.mail):
+            # "automated" means no reply, not that nobody reads it: a contact form, a spam-filter false
+            # positive or a forwarded bounce can carry a citizen's emergency (non-negotiable 5)
+            return self._safety_in_automated(facts, by_rules) or by_rules
         if self.intent is None or by_rules.action.category in RULE_ONLY_CATEGORIES:
             return by_rules
         is_catch_all = by_rules.rule.when is None or by_rules.rule.when.always is True
@@ -328,6 +332,21 @@ class RuleSet:
                 by_rules.rule, by_rules.action, by_rules.trials, "uncertain", scores, result.escalated
             )
         return Classification(by_rules.rule, by_rules.action, by_rules.trials, "rule", scores, result.escalated)
+
+    def _safety_in_automated(self, facts: MailFacts, automated: Classification) -> Classification | None:
+        """The first safety rule that matches the mail's own words.
+
+        Rules only, not the model: on the 946 automated mails of the third-party corpus (bounces, auto-replies
+        in English) the model ranked `objection` or `emergency` first 21 times, at up to 0.89.
+        """
+        for compiled in self.rules:
+            if compiled.rule.then.category not in SAFETY_CATEGORIES:
+                continue
+            trace = Trace()
+            if compiled.predicate(facts, trace):
+                trials = (*automated.trials, RuleTrial(compiled.rule.id, True, tuple(trace.hits)))
+                return Classification(compiled.rule, compiled.rule.then, trials)
+        return None
 
     def warm_up(self) -> None:
         """Build what the first mail would otherwise pay for (the language detector's models, the model's first

@@ -15,7 +15,8 @@ LABELS_FILE = "labels.csv"
 REQUIRED_COLUMNS = ("file", "category")
 MAX_EXAMPLE_BYTES = 2 * 1024 * 1024
 # The model never decides these: rules do (automated signals, partner domains).
-RULE_ONLY_CATEGORIES = frozenset({"automated", "partner"})
+AUTOMATED = "automated"
+RULE_ONLY_CATEGORIES = frozenset({AUTOMATED, "partner"})
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,12 @@ import sklearn
 import structlog
 from sklearn.model_selection import StratifiedKFold
 
-from services.classify.embedding import CACHE_FILE, EmbeddingCache
+from services.classify.embedding import CACHE_FILE, EMBED_CHARS, EmbeddingCache
 from services.classify.embedding import available as embedding_available
 from services.classify.examples import Example, ExampleSet
-from services.classify.features import model_text, own_part
+from services.classify.features import OWN_CHARS, QUOTED_CHARS, model_text, own_part
 from services.classify.hybrid import IntentClassifier, decide_intent, safety_kept
-from services.classify.intent import IntentModel, IntentScores, SemanticModel, combine
+from services.classify.intent import SCORE_SCALE, IntentModel, IntentScores, SemanticModel, combine
 from services.classify.schema import ModelSettings
 from services.domain_constants import SAFETY_CATEGORIES
 from services.mail import InboundMail
@@ -86,9 +86,11 @@ _verdicts: dict[str, tuple[str | None, ...]] = {}
 
 
 def _training_key(examples: ExampleSet, settings: ModelSettings) -> str:
+    # the feature and model code's own parameters too: a changed cut-off must not reuse a model trained without it
+    code = f"{OWN_CHARS}|{QUOTED_CHARS}|{EMBED_CHARS}|{SCORE_SCALE}"
     material = (
         f"{_FORMAT}|{sklearn.__version__}|{examples.digest}|{settings.folds}|{settings.semantic}"
-        f"|{embedding_available()}"
+        f"|{embedding_available()}|{code}"
     )
     return hashlib.sha256(material.encode()).hexdigest()[:20]
 
