@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import smtplib
 import sys
 from datetime import UTC, datetime
@@ -386,9 +387,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; expected failures are one clear line on stderr and exit 1, never a traceback."""
+    from services.classify.loader import RuleSetInvalid
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except RuleSetInvalid as exc:
+        print(
+            f"the rule set does not validate ({len(exc.errors)} problems; `channelshift rules check`):", file=sys.stderr
+        )
+        for error in exc.errors[:20]:
+            print(f"  {error}", file=sys.stderr)
+        return 1
+    except FileNotFoundError as exc:
+        print(f"no such file: {exc.filename}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # `channelshift rules explain mail.eml | head`: the reader left; stop quietly (the docs' recipe)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     return result
 
 

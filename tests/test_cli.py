@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from services.config import PROJECT_ROOT
 from tests.support import Pipeline, make_mail
 
@@ -99,3 +101,19 @@ async def test_replay_shows_shift_and_changes_nothing(pipeline: Pipeline, tmp_pa
         )
         assert env_run.returncode == 0, env_run.stderr
         assert json.loads(env_run.stdout)["category_shift"] == [{"from": "general", "to": "complaint", "count": 1}]
+
+
+def test_expected_failures_are_one_line_not_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from services.cli import main
+
+    assert main(["rules", "explain", str(tmp_path / "missing.eml")]) == 1
+    assert capsys.readouterr().err.strip() == f"no such file: {tmp_path / 'missing.eml'}"
+    (tmp_path / "a.eml").write_bytes(b"Subject: x\r\n\r\nhallo\r\n")
+    assert main(["rules", "eval", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.strip() == f"no such file: {tmp_path / 'labels.csv'}"
+    broken = tmp_path / "rules"
+    broken.mkdir()
+    (broken / "00-settings.yaml").write_text("settings: [\n")
+    assert main(["rules", "explain", "--rules", str(broken), str(tmp_path / "a.eml")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "the rule set does not validate" in err and "00-settings.yaml:" in err
