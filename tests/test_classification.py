@@ -19,6 +19,7 @@ from services.classify.keywords import KeywordIndex
 from services.classify.loader import RuleSetInvalid, load_rules
 from services.classify.reload import RuleSetHolder
 from services.config import PROJECT_ROOT
+from tests.support import make_mail
 
 RULES = PROJECT_ROOT / "routing_rules"
 TEMPLATES = PROJECT_ROOT / "templates"
@@ -155,3 +156,31 @@ def test_examples_add_copies_the_mail_with_its_label(tmp_path: Path) -> None:
         add_example(examples, raw, "appointment", {"appointment", "general"})
     with pytest.raises(Exception, match="did you mean 'appointment'"):
         add_example(examples, raw + b"x", "apointment", {"appointment", "general"})
+
+
+def test_the_safety_floor_is_the_same_in_explain_and_in_the_worker(tmp_path: Path) -> None:
+    """A rule file that demotes emergencies cannot: explain and the worker's decision both say urgent."""
+    from types import SimpleNamespace
+
+    from services.config import Settings
+    from services.reply.policy import PolicyConfig
+    from services.store.models import Message
+    from services.worker.decide import classify_message
+
+    rules = _rule_copy(tmp_path)
+    safety = rules / "30-safety.yaml"
+    safety.write_text(
+        safety.read_text().replace("      priority: urgent\n", "      priority: normal\n      deliver: false\n")
+    )
+    ruleset = load_rules(rules, TEMPLATES, examples_dir=RULES / "examples")
+    raw = make_mail(subject="bitte helfen", body="Morgen wird mein Strom abgestellt und ich habe ein Baby.")
+    explained = explain(ruleset, raw)
+    assert (explained["category"], explained["rule"]) == ("emergency", "emergency")
+    assert (explained["priority"], explained["deliver"]) == ("urgent", True)
+    message = Message(
+        id="m1", protocol="smtp", mail_from="case1@mail.example", rcpt_tos=["info@jobcenter-musterstadt.example"],
+        mailbox="info@jobcenter-musterstadt.example", size=len(raw), raw=raw,
+    )  # fmt: skip
+    deps = SimpleNamespace(rules=SimpleNamespace(current=ruleset), settings=Settings(), policy=PolicyConfig())
+    found = classify_message(deps, message)  # type: ignore[arg-type]
+    assert (found.category, found.priority, found.deliver) == ("emergency", "urgent", True)

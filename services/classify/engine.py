@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
@@ -15,9 +15,9 @@ from services.classify.features import model_text
 from services.classify.keywords import KeywordIndex
 from services.classify.language import detect_language
 from services.classify.prefilter import filter_fold, required_words
-from services.classify.schema import Action, AddressMatch, Condition, Rule, RuleSettings, TextMatch
+from services.classify.schema import PRIORITIES, Action, AddressMatch, Condition, Rule, RuleSettings, TextMatch
 from services.classify.text import as_written, fold
-from services.domain_constants import SAFETY_CATEGORIES
+from services.domain_constants import SAFETY_CATEGORIES, SAFETY_PRIORITY
 from services.mail import InboundMail, is_machine_report
 
 if TYPE_CHECKING:
@@ -307,6 +307,23 @@ class RuleSet:
         return self.is_served(address) or address.lower() in {a.lower() for a in self.settings.own_addresses}
 
     def classify(self, facts: MailFacts) -> Classification:
+        """The category and action of a mail, with the safety floor applied (non-negotiable 5).
+
+        The one place it is applied: the worker, explain, eval and replay all read this, so a rule file that
+        gives `emergency` `priority: normal, deliver: false` shows the same urgent delivery everywhere.
+        """
+        decided = self._classify(facts)
+        floor = SAFETY_PRIORITY.get(decided.action.category)
+        if floor is None:
+            return decided
+        action = decided.action
+        if PRIORITIES.index(action.priority) < PRIORITIES.index(floor) or not action.deliver:
+            raised = max(action.priority, floor, key=PRIORITIES.index)
+            action = action.model_copy(update={"priority": raised, "deliver": True})
+            return replace(decided, action=action)
+        return decided
+
+    def _classify(self, facts: MailFacts) -> Classification:
         """Rules first (certain things: automated, partners, explicit rules); the catch-all asks the model.
 
         A rule-decided citizen category still yields to the model's safety layer; automated and partner

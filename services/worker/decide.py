@@ -12,7 +12,6 @@ from sqlmodel import Session
 
 from services.classify.engine import MailFacts
 from services.config import Settings
-from services.domain_constants import SAFETY_PRIORITY
 from services.mail import parse_mail
 from services.pseudonym import pseudonymize
 from services.reply.compose import threading_headers
@@ -41,8 +40,6 @@ from services.store.records import DecisionRecord, SendRecord
 from services.worker.deps import Deps
 
 log = structlog.get_logger(__name__)
-
-_PRIORITY_ORDER = ("low", "normal", "high", "urgent")
 
 
 @dataclass(frozen=True)
@@ -120,12 +117,8 @@ def classify_message(deps: Deps, message: Message) -> Classified:
     classification = ruleset.classify(facts)
     action = classification.action
     category = action.category
-    deliver = action.deliver or category in SAFETY_PRIORITY
+    deliver = action.deliver  # the safety floor is applied by RuleSet.classify, as explain sees it
     priority: str = action.priority
-    if category in SAFETY_PRIORITY and _PRIORITY_ORDER.index(priority) < _PRIORITY_ORDER.index(
-        SAFETY_PRIORITY[category]
-    ):
-        priority = SAFETY_PRIORITY[category]
     sender_key = envelope_from or mail.from_address
     in_reply_to, references = threading_headers(mail)
     return Classified(
