@@ -112,7 +112,7 @@ class IntentModel:
             raise ValueError("the intent model needs examples of at least two categories")
         features = _features()
         matrix = features.fit_transform(list(texts)).tocsr()
-        classifier = LinearSVC(C=0.5, class_weight="balanced")
+        classifier = LinearSVC(C=0.5, class_weight="balanced", random_state=0)  # liblinear shuffles: fixed seed
         classifier.fit(matrix, list(labels))
         return cls(features, classifier, matrix, files or [str(i) for i in range(len(texts))], labels)
 

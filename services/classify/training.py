@@ -29,7 +29,7 @@ from services.mail import InboundMail
 log = structlog.get_logger(__name__)
 
 FALLBACK_CATEGORY = "general"
-_FORMAT = 1  # bump when the pickled shape changes
+_FORMAT = 2  # bump when the pickled shape changes
 
 
 @dataclass(frozen=True)
