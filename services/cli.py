@@ -9,13 +9,32 @@ import smtplib
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from services.config import Settings, split_host_port
 from services.logging import configure_logging
 
+if TYPE_CHECKING:
+    from services.classify.engine import RuleSet
+
 
 def _settings() -> Settings:
     return Settings()
+
+
+def _ruleset(
+    settings: Settings, rules_dir: str | None = None, *, with_model: bool = True, templates_dir: Path | None = None
+) -> RuleSet:
+    """The rule set a command works on: `rules_dir` or the configured one, with the configured examples."""
+    from services.classify.loader import load_rules
+
+    return load_rules(
+        Path(rules_dir) if rules_dir else settings.rules_dir,
+        templates_dir or settings.templates_dir,
+        cache_dir=settings.effective_model_cache_dir,
+        with_model=with_model,
+        examples_dir=settings.examples_dir,
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -53,9 +72,8 @@ def cmd_inject(args: argparse.Namespace) -> int:
     recipients = args.to or []
     if not recipients:
         from services.classify.explain import default_envelope
-        from services.classify.loader import load_rules
 
-        ruleset = load_rules(settings.rules_dir, settings.templates_dir, with_model=False)
+        ruleset = _ruleset(settings, with_model=False)
         recipients = list(default_envelope(ruleset, mail, None, None)[1])
     sender = args.sender if args.sender is not None else mail.from_address
     try:
@@ -76,15 +94,13 @@ def cmd_inject(args: argparse.Namespace) -> int:
 
 
 def cmd_rules_check(args: argparse.Namespace) -> int:
-    from services.classify.loader import RuleSetInvalid, load_rules
+    from services.classify.loader import RuleSetInvalid
 
     settings = _settings()
     directory = Path(args.dir) if args.dir else settings.rules_dir
     templates = Path(args.templates) if args.templates else settings.templates_dir
     try:
-        ruleset = load_rules(
-            directory, templates, cache_dir=settings.effective_model_cache_dir, examples_dir=settings.examples_dir
-        )
+        ruleset = _ruleset(settings, str(directory), templates_dir=templates)
     except RuleSetInvalid as exc:
         if args.json:
             print(json.dumps({"ok": False, "errors": [e.__dict__ for e in exc.errors]}, ensure_ascii=False))
@@ -102,16 +118,10 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 
 def cmd_rules_explain(args: argparse.Namespace) -> int:
     from services.classify.explain import explain, format_explain
-    from services.classify.loader import load_rules
     from services.reply.policy import PolicyConfig
 
     settings = _settings()
-    ruleset = load_rules(
-        Path(args.rules) if args.rules else settings.rules_dir,
-        settings.templates_dir,
-        cache_dir=settings.effective_model_cache_dir,
-        examples_dir=settings.examples_dir,
-    )
+    ruleset = _ruleset(settings, args.rules)
     result = explain(
         ruleset,
         Path(args.file).read_bytes(),
@@ -125,15 +135,9 @@ def cmd_rules_explain(args: argparse.Namespace) -> int:
 
 def cmd_rules_eval(args: argparse.Namespace) -> int:
     from services.classify.evaluate import evaluate
-    from services.classify.loader import load_rules
 
     settings = _settings()
-    ruleset = load_rules(
-        Path(args.rules) if args.rules else settings.rules_dir,
-        settings.templates_dir,
-        cache_dir=settings.effective_model_cache_dir,
-        examples_dir=settings.examples_dir,
-    )
+    ruleset = _ruleset(settings, args.rules)
     report = evaluate(ruleset, Path(args.dir), Path(args.labels) if args.labels else None)
     print(json.dumps(report.as_dict(), ensure_ascii=False, indent=2) if args.json else report.format())
     if args.min_accuracy is not None and report.accuracy < args.min_accuracy:
@@ -147,11 +151,10 @@ def cmd_rules_eval(args: argparse.Namespace) -> int:
 
 def cmd_examples_add(args: argparse.Namespace) -> int:
     from services.classify.examples import RULE_ONLY_CATEGORIES, ExampleRefused, add_example
-    from services.classify.loader import load_rules
 
     settings = _settings()
     rules_dir = Path(args.rules) if args.rules else settings.rules_dir
-    ruleset = load_rules(rules_dir, settings.templates_dir, with_model=False)
+    ruleset = _ruleset(settings, str(rules_dir), with_model=False)
     try:
         raw = Path(args.file).read_bytes()
         name = add_example(
@@ -178,18 +181,13 @@ def _date(value: str) -> datetime:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from services.classify.loader import RuleSetInvalid, load_rules
+    from services.classify.loader import RuleSetInvalid
     from services.classify.replay import replay
     from services.store.db import make_engine
 
     settings = _settings()
     try:
-        ruleset = load_rules(
-            Path(args.rules) if args.rules else settings.rules_dir,
-            settings.templates_dir,
-            cache_dir=settings.effective_model_cache_dir,
-            examples_dir=settings.examples_dir,
-        )
+        ruleset = _ruleset(settings, args.rules)
     except RuleSetInvalid as exc:
         for error in exc.errors:
             print(error, file=sys.stderr)
@@ -258,12 +256,11 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
 
 def cmd_rollup(args: argparse.Namespace) -> int:
-    from services.classify.loader import load_rules
     from services.store.db import make_engine
     from services.store.rollup import refresh_daily_rollup
 
     settings = _settings()
-    zone = load_rules(settings.rules_dir, settings.templates_dir, with_model=False).settings.timezone
+    zone = _ruleset(settings, with_model=False).settings.timezone
     engine = make_engine(settings.effective_database_url)
     result = refresh_daily_rollup(engine, zone)
     engine.dispose()

@@ -336,7 +336,7 @@ class RuleSet:
             return self._safety_in_automated(facts, by_rules) or by_rules
         if self.intent is None or by_rules.action.category in RULE_ONLY_CATEGORIES:
             return by_rules
-        is_catch_all = by_rules.rule.when is None or by_rules.rule.when.always is True
+        is_catch_all = by_rules.rule.is_catch_all
         if not is_catch_all and by_rules.action.category in SAFETY_CATEGORIES:
             return by_rules
         result = self.intent.classifier.classify(model_text(facts.mail))
@@ -372,14 +372,17 @@ class RuleSet:
         mail = InboundMail(subject="Termin", body_text=words, own_text=words)
         self.classify(MailFacts.of(mail, "warm-up@example.org", (), datetime.now(UTC)))
 
-    def certain_category(self, mail: InboundMail) -> str | None:
-        """The category a rule other than the catch-all gives a mail (as `explain` would see it), else None."""
+    def classify_file_by_rules(self, mail: InboundMail) -> Classification:
+        """The rules' decision for a mail read from a file, with the envelope `explain` assumes; no model."""
         from services.classify.explain import default_envelope
 
         sender, recipients = default_envelope(self, mail, None, None)
-        decided = self.classify_by_rules(MailFacts.of(mail, sender, recipients, datetime.now(UTC)))
-        when = decided.rule.when
-        return None if when is None or when.always is True else decided.action.category
+        return self.classify_by_rules(MailFacts.of(mail, sender, recipients, datetime.now(UTC)))
+
+    def certain_category(self, mail: InboundMail) -> str | None:
+        """The category a rule other than the catch-all gives a mail, else None (left to the model)."""
+        decided = self.classify_file_by_rules(mail)
+        return None if decided.rule.is_catch_all else decided.action.category
 
     def classify_by_rules(self, facts: MailFacts) -> Classification:
         trials: list[RuleTrial] = []

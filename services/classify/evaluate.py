@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.classify.engine import MailFacts, RuleSet
-from services.classify.explain import default_envelope, explain
+from services.classify.engine import RuleSet
+from services.classify.explain import explain
 from services.mail import parse_mail
-from services.store.models import utcnow
 
 SAFETY_CATEGORIES = ("emergency", "objection")
 
@@ -116,9 +115,7 @@ class EvalReport:
 
 def rules_alone(ruleset: RuleSet, raw: bytes) -> str:
     """The category the rule files give without the model (for the side-by-side in the report)."""
-    mail = parse_mail(raw)
-    sender, recipients = default_envelope(ruleset, mail, None, None)
-    return ruleset.classify_by_rules(MailFacts.of(mail, sender, recipients, utcnow())).action.category
+    return ruleset.classify_file_by_rules(parse_mail(raw)).action.category
 
 
 def evaluate(ruleset: RuleSet, directory: Path, labels_file: Path | None = None) -> EvalReport:

@@ -49,10 +49,10 @@ def explain(
     model["ngrams"], model["neighbours"] = [], []
     if ruleset.intent is not None and result.scores:
         fast = ruleset.intent.classifier.fast
-        text = model_text(mail)
-        model["ngrams"] = [{"ngram": g, "weight": w} for g, w in fast.weightiest(text, result.scores[0][0])]
+        vector = fast.vectorize([model_text(mail)])
+        model["ngrams"] = [{"ngram": g, "weight": w} for g, w in fast.weightiest(vector, result.scores[0][0])]
         model["neighbours"] = [
-            {"file": n.file, "category": n.category, "similarity": n.similarity} for n in fast.neighbours(text)
+            {"file": n.file, "category": n.category, "similarity": n.similarity} for n in fast.neighbours(vector)
         ]
     return {
         "category": action.category,

@@ -23,10 +23,6 @@ class IntentResult:
     scores: IntentScores
     escalated: bool
 
-    @property
-    def confident(self) -> bool:
-        return self.category is not None
-
 
 class IntentClassifier:
     def __init__(self, fast: IntentModel, semantic: SemanticModel | None, settings: ModelSettings) -> None:
@@ -35,12 +31,7 @@ class IntentClassifier:
         self.settings = settings
 
     def needs_semantic(self, scores: IntentScores) -> bool:
-        if self.semantic is None or not embedding_enabled():
-            return False
-        watch = self.settings.safety_watch
-        return scores.margin < self.settings.escalate_below_margin or any(
-            scores.of(category) >= watch for category in SAFETY_CATEGORIES
-        )
+        return self.semantic is not None and embedding_enabled() and should_escalate(scores, self.settings)
 
     def classify_many(self, texts: list[str], vectors: np.ndarray | None = None) -> list[IntentResult]:
         """Decide for a batch; `vectors` (embeddings of every text) skip the embedding model's own call."""
@@ -60,6 +51,13 @@ class IntentClassifier:
 
     def decide(self, scores: IntentScores, escalated: bool) -> IntentResult:
         return decide_intent(scores, escalated, self.settings)
+
+
+def should_escalate(scores: IntentScores, settings: ModelSettings) -> bool:
+    """Whether the fast model is unsure enough to ask the embedding model (the service and its cross-validation)."""
+    return scores.margin < settings.escalate_below_margin or any(
+        scores.of(category) >= settings.safety_watch for category in SAFETY_CATEGORIES
+    )
 
 
 def safety_kept(settings: ModelSettings) -> frozenset[str]:

@@ -105,6 +105,7 @@ class IntentModel:
         self._labels = tuple(labels)
         self.categories: tuple[str, ...] = tuple(str(c) for c in classifier.classes_)
         self._names = np.asarray(features.get_feature_names_out())
+        self._row_norms = sparse.linalg.norm(matrix, axis=1)
 
     @classmethod
     def train(cls, texts: Sequence[str], labels: Sequence[str], files: Sequence[str] | None = None) -> IntentModel:
@@ -139,19 +140,19 @@ class IntentModel:
         )
         return IntentScores(tuple((category, round(score, 4)) for category, score in pairs))
 
-    def weightiest(self, text: str, category: str, count: int = TOP_FEATURES) -> list[tuple[str, float]]:
-        """The n-grams of the text that pushed hardest towards `category` (feature value x weight)."""
-        vector = self.vectorize([text])
+    def weightiest(
+        self, vector: sparse.csr_matrix, category: str, count: int = TOP_FEATURES
+    ) -> list[tuple[str, float]]:
+        """The n-grams of a vectorized text that pushed hardest towards `category` (feature value x weight)."""
         row = self.categories.index(category)
         weights = self._classifier.coef_[row]
         contributions = [(int(i), float(v * weights[i])) for i, v in zip(vector.indices, vector.data, strict=True)]
         contributions.sort(key=lambda item: -item[1])
         return [(str(self._names[i]).split("__", 1)[-1], round(c, 4)) for i, c in contributions[:count] if c > 0]
 
-    def neighbours(self, text: str, count: int = 3) -> list[Neighbour]:
-        """The most similar example mails (cosine of their n-gram vectors) with their labels."""
-        vector = self.vectorize([text])
-        norms = sparse.linalg.norm(self._matrix, axis=1) * (sparse.linalg.norm(vector) or 1.0)
+    def neighbours(self, vector: sparse.csr_matrix, count: int = 3) -> list[Neighbour]:
+        """The example mails most similar to a vectorized text (cosine of the n-gram vectors), with labels."""
+        norms = self._row_norms * (sparse.linalg.norm(vector) or 1.0)
         similarity = np.asarray(self._matrix @ vector.T.toarray()).ravel() / np.where(norms == 0, 1.0, norms)
         best = np.argsort(-similarity)[:count]
         return [Neighbour(self._files[i], self._labels[i], round(float(similarity[i]), 3)) for i in best]

@@ -258,10 +258,6 @@ def _condition_lists(condition: Condition) -> list[str]:
     return names
 
 
-def _is_catch_all(rule: Rule) -> bool:
-    return rule.when is None or rule.when.always is True
-
-
 def _semantic_errors(
     ordered: list[tuple[int, int, Rule, str, int]],
     settings: RuleSettings,
@@ -320,7 +316,7 @@ def _semantic_errors(
                     )
                 )
             seen_conditions.setdefault(key, f"{rule.id!r}")
-        if _is_catch_all(rule) and catch_all is None:
+        if rule.is_catch_all and catch_all is None:
             catch_all = f"{rule.id!r} ({name}:{line})"
     for category, spec in settings.categories.items():
         where = f"settings.categories.{category}"

@@ -222,6 +222,11 @@ class Rule(_Strict):
     when: Condition | None = None
     then: Action
 
+    @property
+    def is_catch_all(self) -> bool:
+        """A rule without `when` (or `when: {always: true}`) matches every mail."""
+        return self.when is None or self.when.always is True
+
 
 class ChannelInfo(_Strict):
     """What the templates need to point at a channel; the deployment sets these, not the templates."""

@@ -20,7 +20,7 @@ from services.classify.embedding import CACHE_FILE, EMBED_CHARS, EmbeddingCache
 from services.classify.embedding import available as embedding_available
 from services.classify.examples import Example, ExampleSet
 from services.classify.features import OWN_CHARS, QUOTED_CHARS, model_text, own_part
-from services.classify.hybrid import IntentClassifier, decide_intent, safety_kept
+from services.classify.hybrid import IntentClassifier, decide_intent, safety_kept, should_escalate
 from services.classify.intent import SCORE_SCALE, IntentModel, IntentScores, SemanticModel, combine
 from services.classify.schema import ModelSettings
 from services.domain_constants import SAFETY_CATEGORIES
@@ -29,7 +29,7 @@ from services.mail import InboundMail
 log = structlog.get_logger(__name__)
 
 FALLBACK_CATEGORY = "general"
-_FORMAT = 2  # bump when the pickled shape changes
+_FORMAT = 3  # bump when the pickled shape changes
 
 
 @dataclass(frozen=True)
@@ -145,10 +145,7 @@ def validate(
             continue
         scores = first
         semantic_score = semantic_scores[i]
-        escalate = semantic_score is not None and (
-            scores.margin < settings.escalate_below_margin
-            or any(scores.of(c) >= settings.safety_watch for c in SAFETY_CATEGORIES)
-        )
+        escalate = semantic_score is not None and should_escalate(scores, settings)
         if escalate and semantic_score is not None:
             scores = combine(scores, semantic_score, settings.semantic_weight, safety_kept(settings))
             escalated += 1
