@@ -40,6 +40,7 @@ TABLES = (
     "reply",
     "delivery",
     "decision",
+    "message_key",
     "message",
 )
 

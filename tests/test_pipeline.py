@@ -12,6 +12,7 @@ from sqlmodel import Session, select
 from services import queue
 from services.links import read_token
 from services.store.models import Decision, Delivery, JobState, Message, MessageState, Reply
+from services.store.queries import opened_messages
 from services.worker.jobs import deliver_original, process_message, send_reply, sweep
 from tests.support import SERVED, Pipeline, make_mail
 
@@ -20,7 +21,7 @@ PDF = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
 
 def _messages(pipeline: Pipeline) -> list[Message]:
     with Session(pipeline.deps.engine) as session:
-        return list(session.exec(select(Message)).all())
+        return opened_messages(session)
 
 
 async def test_documents_mail_gets_steering_reply_and_reaches_staff(pipeline: Pipeline) -> None:

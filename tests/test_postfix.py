@@ -14,10 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from services.reply.send import SmtpSender
 from services.store.models import Message, MessageState
+from services.store.queries import opened_messages
 from tests.support import SERVED, Pipeline, make_mail, wait_for_smtp
 from tests.test_serve import free_port
 
@@ -124,7 +125,7 @@ async def test_mail_in_through_postfix_and_reply_out_through_postfix(pipeline: P
     deadline = time.monotonic() + 30
     while True:  # Postfix queues it and hands it to the gateway over LMTP
         with Session(pipeline.deps.engine) as session:
-            stored = session.exec(select(Message)).all()
+            stored = opened_messages(session)
         if stored or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.2)

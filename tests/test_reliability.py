@@ -19,6 +19,7 @@ from services.gateway.server import tls_context
 from services.reply.send import MaildirSender, PermanentSendError, SmtpSender
 from services.store.db import make_engine
 from services.store.models import Decision, Delivery, JobState, Message, MessageState, Reply
+from services.store.queries import load_message, opened_messages
 from tests.support import (
     SERVED,
     Pipeline,
@@ -194,7 +195,7 @@ async def test_smtp_smuggling_is_one_message(pipeline: Pipeline) -> None:
     )
     assert answers[4].startswith(b"250 2.0.0")
     with Session(pipeline.deps.engine) as session:
-        [stored] = session.exec(select(Message)).all()
+        [stored] = opened_messages(session)
     assert stored.raw is not None and b"smuggled" in stored.raw  # it stayed inside the one message
 
 
@@ -306,7 +307,7 @@ def test_starttls_in_the_gateway_role_on_uvloop(
     engine = make_engine(clean_database)
     try:
         with Session(engine) as session:
-            stored = session.get(Message, message_id)
+            stored = load_message(session, message_id)
             assert stored is not None and stored.raw is not None and b"Subject:" in stored.raw
     finally:
         engine.dispose()

@@ -14,6 +14,7 @@ from sqlmodel import Session, col, select
 from services.classify.engine import MailFacts, RuleSet
 from services.mail import parse_mail
 from services.store.models import Decision, Message
+from services.store.queries import opened_messages
 
 BATCH = 500
 
@@ -80,24 +81,22 @@ def _batches(engine: Engine, since: datetime, until: datetime | None) -> Iterato
     last_time = since
     while True:
         with Session(engine) as session:
-            query = (
-                select(Message, Decision)
-                .join(Decision, col(Decision.message_id) == col(Message.id))
-                .where(
-                    (col(Message.received_at) > last_time)
-                    | ((col(Message.received_at) == last_time) & (col(Message.id) > last_id))
-                )
-                .order_by(col(Message.received_at), col(Message.id))
-                .limit(BATCH)
-            )
+            window: list[Any] = [
+                (col(Message.received_at) > last_time)
+                | ((col(Message.received_at) == last_time) & (col(Message.id) > last_id))
+            ]
             if until is not None:
-                query = query.where(col(Message.received_at) < until)
-            rows = [(message, decision) for message, decision in session.exec(query).all()]
+                window.append(col(Message.received_at) < until)
+            messages = opened_messages(session, *window, limit=BATCH)
+            ids = [message.id for message in messages]
+            decisions = {
+                d.message_id: d for d in session.exec(select(Decision).where(col(Decision.message_id).in_(ids)))
+            }
             session.expunge_all()
-        if not rows:
+        if not messages:
             return
-        yield rows
-        last_time, last_id = rows[-1][0].received_at, rows[-1][0].id
+        yield [(message, decisions[message.id]) for message in messages if message.id in decisions]
+        last_time, last_id = messages[-1].received_at, messages[-1].id
 
 
 def replay(engine: Engine, ruleset: RuleSet, since: datetime, until: datetime | None = None) -> ReplayReport:

@@ -28,6 +28,8 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
             cursor.execute("PRAGMA synchronous=FULL")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.execute("PRAGMA foreign_keys=ON")
+            # deleted pages are zeroed, so a purged key or body is not left readable in the file
+            cursor.execute("PRAGMA secure_delete=ON")
             cursor.close()
 
         return engine

@@ -48,13 +48,22 @@ class Message(SQLModel, table=True):
     received_at: datetime = Field(default_factory=utcnow, index=True)
     updated_at: datetime = Field(default_factory=utcnow)
     protocol: str = Field(max_length=8)
-    mail_from: str = Field(max_length=512)
+    mail_from: str = Field(max_length=1024, description="envelope sender, sealed at rest (services/store/vault.py)")
     rcpt_tos: list[str] = Field(sa_column=Column(JSON, nullable=False))
     mailbox: str = Field(max_length=320, description="first served recipient")
     size: int
-    raw: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    raw: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True), description="sealed")
     state: str = Field(default=MessageState.RECEIVED, max_length=16)
     purged_at: datetime | None = None
+
+
+class MessageKey(SQLModel, table=True):
+    """The data key that opens one message's sealed fields; purge deletes it first (crypto-shredding)."""
+
+    __tablename__ = "message_key"
+
+    message_id: str = Field(primary_key=True, max_length=32)
+    data_key: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
 class Decision(SQLModel, table=True):
@@ -89,7 +98,9 @@ class Reply(SQLModel, table=True):
     state: str = Field(default=JobState.PENDING, max_length=16)
     attempts: int = 0
     reply_message_id: str = Field(max_length=255)
-    in_reply_to: str | None = Field(default=None, max_length=255, description="sanitized Message-ID of the original")
+    # Not written since 0004 (the threading headers are taken from the sealed original at send time); purge
+    # clears what older versions stored.
+    in_reply_to: str | None = Field(default=None, max_length=255)
     references: str | None = Field(default=None, max_length=2000)
     created_at: datetime = Field(default_factory=utcnow)
     claimed_at: datetime | None = None

@@ -1,17 +1,19 @@
-"""Retention: drop raw bodies and envelope addresses of finished messages; decisions and counters stay."""
+"""Retention: shred finished messages (key, body, sender, threading headers, error texts); decisions stay."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, func, select, update
+import structlog
+from sqlalchemy import Engine, delete, func, select, text, update
 from sqlmodel import Session, col
 
 from services.store.db import session_scope
-from services.store.models import LinkClick, Message, MessageState, ReplyLedger, utcnow
+from services.store.models import Delivery, LinkClick, Message, MessageKey, MessageState, Reply, ReplyLedger, utcnow
 
 BATCH = 1000
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -22,7 +24,11 @@ class PurgeResult:
 
 
 def purge(engine: Engine, retention_days: int, now: datetime | None = None, dry_run: bool = False) -> PurgeResult:
-    """Only messages in a final state (delivered or held) are purged: nothing still in flight loses its body."""
+    """Only messages in a final state (delivered or held) are purged: nothing still in flight loses its body.
+
+    The data key goes first and in the same transaction as the body: from that commit on, any copy of the
+    sealed fields (a dead tuple, a WAL segment, a backup) is unreadable.
+    """
     cutoff = (now or utcnow()) - timedelta(days=retention_days)
     # the reply ledger only matters for 30 days (dedup window, repeat senders); keep it for the longer of both
     ledger_cutoff = (now or utcnow()) - timedelta(days=max(retention_days, 31))
@@ -36,15 +42,23 @@ def purge(engine: Engine, retention_days: int, now: datetime | None = None, dry_
             count = session.execute(select(func.count()).select_from(Message).where(*old_final)).scalar_one()
         return PurgeResult(int(count), 0, 0)
     purged = 0
+    # keyset pagination on the primary key: each batch starts after the last, so purged rows are not re-read
+    after = ""
     while True:
         with session_scope(engine) as session:
-            ids = list(session.execute(select(col(Message.id)).where(*old_final).limit(BATCH)).scalars())
+            ids = list(
+                session.execute(
+                    select(col(Message.id))
+                    .where(*old_final, col(Message.id) > after)
+                    .order_by(col(Message.id))
+                    .limit(BATCH)
+                ).scalars()
+            )
             if not ids:
                 break
-            session.execute(
-                update(Message).where(col(Message.id).in_(ids)).values(raw=None, mail_from="", purged_at=utcnow())
-            )
+            _shred(session, ids)
             purged += len(ids)
+            after = ids[-1]
     with session_scope(engine) as session:
         ledger = session.execute(
             ReplyLedger.__table__.delete().where(  # type: ignore[attr-defined]
@@ -56,4 +70,39 @@ def purge(engine: Engine, retention_days: int, now: datetime | None = None, dry_
                 col(LinkClick.first_clicked_at) < cutoff
             )
         )
+    if purged:
+        _drop_old_copies(engine)
     return PurgeResult(purged, int(getattr(ledger, "rowcount", 0)), int(getattr(clicks, "rowcount", 0)))
+
+
+def _shred(session: Session, ids: list[str]) -> None:
+    session.execute(delete(MessageKey).where(col(MessageKey.message_id).in_(ids)))
+    now = utcnow()
+    session.execute(update(Message).where(col(Message.id).in_(ids)).values(raw=None, mail_from="", purged_at=now))
+    # Message-IDs of the citizen's mail (written by versions before 0004) and relay texts about the send
+    session.execute(
+        update(Reply).where(col(Reply.message_id).in_(ids)).values(in_reply_to=None, references=None, error=None)
+    )
+    session.execute(update(Delivery).where(col(Delivery.message_id).in_(ids)).values(error=None))
+
+
+def _drop_old_copies(engine: Engine) -> None:
+    """Remove the bytes of deleted keys that the database itself still keeps.
+
+    PostgreSQL: plain VACUUM marks deleted keys' space free but leaves their bytes in the page until it is
+    reused; VACUUM FULL writes message_key into new files and unlinks the old ones. The table is small (a key
+    is 32 bytes), so the rewrite takes well under a second per 100,000 keys; the lock wait is bounded, and a
+    rewrite that cannot get it is done by the next purge run. SQLite (secure_delete zeroes freed pages in
+    the file): the WAL still holds older page images until a truncating checkpoint.
+    """
+    statements = (
+        ["SET lock_timeout = '5s'", "VACUUM (FULL) message_key"]
+        if engine.dialect.name == "postgresql"
+        else ["PRAGMA wal_checkpoint(TRUNCATE)"]
+    )
+    try:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            for statement in statements:
+                connection.execute(text(statement))
+    except Exception as exc:
+        log.warning("purge.old_copies_kept", error=type(exc).__name__)

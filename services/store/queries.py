@@ -20,6 +20,7 @@ from sqlalchemy.sql.dml import Insert
 from sqlmodel import Session, SQLModel, col
 from sqlmodel import select as model_select
 
+from services.privacy import mask_addresses
 from services.store.db import session_scope
 from services.store.models import (
     Counter,
@@ -28,15 +29,18 @@ from services.store.models import (
     Delivery,
     JobState,
     Message,
+    MessageKey,
     MessageState,
     Reply,
     ReplyLedger,
     utcnow,
 )
 from services.store.records import DecisionRecord, SendRecord
+from services.store.vault import open_message, seal_message_rows
 from services.store.writelock import write_lock
 
 _MESSAGES: Table = Message.__table__  # type: ignore[attr-defined]
+_KEYS: Table = MessageKey.__table__  # type: ignore[attr-defined]
 _LEDGER: Table = ReplyLedger.__table__  # type: ignore[attr-defined]
 _DECISIONS: Table = Decision.__table__  # type: ignore[attr-defined]
 
@@ -46,8 +50,10 @@ def store_messages(engine: Engine, rows: list[dict[str, object]]) -> None:
 
     Core rather than ORM objects: this runs once per accepted mail and the gateway answers 250 only after it.
     """
+    sealed, keys = seal_message_rows(rows)
     with write_lock(engine), engine.begin() as connection:
-        connection.execute(_insert_into(_MESSAGES), rows)
+        connection.execute(_insert_into(_KEYS), keys)
+        connection.execute(_insert_into(_MESSAGES), sealed)
 
 
 def hour_of(moment: datetime) -> datetime:
@@ -127,13 +133,25 @@ _BEGIN_DECISION = (
     .values(state=bindparam("new_state"), updated_at=bindparam("now"))
 )
 _SENDER_LOCK = select(func.pg_advisory_xact_lock(bindparam("key", type_=BigInteger)))
-_MESSAGE_BY_ID = select(_MESSAGES).where(_MESSAGES.c.id == bindparam("target_id"))
+_MESSAGE_BY_ID = (
+    select(_MESSAGES, _KEYS.c.data_key)
+    .outerjoin(_KEYS, _KEYS.c.message_id == _MESSAGES.c.id)
+    .where(_MESSAGES.c.id == bindparam("target_id"))
+)
 
 
 def load_message(session: Session, message_id: str) -> Message | None:
-    """One message as a detached object, read with a prebuilt Core SELECT (half the cost of Session.get)."""
+    """One message, opened (raw and sender in clear), as a detached object read with a prebuilt Core SELECT."""
     row = session.execute(_MESSAGE_BY_ID, {"target_id": message_id}).one_or_none()
-    return None if row is None else Message(**row._mapping)
+    return None if row is None else open_message(row._mapping)
+
+
+def opened_messages(session: Session, *conditions: Any, limit: int | None = None) -> list[Message]:
+    """Messages matching `conditions` (on the message table), opened, oldest first."""
+    query = select(_MESSAGES, _KEYS.c.data_key).outerjoin(_KEYS, _KEYS.c.message_id == _MESSAGES.c.id)
+    query = query.where(*conditions).order_by(_MESSAGES.c.received_at, _MESSAGES.c.id).limit(limit)
+    rows = session.execute(query)
+    return [open_message(row._mapping) for row in rows]
 
 
 def load_decision(session: Session, message_id: str) -> DecisionRecord | None:
@@ -315,7 +333,12 @@ def record_send_outcome(
     now = utcnow()
     session.execute(
         _outcome_statement(model, sent),
-        {"target_id": message_id, "new_state": state, "new_error": error[:500] if error else None, "now": now},
+        {
+            "target_id": message_id,
+            "new_state": state,
+            "new_error": mask_addresses(error)[:500] if error else None,
+            "now": now,
+        },
     )
     if sent and model is Delivery:
         session.execute(_DELIVERED, {"target_id": message_id, "now": now})

@@ -135,7 +135,8 @@ def classify_message(deps: Deps, message: Message) -> Classified:
         reason=suppression_reason(mail, envelope_from, envelope_to, ruleset, deps.policy),
         pseudonym=pseudonymize(sender_key, deps.settings.effective_pseudonym_key) if sender_key else None,
         tags=tuple(action.tags),
-        defects=tuple(mail.defects),
+        # a rule regex that ran out of time is flagged to staff like a parse limit (the pattern, not the text)
+        defects=(*mail.defects, *(f"limit:regex-timeout {pattern[:60]}" for pattern in facts.timeouts)),
         in_reply_to=in_reply_to,
         references=references,
         path=classification.path,
@@ -210,12 +211,14 @@ def record_decision(session: Session, settings: Settings, found: Classified) -> 
         reply_values: dict[str, object] = {
             **claimed,
             "reply_message_id": f"<reply.{message_id}@{settings.hostname}>",
-            "in_reply_to": found.in_reply_to,
-            "references": found.references,
+            "in_reply_to": None,
+            "references": None,
             "sent_at": None,
         }
         insert_at_commit(session, Reply, reply_values)
-        reply = SendRecord.of(Reply, reply_values)
+        # the citizen's Message-IDs stay out of the database (they are only sealed inside the raw message);
+        # the inline send has them here, a later retry takes them from the opened original again
+        reply = SendRecord.of(Reply, {**reply_values, "in_reply_to": found.in_reply_to, "references": found.references})
         # written at once: the next decision of this batch may be the same sender's and must see it
         insert_now(
             session,

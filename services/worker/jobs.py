@@ -14,8 +14,9 @@ from sqlmodel import Session
 
 from services import queue
 from services.links import make_token
+from services.mail import parse_mail
 from services.metrics import JOB_SECONDS, timed
-from services.reply.compose import compose_reply
+from services.reply.compose import compose_reply, threading_headers
 from services.reply.original import with_routing_headers
 from services.reply.send import MaildirSender, PermanentSendError, TransientSendError
 from services.store.models import Delivery, JobState, Message, Reply
@@ -167,11 +168,15 @@ def _reply_bytes(deps: Deps, message: Message, decision: DecisionRecord, reply: 
     rendered = deps.renderer.render(
         decision.template, decision.language, settings, message.received_at, reference=message.id[:12], links=links
     )
+    in_reply_to, references = reply.in_reply_to, reply.references
+    if in_reply_to is None and message.raw is not None:
+        # a retry: the threading headers were never stored, the opened original still has them
+        in_reply_to, references = threading_headers(parse_mail(message.raw))
     try:
         email_message = compose_reply(
             rendered,
-            in_reply_to=reply.in_reply_to,
-            references=reply.references,
+            in_reply_to=in_reply_to,
+            references=references,
             from_name=settings.organisation,
             from_address=message.mailbox,
             to_address=message.mail_from,
