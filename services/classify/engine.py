@@ -14,6 +14,7 @@ from services.classify.examples import AUTOMATED, RULE_ONLY_CATEGORIES
 from services.classify.features import model_text
 from services.classify.keywords import KeywordIndex
 from services.classify.language import detect_language
+from services.classify.patterns import RegexTimeout, SafePattern
 from services.classify.prefilter import filter_fold, required_words
 from services.classify.schema import PRIORITIES, Action, AddressMatch, Condition, Rule, RuleSettings, TextMatch
 from services.classify.text import as_written, fold
@@ -42,6 +43,8 @@ class MailFacts:
     written: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     keyword_hits: dict[str, dict[str, int]] = field(default_factory=dict, compare=False, repr=False)
     prefilter_texts: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    # patterns whose search ran out of time on this mail (each counted as not matching)
+    timeouts: list[str] = field(default_factory=list, compare=False, repr=False)
 
     @classmethod
     def build(
@@ -161,7 +164,7 @@ def _address_predicate(
 
 
 def _text_predicate(name: str, spec: TextMatch, field_name: str, index: KeywordIndex) -> Predicate:
-    regexes = [(re.compile(pattern, re.IGNORECASE), required_words(pattern, re.IGNORECASE)) for pattern in spec.regex]
+    regexes = [(SafePattern(pattern), required_words(pattern, re.IGNORECASE)) for pattern in spec.regex]
     wanted = index.register(spec.keywords) if spec.keywords else frozenset()
 
     def check(facts: MailFacts, trace: Trace) -> bool:
@@ -183,12 +186,20 @@ def _text_predicate(name: str, spec: TextMatch, field_name: str, index: KeywordI
                     folded = facts.prefilter_texts[field_name] = filter_fold(written)
                 if not any(word in folded for word in words):
                     continue  # none of the words every match contains: the regex cannot match
-            found = regex.search(written)
-            if found:
+            if _bounded_search(regex, written, facts):
                 return trace.record(name, True, f"regex {regex.pattern!r}")
         return trace.record(name, False)
 
     return check
+
+
+def _bounded_search(pattern: SafePattern, text: str, facts: MailFacts) -> bool:
+    """A search that ran out of time counts as no match, and the mail carries a defect that says so."""
+    try:
+        return pattern.search(text) is not None
+    except RegexTimeout:
+        facts.timeouts.append(pattern.pattern)
+        return False
 
 
 def compile_condition(
@@ -237,7 +248,7 @@ def compile_condition(
         return lambda facts, trace: trace.record(path + ".language", facts.language in wanted, facts.language)
     if condition.header is not None:
         header = condition.header
-        header_regex = re.compile(header.regex, re.IGNORECASE) if header.regex else None
+        header_regex = SafePattern(header.regex) if header.regex else None
 
         def header_check(facts: MailFacts, trace: Trace) -> bool:
             values = facts.mail.header_values(header.name)
@@ -246,7 +257,7 @@ def compile_condition(
             elif header.equals is not None:
                 ok = any(v.strip().lower() == header.equals.lower() for v in values)
             elif header_regex is not None:
-                ok = any(header_regex.search(v) for v in values)
+                ok = any(_bounded_search(header_regex, v, facts) for v in values)
             else:
                 ok = bool(values)
             return trace.record(f"{path}.header[{header.name}]", ok)

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from services.classify.engine import CompiledRule, RuleSet, compile_condition
 from services.classify.examples import RULE_ONLY_CATEGORIES, load_examples
 from services.classify.keywords import KeywordIndex
+from services.classify.rulefiles import MAX_LIST_FILE_BYTES, MAX_RULE_FILE_BYTES, UnsafeFile, read_capped
 from services.classify.schema import CONDITION_KEYS, Condition, Rule, RuleFile, RuleSettings
 from services.classify.yamlsource import YamlSyntaxError, line_for, load_with_lines
 
@@ -37,7 +38,8 @@ class RuleSetInvalid(Exception):
 
 def rule_files(directory: Path) -> list[Path]:
     """Rule files in merge order: every *.yaml / *.yml at the top level, sorted by name."""
-    return sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    # not only regular files: a FIFO or a dangling link named *.yaml is reported by the reader, not skipped
+    return sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and not p.is_dir())
 
 
 def list_files(directory: Path) -> list[Path]:
@@ -84,9 +86,9 @@ def available_templates(templates_dir: Path) -> frozenset[str]:
     return frozenset(names)
 
 
-def _read_list(path: Path) -> tuple[str, ...]:
+def _read_list(data: bytes) -> tuple[str, ...]:
     entries = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in data.decode("utf-8", errors="replace").splitlines():
         entry = line.split("#", 1)[0].strip().lower()
         if entry:
             entries.append(entry)
@@ -139,9 +141,13 @@ def load_rules(
     digest = hashlib.sha256()
     lists: dict[str, tuple[str, ...]] = {}
     for path in list_files(directory):
-        data = path.read_bytes()
+        try:
+            data = read_capped(path, directory, MAX_LIST_FILE_BYTES)
+        except UnsafeFile as exc:
+            errors.append(RuleError(str(path), 1, "(file)", f"list file {exc}"))
+            continue
         digest.update(path.name.encode() + b"\0" + data)
-        lists[list_name(path)] = _read_list(path)
+        lists[list_name(path)] = _read_list(data)
 
     settings: RuleSettings | None = None
     settings_file = ""
@@ -152,7 +158,11 @@ def load_rules(
         errors.append(RuleError(str(directory), 1, "(dir)", "no *.yaml rule files"))
     for file_index, path in enumerate(files):
         name = str(path)
-        text = path.read_text(encoding="utf-8", errors="replace")
+        try:
+            text = read_capped(path, directory, MAX_RULE_FILE_BYTES).decode("utf-8", errors="replace")
+        except UnsafeFile as exc:
+            errors.append(RuleError(name, 1, "(file)", f"rule file {exc}"))
+            continue
         digest.update(path.name.encode() + b"\0" + text.encode())
         try:
             data, lines = load_with_lines(text)

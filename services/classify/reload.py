@@ -55,11 +55,17 @@ class RuleSetHolder:
         self._fingerprint = current_fingerprint
         try:
             candidate = self._load()
-        except RuleSetInvalid as exc:
-            self.errors = exc.errors
+        except Exception as exc:
+            # anything a broken edit can raise (RecursionError, OSError, ...) is a refused set, never a crash
+            errors = (
+                exc.errors
+                if isinstance(exc, RuleSetInvalid)
+                else [RuleError(str(self.rules_dir), 1, "(load)", f"{type(exc).__name__}: {exc}")]
+            )
+            self.errors = errors
             self.reload_failures += 1
             log.error(
-                "rules.reload_refused", errors=[str(e) for e in exc.errors[:20]], running_version=self.current.version
+                "rules.reload_refused", errors=[str(e) for e in errors[:20]], running_version=self.current.version
             )
             return False
         self.errors = []

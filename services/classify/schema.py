@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from services.classify.patterns import catastrophic
+
 PRIORITIES = ("low", "normal", "high", "urgent")
 Language = Literal["de", "en", "uk", "ar", "ru", "tr"]
 LANGUAGES: tuple[Language, ...] = ("de", "en", "uk", "ar", "ru", "tr")
@@ -32,6 +34,11 @@ def _check_regexes(patterns: list[str]) -> list[str]:
             re.compile(pattern)
         except re.error as exc:
             raise ValueError(f"bad regex {pattern!r}: {exc}") from exc
+        if catastrophic(pattern):
+            raise ValueError(
+                f"regex {pattern!r} can take exponential time on some texts (a repetition inside a repetition,"
+                " like (a+)+ or (\\w+\\s?)+); rewrite it without the nested repetition"
+            )
     return patterns
 
 

@@ -16,9 +16,17 @@ class YamlSyntaxError(Exception):
         self.message = message
 
 
+MAX_DEPTH = 50
+
+
 def load_with_lines(text: str) -> tuple[Any, dict[Path_, int]]:
-    """Parse YAML and return (data, {path: 1-based line}) for every mapping key and sequence item."""
+    """Parse YAML and return (data, {path: 1-based line}) for every mapping key and sequence item.
+
+    Aliases (`*name`) are refused: rule files never need them, and a few hundred bytes of nested aliases
+    expand to gigabytes ("billion laughs") or, pointing at themselves, recurse forever.
+    """
     try:
+        _refuse_aliases(text)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -26,10 +34,29 @@ def load_with_lines(text: str) -> tuple[Any, dict[Path_, int]]:
         raise YamlSyntaxError(line, f"{exc.problem or exc}") from exc
     except yaml.YAMLError as exc:
         raise YamlSyntaxError(1, str(exc)) from exc
+    except RecursionError as exc:
+        raise YamlSyntaxError(1, f"nested more than {MAX_DEPTH} levels deep") from exc
     lines: dict[Path_, int] = {}
     if node is None:
         return None, lines
     return _construct(node, (), lines), lines
+
+
+def _refuse_aliases(text: str) -> None:
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        line = event.start_mark.line + 1 if event.start_mark is not None else 1
+        if isinstance(event, yaml.AliasEvent):
+            raise YamlSyntaxError(
+                line,
+                f"YAML alias *{event.anchor} is not allowed in rule files: write the value out where it is used",
+            )
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise YamlSyntaxError(line, f"nested more than {MAX_DEPTH} levels deep")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
 
 
 def _construct(node: yaml.Node, path: Path_, lines: dict[Path_, int]) -> Any:
