@@ -69,12 +69,12 @@ def cmd_inject(args: argparse.Namespace) -> int:
     raw = Path(args.file).read_bytes()
     host, port = split_host_port(args.server or settings.smtp_listen)
     mail = parse_mail(raw)
-    recipients = args.to or []
+    # without --to, every To/Cc address is offered and the gateway, which knows the served mailboxes, picks:
+    # inject needs no rule set, so it works while a rule file is broken
+    recipients = args.to or list(dict.fromkeys((*mail.to_addresses, *mail.cc_addresses)))
     if not recipients:
-        from services.classify.explain import default_envelope
-
-        ruleset = _ruleset(settings, with_model=False)
-        recipients = list(default_envelope(ruleset, mail, None, None)[1])
+        print("no recipient: the mail has no To/Cc address; give one with --to", file=sys.stderr)
+        return 1
     sender = args.sender if args.sender is not None else mail.from_address
     try:
         with smtplib.SMTP(host, port, timeout=30) as client:
@@ -405,6 +405,10 @@ def main(argv: list[str] | None = None) -> int:
         # `channelshift rules explain mail.eml | head`: the reader left; stop quietly (the docs' recipe)
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except OSError as exc:
+        # a port already in use, a folder without permission: the system's words, without a traceback
+        print(f"cannot {args.command}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     return result
 

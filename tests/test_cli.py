@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from services.config import PROJECT_ROOT
-from tests.support import Pipeline, make_mail
+from tests.support import Pipeline, clean_env, make_mail
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -117,3 +119,45 @@ def test_expected_failures_are_one_line_not_a_traceback(tmp_path: Path, capsys: 
     assert main(["rules", "explain", "--rules", str(broken), str(tmp_path / "a.eml")]) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err and "the rule set does not validate" in err and "00-settings.yaml:" in err
+
+
+def test_port_in_use_is_one_line(tmp_path: Path, redis_url: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "services", "gateway"],
+            env={
+                **clean_env(),
+                "CHANNELSHIFT_SMTP_LISTEN": f"127.0.0.1:{port}",
+                "CHANNELSHIFT_DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite",
+                "CHANNELSHIFT_REDIS_URL": redis_url,
+                "CHANNELSHIFT_VAR_DIR": str(tmp_path / "var"),
+            },
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and "address already in use" in result.stderr.lower(), result.stderr
+
+
+async def test_inject_needs_no_rule_set(pipeline: Pipeline, tmp_path: Path) -> None:
+    broken = tmp_path / "rules"
+    broken.mkdir()
+    (broken / "00-settings.yaml").write_text("settings: [\n")
+    mail = tmp_path / "mail.eml"
+    mail.write_bytes(make_mail(subject="Frage", body="Wann haben Sie geöffnet?"))
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "services", "inject", str(mail), "--server", f"127.0.0.1:{pipeline.smtp_port}"],
+        env={**clean_env(), "CHANNELSHIFT_RULES_DIR": str(broken)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "accepted for 1 recipient(s)"
