@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from services.web.app import create_app
+from services.web.app import create_app, create_health_app
 from services.web.auth import CSRF_FIELD, LOGIN_COOKIE, SESSION_COOKIE, FailureLimiter, Sessions
 from services.web.guard import is_loopback
 from tests.chromium import chromium_or_skip, chromium_page
@@ -208,8 +208,12 @@ def test_failure_limiter_forgets_old_failures_and_bounds_memory() -> None:
     assert set(limiter._failures) == {"c", "d"}
 
 
-async def test_security_headers_on_every_response(client: Client) -> None:
+async def test_security_headers_on_every_response(client: Client, pipeline: Pipeline) -> None:
+    health = create_health_app(pipeline.deps.engine, pipeline.pool, pipeline.deps.rules)
+    async with TestClient(TestServer(health)) as side_listener:
+        health_response = await side_listener.get("/metrics")
     responses = [
+        health_response,
         await client.get("/healthz"),
         await client.get("/dashboard/login"),
         await client.get("/dashboard", allow_redirects=False),
@@ -225,7 +229,7 @@ async def test_security_headers_on_every_response(client: Client) -> None:
         assert response.headers["X-Content-Type-Options"] == "nosniff"
         assert response.headers["Referrer-Policy"] == "no-referrer"
     page = await (await client.get("/dashboard/login")).text()
-    nonce = re.search(r"'nonce-([^']+)'", responses[1].headers["Content-Security-Policy"])
+    nonce = re.search(r"'nonce-([^']+)'", responses[2].headers["Content-Security-Policy"])
     assert nonce and nonce.group(1) not in page  # a fresh nonce per response
     assert re.search(r'<style nonce="[^"]+">', page) and " style=" not in page
 

@@ -128,7 +128,7 @@ async def openapi(_request: web.Request) -> web.Response:
 
 def create_health_app(engine: Engine, redis: ArqRedis, rules: RuleSetHolder) -> web.Application:
     """Side listener of gateway and worker processes: probes and this process's metrics, nothing else."""
-    app = web.Application()
+    app = web.Application(middlewares=[security_headers_middleware(())])
     app[ENGINE] = engine
     app[REDIS] = redis
     app[RULES] = rules
