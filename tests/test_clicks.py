@@ -7,6 +7,8 @@ import re
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlmodel import Session, select
 
 from services.links import make_token, read_token
@@ -48,6 +50,21 @@ def test_only_the_canonical_spelling_of_a_token_is_read() -> None:
         assert read_token(SECRET, variant) is None, variant
     # every token make_token writes reads back
     assert all(read_token(SECRET, t) is not None for t in tokens)
+
+
+VALID = make_token(SECRET, MESSAGE, "upload")
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    position=st.integers(min_value=0, max_value=len(VALID)),
+    inserted=st.text(min_size=0, max_size=3),
+    cut=st.integers(min_value=0, max_value=2),
+)
+def test_a_readable_token_is_always_the_one_make_token_writes(position: int, inserted: str, cut: int) -> None:
+    spelling = VALID[:position] + inserted + VALID[position + cut :]
+    parsed = read_token(SECRET, spelling)
+    assert parsed is None or make_token(SECRET, *parsed) == spelling
 
 
 async def test_token_variants_are_redirected_but_counted_once(pipeline: Pipeline) -> None:
