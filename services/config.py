@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from functools import cached_property
 from pathlib import Path
@@ -95,6 +96,30 @@ class Settings(BaseSettings):
     model_cache_dir: Path | None = Field(
         default=None, description="trained intent models and example embeddings; unset = var_dir/model-cache"
     )
+    # web hardening (dashboard sessions, proxies, open-bind guard, click batching)
+    session_hours: float = Field(default=8.0, gt=0, description="lifetime of a dashboard login session")
+    trusted_proxies: str = Field(
+        default="", description="comma-separated IPs/CIDRs whose X-Forwarded-For/-Proto headers are believed"
+    )
+    allow_open_api: bool = Field(
+        default=False, description="let the web role bind a non-loopback address without an admin token"
+    )
+    login_max_failures: int = Field(default=10, ge=1, description="failed logins per client and window before 429")
+    login_window_seconds: int = Field(default=300, ge=1, description="window of login_max_failures")
+    click_queue_size: int = Field(default=10_000, ge=1, description="clicks held in memory for the batch writer")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _valid_networks(cls, value: str) -> str:
+        for part in value.split(","):
+            if part.strip():
+                ipaddress.ip_network(part.strip(), strict=False)  # ValueError names the bad entry
+        return value
+
+    @property
+    def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        parts = [part.strip() for part in self.trusted_proxies.split(",")]
+        return tuple(ipaddress.ip_network(part, strict=False) for part in parts if part)
 
     @field_validator(
         "lmtp_listen", "relay_url", "delivery_url", "redis_url", "database_url", "health_listen", mode="before"

@@ -6,8 +6,11 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 
 _MAC_BYTES = 10
+# the one spelling make_token writes: URL-safe alphabet, no padding; anything else is someone else's string
+_CANONICAL = re.compile(r"[A-Za-z0-9_-]{20,140}")
 
 
 def _key(secret: bytes) -> bytes:
@@ -22,14 +25,18 @@ def make_token(secret: bytes, message_id: str, channel: str) -> str:
 
 
 def read_token(secret: bytes, token: str) -> tuple[str, str] | None:
-    """(message_id, channel) if the token is ours and intact, else None."""
-    if not 20 <= len(token) <= 140:
+    """(message_id, channel) if the token is ours, intact and spelled exactly as make_token spells it, else None.
+
+    base64 decoders skip junk characters, accept either alphabet and padding, and ignore the unused low bits
+    of the last character, so many strings decode to one token; a click must count once per reply and channel.
+    """
+    if not _CANONICAL.fullmatch(token):
         return None
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except (binascii.Error, ValueError):
         return None
-    if len(raw) <= 16 + _MAC_BYTES:
+    if len(raw) <= 16 + _MAC_BYTES or base64.urlsafe_b64encode(raw).decode().rstrip("=") != token:
         return None
     payload, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
     expected = hmac.new(_key(secret), payload, hashlib.sha256).digest()[:_MAC_BYTES]

@@ -19,6 +19,7 @@ from services.gateway.handler import GatewayHandler
 from services.gateway.server import listener_options, start_listener
 from services.store.migrate import upgrade
 from services.web.app import create_app, create_health_app
+from services.web.guard import refuse_open_bind
 from services.worker.app import build_worker
 from services.worker.deps import Deps
 
@@ -71,6 +72,7 @@ async def start_web(settings: Settings, deps: Deps, pool: ArqRedis, *, health_on
     if health_only:
         app = create_health_app(deps.engine, pool, deps.rules)
     else:
+        refuse_open_bind(settings)
         app = create_app(settings, deps.engine, pool, deps.rules)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

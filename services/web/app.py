@@ -15,15 +15,17 @@ from services.config import Settings
 from services.store.db import ping
 from services.store.models import Decision, Delivery, Message, Reply
 from services.web.api import ReportsApi
-from services.web.auth import token_middleware
-from services.web.clicks import make_redirect_handler
+from services.web.auth import Auth
+from services.web.clicks import ClickRecorder, make_redirect_handler
 from services.web.dashboard import Dashboard
 from services.web.metrics import MetricsEndpoint
 from services.web.openapi import OPENAPI
+from services.web.security import security_headers_middleware
 
 ENGINE = web.AppKey("engine", Engine)
 REDIS = web.AppKey("redis", ArqRedis)
 RULES = web.AppKey("rules", RuleSetHolder)
+CLICKS = web.AppKey("clicks", ClickRecorder)
 
 
 async def healthz(_request: web.Request) -> web.Response:
@@ -126,7 +128,7 @@ async def openapi(_request: web.Request) -> web.Response:
 
 def create_health_app(engine: Engine, redis: ArqRedis, rules: RuleSetHolder) -> web.Application:
     """Side listener of gateway and worker processes: probes and this process's metrics, nothing else."""
-    app = web.Application()
+    app = web.Application(middlewares=[security_headers_middleware(())])
     app[ENGINE] = engine
     app[REDIS] = redis
     app[RULES] = rules
@@ -137,16 +139,20 @@ def create_health_app(engine: Engine, redis: ArqRedis, rules: RuleSetHolder) -> 
 
 
 def create_app(settings: Settings, engine: Engine, redis: ArqRedis, rules: RuleSetHolder) -> web.Application:
-    app = web.Application(middlewares=[token_middleware(settings.admin_token)])
+    auth = Auth(settings)
+    # the headers middleware is outermost, so the access checks' refusals carry the headers as well
+    app = web.Application(middlewares=[security_headers_middleware(auth.trusted), auth.middleware()])
     app[ENGINE] = engine
     app[REDIS] = redis
     app[RULES] = rules
+    app[CLICKS] = ClickRecorder(engine, settings.click_queue_size)
+    app.cleanup_ctx.append(app[CLICKS].cleanup_ctx)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/api/v1/openapi.json", openapi)
     app.router.add_get("/api/v1/messages/{message_id}", message_detail)
     ReportsApi(engine, rules).register(app)
-    Dashboard(engine, rules, settings.templates_dir, settings.admin_token).register(app)
+    Dashboard(engine, rules, settings.templates_dir, auth).register(app)
     app.router.add_get("/metrics", MetricsEndpoint(engine, rules, redis).handle)
-    app.router.add_get("/r/{token}", make_redirect_handler(engine, rules, settings.effective_pseudonym_key))
+    app.router.add_get("/r/{token}", make_redirect_handler(app[CLICKS], rules, settings.effective_pseudonym_key))
     return app

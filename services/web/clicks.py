@@ -1,58 +1,160 @@
-"""GET /r/<token>: count the click for channel and category, then redirect to the channel's current URL."""
+"""GET /r/<token>: redirect to the channel's current URL at once; the click is counted later, in batches."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections import Counter as Tally
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import structlog
 from aiohttp import web
-from sqlalchemy import Engine
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from prometheus_client import Counter
+from sqlalchemy import Engine, Table, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import col
 
 from services.classify.reload import RuleSetHolder
 from services.links import read_token
+from services.metrics import PROCESS_REGISTRY
 from services.store.db import session_scope
 from services.store.models import Decision, LinkClick, Message, utcnow
 from services.store.queries import bump_counter
 
 log = structlog.get_logger(__name__)
 FALLBACK_CHANNEL = "overview"
+BATCH_SIZE = 500
+
+CLICKS_DROPPED = Counter(
+    "channelshift_clicks_dropped",
+    "Clicks not counted because this web process's click queue was full (the redirect still happened).",
+    registry=PROCESS_REGISTRY,
+)
+CLICK_WRITE_FAILURES = Counter(
+    "channelshift_click_write_failures",
+    "Click batches this web process could not write to the database (their clicks are lost).",
+    registry=PROCESS_REGISTRY,
+)
+_LINKS: Table = LinkClick.__table__  # type: ignore[attr-defined]
 
 
-def record_click(engine: Engine, token: str, message_id: str, channel: str) -> None:
-    """First click per token inserts a row (and counts as unique); every click bumps the click counter."""
-    with Session(engine) as session:
-        decision = session.get(Decision, message_id)
-        message = session.get(Message, message_id)
-        if decision is None or message is None:
-            return
-        category, mailbox = decision.category, message.mailbox
-    now = utcnow()
+@dataclass(frozen=True)
+class Click:
+    token: str  # canonical (services.links.read_token accepted it), so one string per reply and channel
+    message_id: str
+    channel: str
+    at: datetime
 
-    def count(session: Session, outcome: str) -> None:
-        bump_counter(session, hour=now, mailbox=mailbox, category=category, channel=channel, outcome=outcome)
 
-    try:
-        with session_scope(engine) as session:
-            session.add(LinkClick(token=token[:64], message_id=message_id, channel=channel))
-            session.flush()
-            count(session, "click")
-            count(session, "click-unique")
-        return
-    except IntegrityError:
-        pass
+def record_clicks(engine: Engine, clicks: list[Click]) -> None:
+    """One transaction for a batch: a token's first click inserts its row (unique), every click bumps `click`."""
+    per_token = Tally(click.token for click in clicks)
+    first = {click.token: click for click in reversed(clicks)}  # earliest click of each token
+    insert: Any = (postgresql if engine.dialect.name == "postgresql" else sqlite).insert(_LINKS)
     with session_scope(engine) as session:
-        row = session.get(LinkClick, token[:64])
-        if row is not None:
-            row.clicks += 1
-            session.add(row)
-        count(session, "click")
+        ids = sorted({click.message_id for click in clicks})
+        facts = {
+            message_id: (category, mailbox)
+            for message_id, category, mailbox in session.execute(
+                select(col(Decision.message_id), col(Decision.category), col(Message.mailbox))
+                .join(Message, col(Message.id) == col(Decision.message_id))
+                .where(col(Decision.message_id).in_(ids))
+            )
+        }
+        for token in sorted(per_token):  # key order, so concurrent web processes lock rows alike
+            click, count = first[token], per_token[token]
+            if click.message_id not in facts:
+                continue  # purged or never decided: nothing to count it under
+            category, mailbox = facts[click.message_id]
+            values = {
+                "token": token[:64],
+                "message_id": click.message_id,
+                "channel": click.channel,
+                "first_clicked_at": click.at,
+                "clicks": count,
+            }
+            # RETURNING tells whether this insert made the row; rowcount does not on every driver
+            created = session.execute(
+                insert.values(**values).on_conflict_do_nothing(index_elements=["token"]).returning(_LINKS.c.token)
+            ).first()
+            if created is not None:
+                unique = 1
+            else:
+                session.execute(
+                    update(_LINKS).where(_LINKS.c.token == token[:64]).values(clicks=_LINKS.c.clicks + count)
+                )
+                unique = 0
+            for outcome, amount in (("click", count), ("click-unique", unique)):
+                if amount:
+                    bump_counter(
+                        session,
+                        hour=click.at,
+                        mailbox=mailbox,
+                        category=category,
+                        channel=click.channel,
+                        outcome=outcome,
+                        amount=amount,
+                    )
+
+
+class ClickRecorder:
+    """A bounded in-memory queue of clicks and the background task that writes them in batches.
+
+    The redirect never waits for the database: a burst of /r/ hits costs one transaction per batch instead of
+    one per hit, and when the queue is full a click is dropped and counted in a metric rather than slowing
+    the citizen down or growing memory without bound.
+    """
+
+    def __init__(self, engine: Engine, max_queued: int, batch_size: int = BATCH_SIZE) -> None:
+        self.engine = engine
+        self.batch_size = batch_size
+        self.queue: asyncio.Queue[Click] = asyncio.Queue(maxsize=max_queued)
+        self._writing = asyncio.Lock()
+
+    def add(self, click: Click) -> None:
+        try:
+            self.queue.put_nowait(click)
+        except asyncio.QueueFull:
+            CLICKS_DROPPED.inc()
+
+    async def flush(self, *taken: Click) -> None:
+        """Write everything queued so far (the writer task, app shutdown and tests call this)."""
+        pending = list(taken)
+        async with self._writing:  # one writer at a time keeps a token's insert before its updates
+            while pending or not self.queue.empty():
+                while len(pending) < self.batch_size and not self.queue.empty():
+                    pending.append(self.queue.get_nowait())
+                batch, pending = pending, []
+                try:
+                    await asyncio.to_thread(record_clicks, self.engine, batch)
+                except Exception as exc:  # the database is down: these clicks are lost, the redirects happened
+                    CLICK_WRITE_FAILURES.inc()
+                    log.warning("clicks.not_recorded", clicks=len(batch), error=type(exc).__name__)
+
+    async def run(self) -> None:
+        while True:
+            # what arrives while a batch is being written forms the next batch: no timer, no added latency
+            write = asyncio.ensure_future(self.flush(await self.queue.get()))
+            try:
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                await write  # stopping: finish the batch in hand rather than abandon it in a thread
+                raise
+
+    async def cleanup_ctx(self, _app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(self.run())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await self.flush()
 
 
 def make_redirect_handler(
-    engine: Engine, rules: RuleSetHolder, secret: bytes
+    recorder: ClickRecorder, rules: RuleSetHolder, secret: bytes
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def redirect(request: web.Request) -> web.StreamResponse:
         token = request.match_info["token"]
@@ -63,10 +165,7 @@ def make_redirect_handler(
         if target is None or not target.url:
             raise web.HTTPNotFound(text="unknown link")
         if parsed is not None and channel in channels:
-            try:
-                await asyncio.to_thread(record_click, engine, token, parsed[0], channel)
-            except Exception as exc:  # counting must never keep a citizen from the portal
-                log.warning("click.not_recorded", error=type(exc).__name__)
+            recorder.add(Click(token=token, message_id=parsed[0], channel=channel, at=utcnow()))
         raise web.HTTPFound(target.url, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
 
     return redirect

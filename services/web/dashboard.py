@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 from collections import defaultdict
 from datetime import date, timedelta
 from pathlib import Path
@@ -17,7 +16,8 @@ from sqlalchemy import Engine
 from services.classify.reload import RuleSetHolder
 from services.store import reports
 from services.web.api import _date, period_from
-from services.web.auth import SESSION_COOKIE
+from services.web.auth import CSRF_FIELD, SESSION, Auth
+from services.web.security import CSP_NONCE
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -107,10 +107,10 @@ def dashboard_data(engine: Engine, period: reports.Period, cutoff: date) -> dict
 
 
 class Dashboard:
-    def __init__(self, engine: Engine, rules: RuleSetHolder, templates_dir: Path, token: str | None) -> None:
+    def __init__(self, engine: Engine, rules: RuleSetHolder, templates_dir: Path, auth: Auth) -> None:
         self.engine = engine
         self.rules = rules
-        self.token = token
+        self.auth = auth
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(str(templates_dir / "dashboard")),
             autoescape=True,
@@ -129,24 +129,63 @@ class Dashboard:
             period=period,
             cutoff=cutoff,
             summary=data["summary"],
+            **self._page_context(request),
         )
         return web.Response(text=html, content_type="text/html", headers={"Cache-Control": "no-store"})
 
+    def _page_context(self, request: web.Request) -> dict[str, Any]:
+        """What the layout needs: the style nonce of this response and, when logged in, the logout form's token."""
+        session = request.get(SESSION)
+        return {
+            "csp_nonce": request[CSP_NONCE],
+            "csrf_field": CSRF_FIELD,
+            "logout_csrf": self.auth.sessions.csrf_token(session) if session is not None else None,
+        }
+
+    def _login_page(self, request: web.Request, *, error: str | None, status: int = 200) -> web.Response:
+        secret, new = self.auth.login_secret(request)
+        html = self.env.get_template("login.html.j2").render(
+            error=error, csrf_token=self.auth.sessions.login_csrf_token(secret), **self._page_context(request)
+        )
+        response = web.Response(
+            text=html, content_type="text/html", status=status, headers={"Cache-Control": "no-store"}
+        )
+        if new:
+            self.auth.set_login_cookie(request, response, secret)
+        return response
+
     async def login_form(self, request: web.Request) -> web.Response:
-        html = self.env.get_template("login.html.j2").render(error=request.query.get("error") == "1")
-        return web.Response(text=html, content_type="text/html")
+        return self._login_page(request, error="wrong" if request.query.get("error") == "1" else None)
 
     async def login(self, request: web.Request) -> web.StreamResponse:
+        # the middleware has checked the CSRF token; the failure limit comes before the comparison, so a
+        # limited client learns nothing about its guesses
+        client = self.auth.client(request).limit_key
+        wait = self.auth.limiter.retry_after(client)
+        if wait is not None:
+            response = self._login_page(request, error="limited", status=429)
+            response.headers["Retry-After"] = str(wait)
+            return response
         form = await request.post()
-        supplied = str(form.get("token", ""))
-        if not self.token or not hmac.compare_digest(supplied.encode(), self.token.encode()):
+        if not self.auth.token_matches(str(form.get("token", ""))):
+            self.auth.limiter.failed(client)
             raise web.HTTPSeeOther("/dashboard/login?error=1")
+        self.auth.limiter.succeeded(client)
         response = web.HTTPSeeOther("/dashboard")
-        response.set_cookie(SESSION_COOKIE, supplied, httponly=True, samesite="Strict", path="/", secure=request.secure)
+        self.auth.set_session_cookie(request, response)
+        raise response
+
+    async def logout(self, request: web.Request) -> web.StreamResponse:
+        session = request.get(SESSION)
+        if session is not None:
+            self.auth.sessions.revoke(session)
+        response = web.HTTPSeeOther("/dashboard/login")
+        self.auth.clear_session_cookie(response)
         raise response
 
     def register(self, app: web.Application) -> None:
         app.router.add_get("/dashboard", self.page)
         app.router.add_get("/dashboard/login", self.login_form)
         app.router.add_post("/dashboard/login", self.login)
+        app.router.add_post("/dashboard/logout", self.logout)
         app.router.add_static("/static/", STATIC_DIR, show_index=False)
