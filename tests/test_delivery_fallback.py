@@ -238,3 +238,32 @@ async def test_wrapper_refused_for_now_is_retried_with_the_original(pipeline: Pi
     assert "X-Channelshift-Wrapped" in received.message
     _message, delivery = _only(pipeline)
     assert delivery.state == JobState.SENT and delivery.attempts == 2
+
+
+class _BrokenSender:
+    """A sender with a bug: neither kind of send error, the case that used to leave a delivery `sending`."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def send(self, key: str, envelope_from: str, recipients: list[str], data: bytes) -> None:
+        self.calls += 1
+        raise UnicodeEncodeError("ascii", "ü", 0, 1, "ordinal not in range(128)")
+
+    async def close(self) -> None:
+        """Nothing held."""
+
+
+async def test_an_unforeseen_exception_is_permanent_never_stuck(pipeline: Pipeline) -> None:
+    broken = _BrokenSender()
+    pipeline.deps.delivery_sender = broken
+    await pipeline.send(make_mail(subject="Frage", body="Wann haben Sie geöffnet?"))
+    await pipeline.work()
+
+    assert broken.calls == 2  # the original, then the wrapper; no retry loop
+    message, delivery = _only(pipeline)
+    assert delivery.state == JobState.FAILED and message.state == MessageState.FAILED
+    assert delivery.error == (
+        "original refused (message cannot be sent to this relay: UnicodeEncodeError); "
+        "wrapper: message cannot be sent to this relay: UnicodeEncodeError"
+    )
