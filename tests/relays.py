@@ -21,6 +21,7 @@ class StrictRelay:
     refuse: str | None = None
     refuse_data: list[str] = field(default_factory=list)
     answers: list[str] = field(default_factory=list)
+    seven_bit: bool = False  # refuse 8-bit content, as a relay without 8BITMIME may
 
     async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
         if self.refuse:
@@ -35,6 +36,9 @@ class StrictRelay:
             answer = self.refuse_data.pop(0)
             self.answers.append(answer)
             return answer
+        if self.seven_bit and not envelope.original_content.isascii():
+            self.answers.append("554 5.6.1")
+            return "554 5.6.1 8-bit content not accepted"
         self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
         self.mail_options.append(list(envelope.mail_options))
         return "250 2.0.0 OK"

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import email
+import re
 import smtplib
 from email.message import EmailMessage
 from email.policy import default as default_policy
+from pathlib import Path
 
+import pytest
 from aiohttp.test_utils import TestClient
 from sqlmodel import Session, select
 
 from services.metrics import PROCESS_REGISTRY
+from services.reply.wrapper import is_clean
 from services.store.models import Counter, Decision, Delivery, JobState, Message, MessageState
 from tests.relays import use_staff_relay
 from tests.support import AUTH, SERVED, Pipeline, make_mail
+from tests.test_reliability import _envelope_sender
 
 UTF8_MAILBOX = "bürgerbüro@jobcenter-musterstadt.example"
 FALLBACK = "poststelle@jobcenter-musterstadt.example"
@@ -267,3 +273,42 @@ async def test_an_unforeseen_exception_is_permanent_never_stuck(pipeline: Pipeli
         "original refused (message cannot be sent to this relay: UnicodeEncodeError); "
         "wrapper: message cannot be sent to this relay: UnicodeEncodeError"
     )
+
+
+@pytest.mark.slow
+async def test_every_thirdparty_file_reaches_a_strict_staff_relay(pipeline: Pipeline, corpus_dir: Path) -> None:
+    """The hostile corpus (8-bit headers and bodies, odd MIME) against a relay taking only 7-bit, 998-byte lines."""
+    staff = await use_staff_relay(pipeline, smtputf8=False)
+    staff.seven_bit = True
+    files = sorted(
+        p
+        for p in (corpus_dir / "thirdparty").rglob("*")
+        if p.is_file() and not re.search(r"(LICENSE|COPYING|SOURCE_COMMIT|README|INDEX)|\.(ref|md|rst)$", p.name)
+    )
+
+    def send_all() -> int:
+        accepted = 0
+        for path in files:
+            raw = re.sub(rb"\r\n|\r|\n", b"\r\n", path.read_bytes())
+            sender = _envelope_sender(raw)
+            try:
+                with smtplib.SMTP("127.0.0.1", pipeline.smtp_port, timeout=30) as client:
+                    client.sendmail(sender, [SERVED], raw, mail_options=[] if sender.isascii() else ["SMTPUTF8"])
+                accepted += 1
+            except smtplib.SMTPResponseException:
+                pass
+        return accepted
+
+    accepted = await asyncio.to_thread(send_all)
+    await pipeline.work()
+    with Session(pipeline.deps.engine) as session:
+        states = collections.Counter(m.state for m in session.exec(select(Message)).all())
+        deliveries = session.exec(select(Delivery)).all()
+    forms = collections.Counter(
+        "original" if d.error is None else d.error.rsplit("wrapper (", 1)[-1].rstrip(")") for d in deliveries
+    )
+    print("accepted", accepted, "states", dict(states), "delivered as", dict(forms))
+    assert sum(states.values()) == accepted
+    assert set(states) <= {MessageState.DELIVERED, MessageState.HELD}  # not one failed
+    assert len(staff.received) == states[MessageState.DELIVERED]
+    assert all(is_clean(r.data) for r in staff.received if "X-Channelshift-Wrapped" in r.message)
