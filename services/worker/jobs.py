@@ -248,6 +248,8 @@ async def _deliver(deps: Deps, message: Message, decision: DecisionRecord) -> st
         refusal = _failure(exc)
         DELIVERY_ATTEMPTS.labels("original", _kind(refusal)).inc()
         if isinstance(refusal, TransientSendError):
+            if refusal is exc:
+                raise
             raise refusal from exc
     else:
         DELIVERY_ATTEMPTS.labels("original", "sent").inc()
