@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     delivery_url: str | None = Field(
         default=None, description="smtp://host:port for originals to staff; unset = maildir"
     )
+    delivery_fallback_to: str | None = Field(
+        default=None,
+        description="ASCII staff address for the wrapper when the delivery relay cannot take the staff address (UTF-8)",
+    )
     rules_dir: Path = Field(default_factory=lambda: _shipped("routing_rules"))
     templates_dir: Path = Field(default_factory=lambda: _shipped("templates"))
     admin_token: str | None = None

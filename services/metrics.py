@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 PROCESS_REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -22,6 +22,13 @@ STORE_SECONDS = Histogram(
     "Time from end of DATA to the durable write of a message, in this process.",
     registry=PROCESS_REGISTRY,
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+
+DELIVERY_ATTEMPTS = Counter(
+    "channelshift_delivery_attempts",
+    "Attempts to hand a mail to staff in this process: the original or its wrapper, and how each ended.",
+    ["form", "result"],
+    registry=PROCESS_REGISTRY,
 )
 
 

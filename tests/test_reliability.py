@@ -390,3 +390,75 @@ async def test_idle_session_is_dropped(pipeline: Pipeline) -> None:
     assert await asyncio.wait_for(reader.read(), timeout=10) == b""
     writer.close()
     server.close()
+
+
+BAD_ENVELOPE_ADDRESSES = {
+    "nul": b"a\x00b",
+    "soh": b"a\x01b",
+    "esc": b"a\x1bb",
+    "del": b"a\x7fb",
+    "c1-nel": b"a\xc2\x85b",
+    "c1-csi": b"a\xc2\x9bb",
+}
+
+
+@pytest.mark.parametrize("local", list(BAD_ENVELOPE_ADDRESSES.values()), ids=list(BAD_ENVELOPE_ADDRESSES))
+async def test_control_characters_in_envelope_get_553(pipeline: Pipeline, local: bytes) -> None:
+    domain = b"@jobcenter-musterstadt.example"
+    answers = await asyncio.to_thread(
+        _raw_session,
+        pipeline.smtp_port,
+        [
+            b"EHLO c\r\n",
+            b"MAIL FROM:<" + local + b"@example.org> SMTPUTF8\r\n",
+            b"MAIL FROM:<a@example.org> SMTPUTF8\r\n",
+            b"RCPT TO:<" + local + domain + b">\r\n",
+            b"QUIT\r\n",
+        ],
+    )
+    assert answers[1].startswith(b"553 5.1.7 sender address contains a control character"), answers[1]
+    assert answers[2].startswith(b"250"), answers[2]
+    assert answers[3].startswith(b"553 5.1.3 recipient address contains a control character"), answers[3]
+    assert _states(pipeline) == Counter()
+
+
+async def test_terminal_escape_sequence_in_envelope_gets_5xx(pipeline: Pipeline) -> None:
+    """`[` is not address syntax: aiosmtpd's own parser refuses it (501) before our check sees the ESC."""
+    answers = await asyncio.to_thread(
+        _raw_session,
+        pipeline.smtp_port,
+        [
+            b"EHLO c\r\n",
+            b"MAIL FROM:<a\x1b[31mb@example.org>\r\n",
+            b"MAIL FROM:<a@example.org>\r\n",
+            b"RCPT TO:<info\x1b[2J@jobcenter-musterstadt.example>\r\n",
+            b"QUIT\r\n",
+        ],
+    )
+    assert answers[1][:1] == b"5" and answers[3][:1] == b"5", answers
+    assert answers[2].startswith(b"250"), answers[2]
+
+
+async def test_invalid_utf8_in_envelope_gets_553_not_451(pipeline: Pipeline) -> None:
+    data = make_mail()
+    answers = await asyncio.to_thread(
+        _raw_session,
+        pipeline.smtp_port,
+        [
+            b"EHLO c\r\n",
+            b"MAIL FROM:<b\xfcrger@example.org>\r\n",  # Latin-1, not UTF-8
+            b"MAIL FROM:<b\xc3\xbcrger@example.org> SMTPUTF8\r\n",  # the same name in UTF-8 is fine
+            b"RCPT TO:<info\xff@jobcenter-musterstadt.example>\r\n",
+            b"RCPT TO:<" + SERVED.encode() + b">\r\n",
+            b"DATA\r\n",
+            data + b".\r\n",
+            b"QUIT\r\n",
+        ],
+    )
+    assert answers[1].startswith(b"553 5.1.7 sender address is not valid UTF-8"), answers[1]
+    assert answers[2].startswith(b"250"), answers[2]
+    assert answers[3].startswith(b"553 5.1.3 recipient address is not valid UTF-8"), answers[3]
+    assert answers[6].startswith(b"250 2.0.0"), answers[6]
+    with Session(pipeline.deps.engine) as session:
+        [stored] = session.exec(select(Message)).all()
+    assert stored.mail_from == "bürger@example.org" and stored.rcpt_tos == [SERVED]

@@ -1,14 +1,21 @@
-"""The relay sender keeps SMTP connections open, reuses them, and replaces one the relay has closed."""
+"""The relay sender: reused connections, SMTPUTF8 where offered, and every failure transient or permanent."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+import aiosmtplib
 import pytest
 from aiosmtpd.smtp import SMTP
 
-from services.reply.send import PermanentSendError, SmtpSender
+from services.reply.send import (
+    PermanentSendError,
+    SmtpSender,
+    TransientSendError,
+    UnsendableAddressError,
+    send_failure,
+)
 from tests.support import SinkHandler
 
 
@@ -68,3 +75,64 @@ async def test_a_connection_that_saw_an_error_is_not_reused() -> None:
     assert sender.connections_opened == 2 and len(sink.received) == 1
     await sender.close()
     server.close()
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (aiosmtplib.SMTPResponseException(451, "busy"), TransientSendError),
+        (aiosmtplib.SMTPResponseException(500, "line too long"), PermanentSendError),
+        (aiosmtplib.SMTPDataError(554, "no"), PermanentSendError),
+        (aiosmtplib.SMTPRecipientsRefused([aiosmtplib.SMTPRecipientRefused(550, "no", "x@y")]), PermanentSendError),
+        (aiosmtplib.SMTPRecipientsRefused([aiosmtplib.SMTPRecipientRefused(450, "later", "x@y")]), TransientSendError),
+        (aiosmtplib.SMTPServerDisconnected("gone"), TransientSendError),
+        (aiosmtplib.SMTPNotSupported("SMTPUTF8"), UnsendableAddressError),
+        (ConnectionRefusedError(), TransientSendError),
+        (TimeoutError(), TransientSendError),
+        (UnicodeEncodeError("ascii", "ä", 0, 1, "no"), PermanentSendError),
+        (ValueError("bad address"), PermanentSendError),
+        (KeyError("surprise"), PermanentSendError),
+    ],
+)
+def test_every_exception_is_transient_or_permanent(error: Exception, kind: type[Exception]) -> None:
+    failure = send_failure(error)
+    assert type(failure) is kind
+    assert "ä" not in str(failure) and "x@y" not in str(failure)  # codes and type names only, no personal data
+
+
+async def _utf8_sink(smtputf8: bool) -> tuple[SinkHandler, asyncio.Server, int]:
+    handler = SinkHandler()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: SMTP(handler, hostname="sink", enable_SMTPUTF8=smtputf8, loop=loop), "127.0.0.1", 0
+    )
+    return handler, server, server.sockets[0].getsockname()[1]
+
+
+async def test_utf8_recipient_uses_smtputf8_where_offered() -> None:
+    sink, server, port = await _utf8_sink(smtputf8=True)
+    sender = SmtpSender(f"smtp://127.0.0.1:{port}")
+    await sender.send("a", "", ["bürgerbüro@jobcenter.example"], _mail(1))
+    assert [r.rcpt_tos for r in sink.received] == [["bürgerbüro@jobcenter.example"]]
+    await sender.close()
+    server.close()
+
+
+async def test_utf8_recipient_to_a_relay_without_smtputf8_is_permanent_and_the_connection_stays_usable() -> None:
+    sink, server, port = await _utf8_sink(smtputf8=False)
+    sender = SmtpSender(f"smtp://127.0.0.1:{port}")
+    with pytest.raises(UnsendableAddressError, match="SMTPUTF8"):
+        await sender.send("a", "", ["bürgerbüro@jobcenter.example"], _mail(1))
+    await sender.send("b", "", ["staff@jobcenter.example"], _mail(2))
+    assert [r.rcpt_tos for r in sink.received] == [["staff@jobcenter.example"]]
+    assert sender.connections_opened == 1  # nothing was sent on it: no reason to drop it
+    await sender.close()
+    server.close()
+
+
+@pytest.mark.parametrize("address", ["a\x00b@x.example", "a\x1bb@x.example", "a\x85b@x.example", "a\udcffb@x.example"])
+async def test_control_characters_and_invalid_utf8_are_refused_before_connecting(address: str) -> None:
+    sender = SmtpSender("smtp://127.0.0.1:9")  # nothing listens: a connection attempt would be transient
+    with pytest.raises(UnsendableAddressError):
+        await sender.send("a", "", [address], _mail(1))
+    assert sender.connections_opened == 0

@@ -7,6 +7,7 @@ import ipaddress
 import os
 import re
 import time
+import unicodedata
 from datetime import datetime
 from typing import Any
 
@@ -82,6 +83,22 @@ def new_message_row(
     }
 
 
+def envelope_problem(address: str) -> str | None:
+    """Why an envelope address cannot be stored and delivered: "control" or "utf8" (invalid UTF-8), else None.
+
+    aiosmtpd decodes MAIL and RCPT arguments as UTF-8 with surrogateescape, so invalid bytes arrive as lone
+    surrogates; stored, they would fail the database write (451 on every try) or the delivery later.
+    """
+    if address.isprintable():
+        return None
+    categories = {unicodedata.category(ch) for ch in address}
+    if "Cs" in categories:
+        return "utf8"
+    if "Cc" in categories:  # C0, DEL and C1
+        return "control"
+    return None
+
+
 class GatewayHandler:
     """One instance serves all sessions; `protocol` is 'smtp' or 'lmtp' (LMTP answers once per recipient)."""
 
@@ -104,9 +121,21 @@ class GatewayHandler:
         self.max_message_size = max_message_size
         self.max_recipients = max_recipients
 
+    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]) -> str:
+        problem = envelope_problem(address)
+        if problem is not None:
+            return replies.REJECT_SENDER_UTF8 if problem == "utf8" else replies.REJECT_SENDER_CONTROL
+        # what aiosmtpd does itself when a handler has no MAIL hook
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return replies.OK_SENDER
+
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]) -> str:
         if len(envelope.rcpt_tos) >= self.max_recipients:
             return replies.REJECT_TOO_MANY_RECIPIENTS
+        problem = envelope_problem(address)
+        if problem is not None:
+            return replies.REJECT_RECIPIENT_UTF8 if problem == "utf8" else replies.REJECT_RECIPIENT_CONTROL
         # the explicit test matters: `$` also matches before a trailing newline
         if not _ADDRESS.match(address) or "\r" in address or "\n" in address:
             return replies.REJECT_BAD_ADDRESS

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import re
 
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_HEADER_END = re.compile(rb"(\r?\n)\r?\n")
 _OURS = re.compile(rb"^x-channelshift-", re.IGNORECASE)
 
 
 def strip_our_headers(raw: bytes) -> bytes:
     """Drop X-Channelshift-* header fields (and their folded continuation lines) from the header block."""
     match = _HEADER_END.search(raw)
-    head, rest = (raw[: match.start()], raw[match.start() :]) if match else (raw, b"")
+    # the last field keeps its line end, so dropping it leaves exactly one empty line before the body
+    head, rest = (raw[: match.end(1)], raw[match.end(1) :]) if match else (raw, b"")
     kept: list[bytes] = []
     dropping = False
     for line in head.splitlines(keepends=True):

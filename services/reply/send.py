@@ -8,6 +8,7 @@ import os
 import socket
 import ssl
 import time
+import unicodedata
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +19,61 @@ import aiosmtplib
 
 
 class TransientSendError(Exception):
-    """Try again later: connection refused, 4xx, disk trouble."""
+    """Try again later: relay unreachable or misconfigured, 4xx, disk or database trouble."""
 
 
 class PermanentSendError(Exception):
-    """Will never work for this message: 5xx from the relay."""
+    """Will never work for this message as it is: a 5xx, or an address or content the relay cannot take.
+
+    `recipients` names the refused ones when the relay accepted the others (None: the failure concerns all).
+    """
+
+    def __init__(self, reason: str, recipients: list[str] | None = None) -> None:
+        super().__init__(reason)
+        self.recipients = recipients
+
+
+class UnsendableAddressError(PermanentSendError):
+    """An address this relay cannot take (UTF-8 without SMTPUTF8, control characters): an ASCII one might work."""
+
+
+def is_plain_address(address: str) -> bool:
+    """ASCII without control characters: what every relay takes without SMTPUTF8."""
+    return address.isascii() and address.isprintable() and len(address) <= 320
+
+
+def _has_control_characters(address: str) -> bool:
+    # C0, DEL and C1 controls, and lone surrogates (invalid UTF-8 decoded with surrogateescape)
+    return not address.isprintable() and any(unicodedata.category(ch) in ("Cc", "Cs") for ch in address)
+
+
+def send_failure(exc: Exception) -> TransientSendError | PermanentSendError:
+    """The one classification of an exception from a send attempt: transient or permanent, never a third kind.
+
+    Network, TLS and timeout errors and 4xx are transient; 5xx, and addresses or data that cannot be encoded
+    for the relay, are permanent. Anything unforeseen is permanent too: it would fail the same way on every
+    retry, and a permanent failure is visible (wrapper, then `failed`) where an endless retry is not.
+    """
+    if isinstance(exc, TransientSendError | PermanentSendError):
+        return exc
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        codes = [r.code for r in exc.recipients]
+        if all(500 <= code < 600 for code in codes):
+            return PermanentSendError(f"all recipients refused: {codes}")
+        return TransientSendError(f"recipients refused: {codes}")
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        if 500 <= exc.code < 600:
+            return PermanentSendError(f"relay answered {exc.code}")
+        return TransientSendError(f"relay answered {exc.code}")
+    if isinstance(exc, aiosmtplib.SMTPNotSupported):
+        # raised by sendmail only for SMTPUTF8, which send() checks first; kept here so it can never loop
+        return UnsendableAddressError("relay does not support what this message needs (SMTPUTF8)")
+    if isinstance(exc, ValueError):
+        # UnicodeEncodeError and aiosmtplib's address checks: the same bytes would fail on every retry
+        return PermanentSendError(f"message cannot be sent to this relay: {type(exc).__name__}")
+    if isinstance(exc, TimeoutError | aiosmtplib.SMTPException | OSError):
+        return TransientSendError(f"relay unreachable: {type(exc).__name__}")
+    return PermanentSendError(f"unexpected error: {type(exc).__name__}")
 
 
 class Sender(Protocol):
@@ -89,7 +140,18 @@ class SmtpSender:
         client = self._client()
         await client.connect()
         self.connections_opened += 1
-        return _Connection(client, opened=time.monotonic())
+        connection = _Connection(client, opened=time.monotonic())
+        try:
+            if client.is_ehlo_or_helo_needed:
+                # the extensions (SMTPUTF8, 8BITMIME) must be known before MAIL FROM is built
+                try:
+                    await client.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    await client.helo()
+        except BaseException:
+            await _discard(connection)
+            raise
+        return connection
 
     async def _release(self, connection: _Connection) -> None:
         connection.messages += 1
@@ -105,37 +167,40 @@ class SmtpSender:
     async def send(self, key: str, envelope_from: str, recipients: list[str], data: bytes) -> None:
         for address in [envelope_from, *recipients]:
             # CR/LF or controls in an address would let it inject SMTP commands (cf. aiosmtplib CVE-2026-53533).
-            if any(ch < " " or ch == "\x7f" for ch in address) or len(address) > 320:
-                raise PermanentSendError("address with control characters refused")
+            if _has_control_characters(address) or len(address) > 320:
+                raise UnsendableAddressError("address with control characters or invalid UTF-8 refused")
         if not recipients:
             raise PermanentSendError("no recipients")
-        connection: _Connection | None = None
         try:
             connection = await self._acquire()
-            # sendmail() rather than aiosmtplib.send(): only it accepts the null reverse-path MAIL FROM:<>.
-            errors, _response = await connection.client.sendmail(envelope_from, recipients, data)
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            await _discard(connection)
-            codes = [r.code for r in exc.recipients]
-            if all(500 <= code < 600 for code in codes):
-                raise PermanentSendError(f"all recipients refused: {codes}") from exc
-            raise TransientSendError(f"recipients refused: {codes}") from exc
-        except aiosmtplib.SMTPResponseException as exc:
-            await _discard(connection)
-            if 500 <= exc.code < 600:
-                raise PermanentSendError(f"relay answered {exc.code}") from exc
-            raise TransientSendError(f"relay answered {exc.code}") from exc
-        except (TimeoutError, aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
-            await _discard(connection)
+        except PermanentSendError:
+            raise
+        except Exception as exc:
+            # connecting, TLS, EHLO and AUTH do not depend on the message: a refusal there is the relay's or
+            # its configuration's problem, retried until it is fixed
             raise TransientSendError(f"relay unreachable: {type(exc).__name__}") from exc
-        except BaseException:
+        client = connection.client
+        options: list[str] = []
+        if not all(address.isascii() for address in [envelope_from, *recipients]):
+            if not client.supports_extension("smtputf8"):
+                await self._release(connection)
+                raise UnsendableAddressError("UTF-8 address and the relay does not offer SMTPUTF8")
+            options.append("SMTPUTF8")
+        if not data.isascii() and client.supports_extension("8bitmime"):
+            options.append("BODY=8BITMIME")
+        try:
+            # sendmail() rather than aiosmtplib.send(): only it accepts the null reverse-path MAIL FROM:<>.
+            errors, _response = await client.sendmail(envelope_from, recipients, data, mail_options=options)
+        except BaseException as exc:
             await _discard(connection)
+            if isinstance(exc, Exception):
+                raise send_failure(exc) from exc
             raise
         await self._release(connection)
         if errors:
             codes = [code for code, _msg in errors.values()]
             if all(500 <= code < 600 for code in codes):
-                raise PermanentSendError(f"some recipients refused: {codes}")
+                raise PermanentSendError(f"some recipients refused: {codes}", recipients=list(errors))
             raise TransientSendError(f"some recipients refused: {codes}")
 
     async def close(self) -> None:

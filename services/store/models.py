@@ -13,12 +13,17 @@ def utcnow() -> datetime:
 
 
 class MessageState:
-    """Life cycle of a stored message. DELIVERED and HELD are final."""
+    """Life cycle of a stored message. DELIVERED and HELD are final.
+
+    FAILED (the staff relay refused the original and its wrapper) needs a person; it is not purged, because
+    the raw message is the only copy nobody has read.
+    """
 
     RECEIVED = "received"
     CLASSIFIED = "classified"
     DELIVERED = "delivered"
     HELD = "held"
+    FAILED = "failed"
     FINAL = (DELIVERED, HELD)
 
 

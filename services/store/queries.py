@@ -328,7 +328,7 @@ def _transmitting_statement(model: type[Reply] | type[Delivery]) -> Any:
 def record_send_outcome(
     session: Session, model: type[Reply] | type[Delivery], message_id: str, state: str, error: str | None
 ) -> None:
-    """A reply's or delivery's new state after a send attempt; a delivered original also moves its message on."""
+    """A reply's or delivery's new state after a send attempt; a delivered or failed original moves its message on."""
     sent = state == JobState.SENT
     now = utcnow()
     session.execute(
@@ -340,8 +340,9 @@ def record_send_outcome(
             "now": now,
         },
     )
-    if sent and model is Delivery:
-        session.execute(_DELIVERED, {"target_id": message_id, "now": now})
+    if model is Delivery and state in (JobState.SENT, JobState.FAILED):
+        new_state = MessageState.DELIVERED if sent else MessageState.FAILED
+        session.execute(_MESSAGE_DELIVERY_STATE, {"target_id": message_id, "new_state": new_state, "now": now})
 
 
 @functools.cache
@@ -353,10 +354,10 @@ def _outcome_statement(model: type[Reply] | type[Delivery], sent: bool) -> Any:
     return update(table).where(table.c.message_id == bindparam("target_id")).values(**values)
 
 
-_DELIVERED = (
+_MESSAGE_DELIVERY_STATE = (
     update(_MESSAGES)
     .where(_MESSAGES.c.id == bindparam("target_id"))
-    .values(state=MessageState.DELIVERED, updated_at=bindparam("now"))
+    .values(state=bindparam("new_state"), updated_at=bindparam("now"))
 )
 
 

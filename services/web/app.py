@@ -7,13 +7,13 @@ from typing import Any
 
 from aiohttp import web
 from arq.connections import ArqRedis
-from sqlalchemy import Engine
-from sqlmodel import Session
+from sqlalchemy import Engine, func
+from sqlmodel import Session, col, select
 
 from services.classify.reload import RuleSetHolder
 from services.config import Settings
 from services.store.db import ping
-from services.store.models import Decision, Delivery, Message, Reply
+from services.store.models import Decision, Delivery, JobState, Message, Reply
 from services.web.api import ReportsApi
 from services.web.auth import Auth
 from services.web.clicks import ClickRecorder, make_redirect_handler
@@ -51,8 +51,24 @@ async def readyz(request: web.Request) -> web.Response:
         "rules": len(holder.current.rules),
         "reload_errors": [str(e) for e in holder.errors[:20]],
     }
+    try:
+        checks["deliveries"] = await asyncio.to_thread(_failed_deliveries, request.app[ENGINE])
+    except Exception as exc:
+        checks["deliveries"] = f"error: {type(exc).__name__}"
+    # failed deliveries need a person, not a restart: they are shown here but leave the process ready
     ready = checks["database"] == "ok" and checks["redis"] == "ok"
     return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+
+def _failed_deliveries(engine: Engine) -> dict[str, Any]:
+    """Originals the staff relay refused, wrapper included: how many, and the newest ids to look them up by."""
+    failed = col(Delivery.state) == JobState.FAILED
+    with Session(engine) as session:
+        count = session.exec(select(func.count()).select_from(Delivery).where(failed)).one()
+        newest = session.exec(
+            select(Delivery.message_id).where(failed).order_by(col(Delivery.created_at).desc()).limit(20)
+        ).all()
+    return {"failed": int(count), "failed_ids": list(newest)}
 
 
 def _iso(value: Any) -> str | None:

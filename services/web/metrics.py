@@ -56,6 +56,11 @@ class RollupCollector(Collector):
         deliveries = CounterMetricFamily(
             "channelshift_deliveries", "Originals handed to staff, by state.", labels=["state"]
         )
+        wrapped = CounterMetricFamily(
+            "channelshift_deliveries_wrapped",
+            "Originals the staff relay refused that reached staff inside a wrapper (also counted as delivered).",
+            labels=[],
+        )
         rejected = CounterMetricFamily(
             "channelshift_smtp_rejected", "Recipients refused at SMTP time, by reason.", labels=["reason"]
         )
@@ -90,6 +95,8 @@ class RollupCollector(Collector):
                 add("held", value=count)
             elif outcome in ("delivered", "delivery-failed"):
                 add("deliveries", "delivered" if outcome == "delivered" else "failed", value=count)
+            elif outcome == "delivered-wrapped":
+                add("wrapped", value=count)
             elif outcome.startswith("rejected:"):
                 add("rejected", outcome.split(":", 1)[1], value=count)
             elif outcome == "click":
@@ -104,6 +111,7 @@ class RollupCollector(Collector):
             "suppressed": suppressed,
             "held": held,
             "deliveries": deliveries,
+            "wrapped": wrapped,
             "rejected": rejected,
             "clicks": clicks,
             "unique": unique,

@@ -107,7 +107,7 @@ OPENAPI: dict[str, Any] = {
                                         "id": {"type": "string"},
                                         "state": {
                                             "type": "string",
-                                            "enum": ["received", "classified", "delivered", "held"],
+                                            "enum": ["received", "classified", "delivered", "held", "failed"],
                                         },
                                         "decision": {"type": ["object", "null"]},
                                         "reply": {"type": ["object", "null"]},

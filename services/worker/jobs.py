@@ -10,15 +10,24 @@ from typing import Any
 
 import structlog
 from arq import Retry
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from services import queue
 from services.links import make_token
 from services.mail import parse_mail
-from services.metrics import JOB_SECONDS, timed
+from services.metrics import DELIVERY_ATTEMPTS, JOB_SECONDS, timed
 from services.reply.compose import compose_reply, threading_headers
 from services.reply.original import with_routing_headers
-from services.reply.send import MaildirSender, PermanentSendError, TransientSendError
+from services.reply.send import (
+    MaildirSender,
+    PermanentSendError,
+    TransientSendError,
+    UnsendableAddressError,
+    is_plain_address,
+    send_failure,
+)
+from services.reply.wrapper import build_wrapper
 from services.store.models import Delivery, JobState, Message, Reply
 from services.store.purge import purge
 from services.store.queries import (
@@ -111,10 +120,14 @@ async def _send(deps: Deps, model: type[Reply] | type[Delivery], message_id: str
 
 
 async def _transmit(deps: Deps, loaded: Loaded, kind: str) -> str:
-    """Send a claimed reply or delivery and record the outcome; raises Retry on a transient failure."""
+    """Send a claimed reply or delivery and record the outcome; raises Retry on a transient failure.
+
+    Every exception ends in one of the two kinds (`_failure`), so no row is left `sending` by an error.
+    """
     message, decision, row = loaded.message, loaded.decision, loaded.row
     model = row.model
     message_id = message.id
+    note: str | None = None
     try:
         if model is Reply:
             data = _reply_bytes(deps, message, decision, row)
@@ -122,21 +135,31 @@ async def _transmit(deps: Deps, loaded: Loaded, kind: str) -> str:
             await deps.batcher.run(lambda session: mark_transmitting(session, Reply, message_id))
             await deps.reply_sender.send(f"{message.id}.reply", "", [message.mail_from], data)
         else:
-            await _deliver(deps, message, decision)
-    except TransientSendError as exc:
-        error = str(exc)
-        await deps.batcher.run(lambda s: _finish(s, model, message, decision, JobState.PENDING, error, None))
-        log.warning(f"{kind}.retry", attempt=row.attempts, error=error)
-        raise Retry(defer=timedelta(seconds=backoff_seconds(row.attempts, deps.settings.retry_base_seconds))) from exc
-    except PermanentSendError as exc:
-        error = str(exc)
+            note = await _deliver(deps, message, decision)
+    except Exception as exc:
+        failure = _failure(exc)
+        error = str(failure)
+        if isinstance(failure, TransientSendError):
+            await deps.batcher.run(lambda s: _finish(s, model, message, decision, JobState.PENDING, error))
+            log.warning(f"{kind}.retry", attempt=row.attempts, error=error)
+            defer = timedelta(seconds=backoff_seconds(row.attempts, deps.settings.retry_base_seconds))
+            raise Retry(defer=defer) from exc
         await deps.batcher.run(lambda s: _finish(s, model, message, decision, JobState.FAILED, error, f"{kind}-failed"))
         log.error(f"{kind}.failed", error=error)
         return "failed"
-    outcome = "reply-sent" if kind == "reply" else "delivered"
-    await deps.batcher.run(lambda s: _finish(s, model, message, decision, JobState.SENT, None, outcome))
-    log.info(f"{kind}.sent", attempt=row.attempts)
+    outcomes = (
+        ("reply-sent",) if kind == "reply" else ("delivered",) if note is None else ("delivered", "delivered-wrapped")
+    )
+    await deps.batcher.run(lambda s: _finish(s, model, message, decision, JobState.SENT, note, *outcomes))
+    log.info(f"{kind}.sent", attempt=row.attempts, wrapped=note is not None)
     return "sent"
+
+
+def _failure(exc: Exception) -> TransientSendError | PermanentSendError:
+    """send_failure(), plus this job's own kind: database trouble passes, so it is transient."""
+    if isinstance(exc, SQLAlchemyError):
+        return TransientSendError(f"database error: {type(exc).__name__}")
+    return send_failure(exc)
 
 
 def _finish(
@@ -146,10 +169,10 @@ def _finish(
     decision: DecisionRecord,
     state: str,
     error: str | None,
-    outcome: str | None,
+    *outcomes: str,
 ) -> None:
     record_send_outcome(session, model, message.id, state, error)
-    if outcome:
+    for outcome in outcomes:
         bump_message_counter(session, message, decision, outcome)
 
 
@@ -188,11 +211,7 @@ def _reply_bytes(deps: Deps, message: Message, decision: DecisionRecord, reply: 
         raise PermanentSendError(f"reply cannot be composed: {type(exc).__name__}") from exc
 
 
-async def _deliver(deps: Deps, message: Message, decision: DecisionRecord) -> None:
-    if message.raw is None:
-        raise PermanentSendError("raw message already purged")
-    target = decision.deliver_to or "staff"
-    target_address = deps.rules.current.settings.targets.get(target)
+def _routing_headers(message: Message, decision: DecisionRecord) -> dict[str, str]:
     headers = {
         "X-Channelshift-Category": decision.category,
         "X-Channelshift-Channel": decision.channel,
@@ -209,12 +228,78 @@ async def _deliver(deps: Deps, message: Message, decision: DecisionRecord) -> No
     if decision.priority in ("high", "urgent"):
         headers["X-Priority"] = "1 (Highest)" if decision.priority == "urgent" else "2 (High)"
         headers["Importance"] = "high"
+    return headers
+
+
+async def _deliver(deps: Deps, message: Message, decision: DecisionRecord) -> str | None:
+    """Hand the original to staff; if the relay refuses it for good, a wrapper carrying it instead.
+
+    Returns None when the original went through, else a note on the wrapper (stored with the delivery).
+    Raises TransientSendError (retry both later) or PermanentSendError (the wrapper was refused too).
+    """
+    if message.raw is None:
+        raise PermanentSendError("raw message already purged")
+    target = decision.deliver_to or "staff"
+    target_address = deps.rules.current.settings.targets.get(target)
+    headers = _routing_headers(message, decision)
     data = with_routing_headers(message.raw, headers)
     recipients = [target_address] if target_address else list(message.rcpt_tos)
     sender = deps.delivery_sender
     if target != "staff" and not deps.settings.delivery_url:
         sender = MaildirSender(deps.settings.delivered_dir / f".{target}")
-    await sender.send(f"{message.id}.original", "", recipients, data)
+    try:
+        await sender.send(f"{message.id}.original", "", recipients, data)
+    except Exception as exc:
+        refusal = _failure(exc)
+        DELIVERY_ATTEMPTS.labels("original", _kind(refusal)).inc()
+        if isinstance(refusal, TransientSendError):
+            if refusal is exc:
+                raise
+            raise refusal from exc
+    else:
+        DELIVERY_ATTEMPTS.labels("original", "sent").inc()
+        return None
+    log.warning("delivery.original_refused", error=str(refusal))
+    wrap_to = refusal.recipients or recipients
+    if isinstance(refusal, UnsendableAddressError):
+        plain = [address for address in wrap_to if is_plain_address(address)]
+        fallback = deps.settings.delivery_fallback_to
+        # the fallback stands in for the mailboxes this relay cannot name
+        if fallback and len(plain) < len(wrap_to) and fallback not in plain:
+            plain.append(fallback)
+        wrap_to = plain
+        if not wrap_to:
+            raise PermanentSendError(
+                f"{refusal}; no ASCII staff address for a wrapper (CHANNELSHIFT_DELIVERY_FALLBACK_TO)"
+            )
+    from_address = message.mailbox if is_plain_address(message.mailbox) else f"postmaster@{deps.settings.hostname}"
+    raw = message.raw
+    try:
+        wrapper = await asyncio.to_thread(
+            build_wrapper,
+            raw,
+            headers,
+            message_id=message.id,
+            reason=str(refusal),
+            from_address=from_address,
+            recipients=wrap_to,
+            hostname=deps.settings.hostname,
+        )
+        await sender.send(f"{message.id}.wrapper", "", wrap_to, wrapper.data)
+    except Exception as exc:
+        failure = _failure(exc)
+        DELIVERY_ATTEMPTS.labels("wrapper", _kind(failure)).inc()
+        both = f"original refused ({refusal}); wrapper: {failure}"
+        if isinstance(failure, TransientSendError):
+            raise TransientSendError(both) from exc
+        raise PermanentSendError(both) from exc
+    DELIVERY_ATTEMPTS.labels("wrapper", "sent").inc()
+    attached = wrapper.form + (", re-encoded" if wrapper.reencoded else "")
+    return f"original refused ({refusal}); delivered as a wrapper ({attached})"
+
+
+def _kind(failure: TransientSendError | PermanentSendError) -> str:
+    return "transient" if isinstance(failure, TransientSendError) else "permanent"
 
 
 async def send_reply(ctx: dict[str, Any], message_id: str) -> str:
