@@ -109,10 +109,15 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
                 print(error)
             print(f"{len(exc.errors)} error(s)", file=sys.stderr)
         return 1
+    warnings = list(ruleset.warnings)
     if args.json:
-        print(json.dumps({"ok": True, "version": ruleset.version, "rules": len(ruleset.rules), "errors": []}))
+        summary = {"ok": True, "version": ruleset.version, "rules": len(ruleset.rules), "errors": []}
+        print(json.dumps({**summary, "warnings": warnings}, ensure_ascii=False))
     else:
-        print(f"ok: {len(ruleset.rules)} rules, version {ruleset.version}")
+        for warning in warnings:
+            print(f"warning: {warning}")
+        suffix = f", {len(warnings)} warning(s)" if warnings else ""
+        print(f"ok: {len(ruleset.rules)} rules, version {ruleset.version}{suffix}")
     return 0
 
 

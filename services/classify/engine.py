@@ -294,6 +294,7 @@ class RuleSet:
     lists: Mapping[str, tuple[str, ...]]
     templates: frozenset[str]
     intent: TrainedIntent | None = None
+    warnings: tuple[str, ...] = ()  # e.g. a template without a language the set offers: shown, not refused
 
     def is_served(self, address: str) -> bool:
         address = address.lower()

@@ -13,7 +13,8 @@ from services.classify.engine import CompiledRule, RuleSet, compile_condition
 from services.classify.examples import RULE_ONLY_CATEGORIES, load_examples
 from services.classify.keywords import KeywordIndex
 from services.classify.schema import CONDITION_KEYS, Condition, Rule, RuleFile, RuleSettings
-from services.classify.yamlsource import YamlSyntaxError, line_for, load_with_lines
+from services.classify.yamlsource import Path_, YamlSyntaxError, line_for, load_with_lines
+from services.reply.render import ReplyRenderer
 
 NO_CHANNEL = "none"
 
@@ -57,6 +58,7 @@ def fingerprint(
     """Cheap change detector for hot reload: names, sizes and mtimes of every file that matters."""
     paths = [*rule_files(directory), *list_files(directory)] if directory.is_dir() else []
     if templates_dir is not None and (templates_dir / "replies").is_dir():
+        paths.extend(sorted((templates_dir / "replies").glob("*.j2")))  # _base and _page layouts
         paths.extend(sorted((templates_dir / "replies").glob("*/*.j2")))
     if templates_dir is not None and templates_dir.is_dir():
         paths.extend(sorted(templates_dir.glob("*__*.j2")))
@@ -145,6 +147,9 @@ def load_rules(
 
     settings: RuleSettings | None = None
     settings_file = ""
+    settings_lines: dict[Path_, int] = {}
+    # where each `reply:` is written: (file, line, field) per template name, for the template errors
+    reply_uses: list[tuple[str, str, int, str]] = []
     ordered: list[tuple[int, int, Rule, str, int]] = []
     seen_ids: dict[str, str] = {}
     files = rule_files(directory)
@@ -176,9 +181,12 @@ def load_rules(
                     )
                 )
             else:
-                settings, settings_file = parsed.settings, name
+                settings, settings_file, settings_lines = parsed.settings, name, lines
         for rule_index, rule in enumerate(parsed.rules):
             line = line_for(lines, ("rules", rule_index))
+            if rule.then.reply is not None:
+                key: Path_ = ("rules", rule_index, "then", "reply")
+                reply_uses.append((rule.then.reply, name, line_for(lines, key), f"rules[{rule_index}].then.reply"))
             if rule.id in seen_ids:
                 errors.append(
                     RuleError(
@@ -195,8 +203,16 @@ def load_rules(
         errors.append(RuleError(str(directory), 1, "settings", "no file defines settings"))
     templates = available_templates(templates_dir)
     ordered.sort(key=lambda item: (-item[2].priority, item[0], item[1]))
+    warnings: list[str] = []
     if settings is not None:
         errors.extend(_semantic_errors(ordered, settings, settings_file, lists, templates))
+        for category, spec in settings.categories.items():
+            if spec.reply is not None:
+                key = ("settings", "categories", category, "reply")
+                field = f"settings.categories.{category}.reply"
+                reply_uses.append((spec.reply, settings_file, line_for(settings_lines, key), field))
+        template_errors, warnings = _template_errors(reply_uses, settings, templates_dir, templates)
+        errors.extend(template_errors)
     if errors:
         raise RuleSetInvalid(errors)
     assert settings is not None
@@ -243,7 +259,28 @@ def load_rules(
         lists=lists,
         templates=templates,
         intent=intent,
+        warnings=tuple(warnings),
     )
+
+
+def _template_errors(
+    uses: list[tuple[str, str, int, str]], settings: RuleSettings, templates_dir: Path, templates: frozenset[str]
+) -> tuple[list[RuleError], list[str]]:
+    """Templates are part of the rule set: an unknown one at its `reply:` line, a broken one at its own line.
+
+    Every referenced template is rendered in every language it has with the settings being loaded (a missing
+    `crisis_phone` or an unknown channel is an error here, not a reply stuck at send time).
+    """
+    errors: list[RuleError] = []
+    for template, file, line, field in uses:
+        if template not in templates:
+            missing = f"unknown reply template {template!r} (no templates/replies/{template}/de.txt.j2)"
+            errors.append(RuleError(file, line, field, missing))
+    # a fresh environment: nothing cached from the previous load can hide an edit
+    renderer = ReplyRenderer(templates_dir, auto_reload=False)
+    problems, warnings = renderer.check({t for t, _f, _l, _w in uses if t in templates}, settings)
+    errors.extend(RuleError(p.file, p.line, "template", p.message) for p in problems)
+    return errors, warnings
 
 
 def _condition_lists(condition: Condition) -> list[str]:
@@ -286,15 +323,6 @@ def _semantic_errors(
                     f"unknown channel {action.channel!r} (known: {', '.join(sorted(settings.channels))}, none)",
                 )
             )
-        if action.reply is not None and action.reply not in templates:
-            errors.append(
-                RuleError(
-                    name,
-                    line,
-                    f"{where}.then.reply",
-                    f"unknown reply template {action.reply!r} (no templates/replies/{action.reply}/de.txt.j2)",
-                )
-            )
         if action.deliver and action.deliver_to not in settings.targets:
             errors.append(
                 RuleError(name, line, f"{where}.then.deliver_to", f"unknown delivery target {action.deliver_to!r}")
@@ -322,8 +350,6 @@ def _semantic_errors(
         where = f"settings.categories.{category}"
         if spec.channel != NO_CHANNEL and spec.channel not in settings.channels:
             errors.append(RuleError(settings_file, 1, f"{where}.channel", f"unknown channel {spec.channel!r}"))
-        if spec.reply is not None and spec.reply not in templates:
-            errors.append(RuleError(settings_file, 1, f"{where}.reply", f"unknown reply template {spec.reply!r}"))
         if spec.deliver and spec.deliver_to not in settings.targets:
             errors.append(
                 RuleError(settings_file, 1, f"{where}.deliver_to", f"unknown delivery target {spec.deliver_to!r}")

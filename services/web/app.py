@@ -48,6 +48,7 @@ async def readyz(request: web.Request) -> web.Response:
         "version": holder.current.version,
         "rules": len(holder.current.rules),
         "reload_errors": [str(e) for e in holder.errors[:20]],
+        "warnings": list(holder.current.warnings[:20]),
     }
     ready = checks["database"] == "ok" and checks["redis"] == "ok"
     return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)

@@ -13,9 +13,8 @@ from arq import Retry
 from sqlmodel import Session
 
 from services import queue
-from services.links import make_token
 from services.metrics import JOB_SECONDS, timed
-from services.reply.compose import compose_reply
+from services.reply.build import ReplyUnbuildable, build_reply, tracked_links
 from services.reply.original import with_routing_headers
 from services.reply.send import MaildirSender, PermanentSendError, TransientSendError
 from services.store.models import Delivery, JobState, Message, Reply
@@ -153,34 +152,30 @@ def _finish(
 
 
 def _reply_bytes(deps: Deps, message: Message, decision: DecisionRecord, reply: SendRecord) -> bytes:
+    """The reply's bytes; a template or address that cannot make a reply is a permanent (counted) failure."""
     assert decision.template is not None and reply.reply_message_id is not None
     settings = deps.rules.current.settings
     links = None
     if deps.settings.track_clicks:
-        base = deps.settings.public_url.rstrip("/")
-        key = deps.settings.effective_pseudonym_key
-        links = {
-            name: f"{base}/r/{make_token(key, message.id, name)}"
-            for name, info in settings.channels.items()
-            if info.url
-        }
-    rendered = deps.renderer.render(
-        decision.template, decision.language, settings, message.received_at, reference=message.id[:12], links=links
-    )
+        links = tracked_links(settings, deps.settings.public_url, deps.settings.effective_pseudonym_key, message.id)
     try:
-        email_message = compose_reply(
-            rendered,
-            in_reply_to=reply.in_reply_to,
-            references=reply.references,
-            from_name=settings.organisation,
+        built = build_reply(
+            deps.renderer,
+            settings,
+            template=decision.template,
+            language=decision.language,
+            received_at=message.received_at,
+            message_id=message.id,
             from_address=message.mailbox,
             to_address=message.mail_from,
             reply_message_id=reply.reply_message_id,
+            in_reply_to=reply.in_reply_to,
+            references=reply.references,
+            links=links,
         )
-        return email_message.as_bytes()
-    except (ValueError, MessageError) as exc:
-        # e.g. a non-ASCII local part in the sender's address: retrying cannot help
-        raise PermanentSendError(f"reply cannot be composed: {type(exc).__name__}") from exc
+        return built.as_bytes()
+    except (ReplyUnbuildable, ValueError, MessageError) as exc:
+        raise PermanentSendError(str(exc) if isinstance(exc, ReplyUnbuildable) else type(exc).__name__) from exc
 
 
 async def _deliver(deps: Deps, message: Message, decision: DecisionRecord) -> None:
