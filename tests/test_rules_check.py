@@ -317,3 +317,18 @@ def test_office_hours_settings_are_validated(tmp_path: Path, old: str, new: str,
     [error] = invalid.value.errors
     assert field in error.field and message in error.message, str(error)
     assert error.line == _line_of(text, old)
+
+
+def test_template_edits_reload_as_a_new_version_with_their_warnings(tmp_path: Path) -> None:
+    templates = tmp_path / "templates"
+    shutil.copytree(TEMPLATES, templates)
+    holder = RuleSetHolder(RULES, templates, with_model=False)
+    first = holder.current.version
+    assert holder.current.warnings == ()
+    (templates / "replies" / "documents" / "ar.txt.j2").unlink()
+    assert holder.refresh() and holder.current.version != first
+    assert ["documents" in w and "no ar.txt.j2" in w for w in holder.current.warnings] == [True]
+    broken = templates / "replies" / "documents" / "de.txt.j2"
+    broken.write_text(broken.read_text(encoding="utf-8") + "{% endif %}\n", encoding="utf-8")
+    assert not holder.refresh()
+    assert holder.errors and str(broken) in str(holder.errors[0])

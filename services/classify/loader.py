@@ -57,11 +57,8 @@ def fingerprint(
 ) -> tuple[tuple[str, int, int], ...]:
     """Cheap change detector for hot reload: names, sizes and mtimes of every file that matters."""
     paths = [*rule_files(directory), *list_files(directory)] if directory.is_dir() else []
-    if templates_dir is not None and (templates_dir / "replies").is_dir():
-        paths.extend(sorted((templates_dir / "replies").glob("*.j2")))  # _base and _page layouts
-        paths.extend(sorted((templates_dir / "replies").glob("*/*.j2")))
-    if templates_dir is not None and templates_dir.is_dir():
-        paths.extend(sorted(templates_dir.glob("*__*.j2")))
+    if templates_dir is not None:
+        paths.extend(template_files(templates_dir))
     examples = examples_dir or directory / "examples"
     if examples.is_dir():
         paths.extend(sorted(examples.iterdir()))  # labels.csv and the mails: a changed example retrains
@@ -73,6 +70,18 @@ def fingerprint(
             continue
         result.append((str(path), stat.st_size, stat.st_mtime_ns))
     return tuple(result)
+
+
+def template_files(templates_dir: Path) -> list[Path]:
+    """Every reply template file: layouts, shared macros and the templates (nested or flattened layout)."""
+    paths: list[Path] = []
+    replies = templates_dir / "replies"
+    if replies.is_dir():
+        paths.extend(sorted(replies.glob("*.j2")))  # _base and _page layouts
+        paths.extend(sorted(replies.glob("*/*.j2")))
+    if templates_dir.is_dir():
+        paths.extend(sorted(templates_dir.glob("*__*.j2")))  # flattened, as a ConfigMap holds them
+    return paths
 
 
 def available_templates(templates_dir: Path) -> frozenset[str]:
@@ -205,7 +214,7 @@ def load_rules(
     ordered.sort(key=lambda item: (-item[2].priority, item[0], item[1]))
     warnings: list[str] = []
     if settings is not None:
-        errors.extend(_semantic_errors(ordered, settings, settings_file, lists, templates))
+        errors.extend(_semantic_errors(ordered, settings, settings_file, lists))
         for category, spec in settings.categories.items():
             if spec.reply is not None:
                 key = ("settings", "categories", category, "reply")
@@ -252,6 +261,9 @@ def load_rules(
             if isinstance(trained, list):
                 raise RuleSetInvalid([RuleError(p.file, p.line, p.field, p.message) for p in trained])
             intent = trained
+    # after the model's context was taken: a template edit is a new rule-set version, not a new model
+    for path in template_files(templates_dir):
+        digest.update(b"template\0" + str(path.relative_to(templates_dir)).encode() + b"\0" + path.read_bytes())
     return RuleSet(
         version=digest.hexdigest()[:16],
         settings=settings,
@@ -300,7 +312,6 @@ def _semantic_errors(
     settings: RuleSettings,
     settings_file: str,
     lists: dict[str, tuple[str, ...]],
-    templates: frozenset[str],
 ) -> list[RuleError]:
     errors: list[RuleError] = []
     seen_conditions: dict[str, str] = {}
