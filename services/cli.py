@@ -164,7 +164,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
         received_at = at if at.tzinfo else at.replace(tzinfo=ZoneInfo(zone))
     result = preview(
         ruleset,
-        ReplyRenderer(settings.templates_dir),
+        ruleset.renderer or ReplyRenderer(settings.templates_dir),
         raw,
         received_at=received_at,
         hostname=settings.hostname,

@@ -185,16 +185,39 @@ def test_quick_fold_equals_compat32(value: str) -> None:
         assert REPLY_POLICY.fold(name, value) == stock.fold(name, value)
 
 
-async def test_template_broken_after_load_fails_the_reply_for_good_and_counts_it(
+async def test_template_edit_that_does_not_validate_never_reaches_a_reply(
     tmp_path: Path, clean_database: str, clean_redis: str
 ) -> None:
-    """An edit the running set has not validated yet: the reply fails (counted, in the API), never stays sending."""
+    """Replies render the templates as the running set validated them, not a broken edit on disk."""
     templates = tmp_path / "templates"
     shutil.copytree(PROJECT_ROOT / "templates", templates)
     pipeline = await start_pipeline(tmp_path, clean_database, clean_redis, templates_dir=templates)
     try:
         general = templates / "replies" / "general" / "de.txt.j2"
         general.write_text(general.read_text(encoding="utf-8") + "{{ case_number }}\n", encoding="utf-8")
+        assert not pipeline.deps.rules.refresh() and pipeline.deps.rules.errors
+        await pipeline.send(make_mail(subject="Frage", body="Wann haben Sie geöffnet?"))
+        await pipeline.work()
+        [reply] = pipeline.relay.received
+        assert "Guten Tag," in reply.message.get_body(("plain",)).get_content()
+    finally:
+        await pipeline.close()
+        await pipeline.pool.aclose()
+        pipeline.deps.engine.dispose()
+
+
+async def test_render_failure_at_send_time_fails_the_reply_for_good_and_counts_it(
+    tmp_path: Path, clean_database: str, clean_redis: str
+) -> None:
+    """A failure only the live context triggers: the reply fails (counted, in the API), never stays sending."""
+    templates = tmp_path / "templates"
+    shutil.copytree(PROJECT_ROOT / "templates", templates)
+    general = templates / "replies" / "general" / "de.txt.j2"
+    # validation renders with the sample reference, so only a real message reaches the missing key
+    trap = '{% if reference != "SAMPLE123456" %}{{ channels.portal.nosuch }}{% endif %}\n'
+    general.write_text(general.read_text(encoding="utf-8") + trap, encoding="utf-8")
+    pipeline = await start_pipeline(tmp_path, clean_database, clean_redis, templates_dir=templates)
+    try:
         await pipeline.send(make_mail(subject="Frage", body="Wann haben Sie geöffnet?"))
         await pipeline.work()
         assert pipeline.relay.received == [] and len(pipeline.delivery.received) == 1
@@ -202,7 +225,7 @@ async def test_template_broken_after_load_fails_the_reply_for_good_and_counts_it
             [message] = session.exec(select(Message)).all()
             reply = session.get(Reply, message.id)
             assert reply is not None and reply.state == JobState.FAILED
-            assert "cannot be rendered" in (reply.error or "") and "case_number" in (reply.error or "")
+            assert "cannot be rendered" in (reply.error or "") and "'nosuch'" in (reply.error or "")
         app = create_app(pipeline.deps.settings, pipeline.deps.engine, pipeline.pool, pipeline.deps.rules)
         async with TestClient(TestServer(app)) as client:
             view = await (await client.get(f"/api/v1/messages/{message.id}")).json()

@@ -213,6 +213,7 @@ def load_rules(
     templates = available_templates(templates_dir)
     ordered.sort(key=lambda item: (-item[2].priority, item[0], item[1]))
     warnings: list[str] = []
+    renderer = ReplyRenderer(templates_dir, auto_reload=False)  # fresh: nothing cached hides an edit
     if settings is not None:
         errors.extend(_semantic_errors(ordered, settings, settings_file, lists))
         for category, spec in settings.categories.items():
@@ -220,7 +221,7 @@ def load_rules(
                 key = ("settings", "categories", category, "reply")
                 field = f"settings.categories.{category}.reply"
                 reply_uses.append((spec.reply, settings_file, line_for(settings_lines, key), field))
-        template_errors, warnings = _template_errors(reply_uses, settings, templates_dir, templates)
+        template_errors, warnings = _template_errors(reply_uses, settings, renderer, templates)
         errors.extend(template_errors)
     if errors:
         raise RuleSetInvalid(errors)
@@ -272,24 +273,24 @@ def load_rules(
         templates=templates,
         intent=intent,
         warnings=tuple(warnings),
+        renderer=renderer,
     )
 
 
 def _template_errors(
-    uses: list[tuple[str, str, int, str]], settings: RuleSettings, templates_dir: Path, templates: frozenset[str]
+    uses: list[tuple[str, str, int, str]], settings: RuleSettings, renderer: ReplyRenderer, templates: frozenset[str]
 ) -> tuple[list[RuleError], list[str]]:
     """Templates are part of the rule set: an unknown one at its `reply:` line, a broken one at its own line.
 
     Every referenced template is rendered in every language it has with the settings being loaded (a missing
-    `crisis_phone` or an unknown channel is an error here, not a reply stuck at send time).
+    `crisis_phone` or an unknown channel is an error here, not a reply stuck at send time). The renderer keeps
+    the compiled templates it checked (no auto-reload), so the set's replies use exactly those.
     """
     errors: list[RuleError] = []
     for template, file, line, field in uses:
         if template not in templates:
             missing = f"unknown reply template {template!r} (no templates/replies/{template}/de.txt.j2)"
             errors.append(RuleError(file, line, field, missing))
-    # a fresh environment: nothing cached from the previous load can hide an edit
-    renderer = ReplyRenderer(templates_dir, auto_reload=False)
     problems, warnings = renderer.check({t for t, _f, _l, _w in uses if t in templates}, settings)
     errors.extend(RuleError(p.file, p.line, "template", p.message) for p in problems)
     return errors, warnings

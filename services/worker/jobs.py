@@ -160,7 +160,7 @@ def _reply_bytes(deps: Deps, message: Message, decision: DecisionRecord, reply: 
         links = tracked_links(settings, deps.settings.public_url, deps.settings.effective_pseudonym_key, message.id)
     try:
         built = build_reply(
-            deps.renderer,
+            deps.rules.current.renderer or deps.renderer,
             settings,
             template=decision.template,
             language=decision.language,
