@@ -302,6 +302,7 @@ def test_cli_check_names_the_template_line_and_exits_1(tmp_path: Path) -> None:
             "emergency.hours",
             "overlap",
         ),
+        ('hours: {mon-fri: "08:00-12:00"}', 'hours: "Mo-Fr 8-12"', "emergency.hours", "not free text"),
         ("timezone: Europe/Berlin", "timezone: Europe/Berln", "settings.timezone", "unknown time zone"),
         ("2026-01-01, 2026-04-03", "2026-01-01, 2026-13-03", "settings.holidays", "date"),
     ],

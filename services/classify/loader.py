@@ -157,7 +157,7 @@ def load_rules(
     settings: RuleSettings | None = None
     settings_file = ""
     settings_lines: dict[Path_, int] = {}
-    # where each `reply:` is written: (file, line, field) per template name, for the template errors
+    # every `reply:`: (template, file, line, field), so an unknown template is reported where it is named
     reply_uses: list[tuple[str, str, int, str]] = []
     ordered: list[tuple[int, int, Rule, str, int]] = []
     seen_ids: dict[str, str] = {}

@@ -284,6 +284,13 @@ class OpeningHours(RootModel[dict[str, str | list[str]]]):
 
     model_config = ConfigDict(frozen=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _a_mapping(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise ValueError('hours are weekdays with times, e.g. {mon-fri: "08:00-18:00"}, not free text')
+        return data
+
     @model_validator(mode="after")
     def _parses(self) -> OpeningHours:
         if not self.root:

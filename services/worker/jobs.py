@@ -154,13 +154,14 @@ def _finish(
 def _reply_bytes(deps: Deps, message: Message, decision: DecisionRecord, reply: SendRecord) -> bytes:
     """The reply's bytes; a template or address that cannot make a reply is a permanent (counted) failure."""
     assert decision.template is not None and reply.reply_message_id is not None
-    settings = deps.rules.current.settings
+    ruleset = deps.rules.current  # one set for settings and templates, even if a reload lands meanwhile
+    settings = ruleset.settings
     links = None
     if deps.settings.track_clicks:
         links = tracked_links(settings, deps.settings.public_url, deps.settings.effective_pseudonym_key, message.id)
     try:
         built = build_reply(
-            deps.rules.current.renderer or deps.renderer,
+            ruleset.renderer or deps.renderer,
             settings,
             template=decision.template,
             language=decision.language,
