@@ -109,10 +109,15 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
                 print(error)
             print(f"{len(exc.errors)} error(s)", file=sys.stderr)
         return 1
+    warnings = list(ruleset.warnings)
     if args.json:
-        print(json.dumps({"ok": True, "version": ruleset.version, "rules": len(ruleset.rules), "errors": []}))
+        summary = {"ok": True, "version": ruleset.version, "rules": len(ruleset.rules), "errors": []}
+        print(json.dumps({**summary, "warnings": warnings}, ensure_ascii=False))
     else:
-        print(f"ok: {len(ruleset.rules)} rules, version {ruleset.version}")
+        for warning in warnings:
+            print(f"warning: {warning}")
+        suffix = f", {len(warnings)} warning(s)" if warnings else ""
+        print(f"ok: {len(ruleset.rules)} rules, version {ruleset.version}{suffix}")
     return 0
 
 
@@ -131,6 +136,59 @@ def cmd_rules_explain(args: argparse.Namespace) -> int:
     )
     print(json.dumps(result, ensure_ascii=False, indent=2) if args.json else format_explain(result))
     return 0
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    """The worker's verdict for a mail file and the exact reply it would send; sends and stores nothing."""
+    from zoneinfo import ZoneInfo
+
+    from services.preview import format_preview, preview
+    from services.reply.policy import PolicyConfig
+    from services.reply.render import ReplyRenderer
+
+    settings = _settings()
+    try:
+        raw = Path(args.file).read_bytes()
+    except OSError as exc:
+        print(f"cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    ruleset = _ruleset(settings, args.rules)
+    zone = ruleset.settings.timezone
+    received_at = datetime.now(UTC)
+    if args.at:
+        try:
+            at = datetime.fromisoformat(args.at)
+        except ValueError:
+            print(f"--at: not an ISO time: {args.at!r} (use 2026-12-01T19:30, local time in {zone})", file=sys.stderr)
+            return 1
+        received_at = at if at.tzinfo else at.replace(tzinfo=ZoneInfo(zone))
+    result = preview(
+        ruleset,
+        ruleset.renderer or ReplyRenderer(settings.templates_dir),
+        raw,
+        received_at=received_at,
+        hostname=settings.hostname,
+        mail_from=args.sender,
+        rcpt_to=args.to,
+        policy=PolicyConfig(settings.spam_score_header, settings.spam_score_threshold),
+        public_url=settings.public_url if settings.track_clicks else None,
+    )
+    print(format_preview(result, zone, html=args.html, raw=args.raw))
+    return 1 if result.reply_error else 0
+
+
+def _add_preview(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    preview_parser = sub.add_parser(
+        "preview", help="the verdict and the exact reply a mail would get (headers, all parts); sends nothing"
+    )
+    preview_parser.add_argument("file")
+    preview_parser.add_argument("--at", help="ISO time the mail arrives (local unless it has an offset); default now")
+    preview_parser.add_argument("--html", action="store_true", help="show the HTML part too")
+    preview_parser.add_argument("--raw", action="store_true", help="the reply's bytes exactly as sent")
+    preview_parser.add_argument("--rules", help="rule directory (default CHANNELSHIFT_RULES_DIR)")
+    preview_parser.add_argument("--from", dest="sender", help="envelope sender (default: From header)")
+    preview_parser.add_argument("--to", action="append", help="envelope recipient (default: served To/Cc)")
+    preview_parser.set_defaults(func=cmd_preview)
 
 
 def cmd_rules_eval(args: argparse.Namespace) -> int:
@@ -324,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--from", dest="sender", help="envelope sender (default: From header)")
     explain.add_argument("--to", action="append", help="envelope recipient (default: served To/Cc)")
     explain.set_defaults(func=cmd_rules_explain)
+    _add_preview(sub)
     evaluate = rules_sub.add_parser("eval", help="accuracy, precision/recall, confusion over DIR/labels.csv")
     evaluate.add_argument("dir")
     evaluate.add_argument("--labels", help="labels CSV (default DIR/labels.csv): file,category,...")

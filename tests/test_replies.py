@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import email
 import re
+import shutil
 from datetime import UTC, datetime
 from email.policy import compat32
 from email.policy import default as default_policy
+from pathlib import Path
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlmodel import Session, select
 
 from services.classify.loader import load_rules
 from services.config import PROJECT_ROOT
 from services.mail import parse_mail
 from services.reply.compose import REPLY_POLICY, compose_reply, threading_headers
 from services.reply.render import ReplyRenderer
-from tests.support import Pipeline, make_mail
+from services.store.models import JobState, Message, Reply
+from services.web.app import create_app
+from tests.support import Pipeline, make_mail, start_pipeline
 
 RULESET = load_rules(PROJECT_ROOT / "routing_rules", PROJECT_ROOT / "templates")
 RENDERER = ReplyRenderer(PROJECT_ROOT / "templates")
@@ -177,3 +183,73 @@ def test_quick_fold_equals_compat32(value: str) -> None:
     stock = compat32.clone(linesep="\r\n")
     for name in ("To", "Content-Language", "X-Auto-Response-Suppress"):
         assert REPLY_POLICY.fold(name, value) == stock.fold(name, value)
+
+
+async def test_template_edit_that_does_not_validate_never_reaches_a_reply(
+    tmp_path: Path, clean_database: str, clean_redis: str
+) -> None:
+    """Replies render the templates as the running set validated them, not a broken edit on disk."""
+    templates = tmp_path / "templates"
+    shutil.copytree(PROJECT_ROOT / "templates", templates)
+    pipeline = await start_pipeline(tmp_path, clean_database, clean_redis, templates_dir=templates)
+    try:
+        general = templates / "replies" / "general" / "de.txt.j2"
+        general.write_text(general.read_text(encoding="utf-8") + "{{ case_number }}\n", encoding="utf-8")
+        assert not pipeline.deps.rules.refresh() and pipeline.deps.rules.errors
+        await pipeline.send(make_mail(subject="Frage", body="Wann haben Sie geöffnet?"))
+        await pipeline.work()
+        [reply] = pipeline.relay.received
+        assert "Guten Tag," in reply.message.get_body(("plain",)).get_content()
+    finally:
+        await pipeline.close()
+        await pipeline.pool.aclose()
+        pipeline.deps.engine.dispose()
+
+
+async def test_render_failure_at_send_time_fails_the_reply_for_good_and_counts_it(
+    tmp_path: Path, clean_database: str, clean_redis: str
+) -> None:
+    """A failure only the live context triggers: the reply fails (counted, in the API), never stays sending."""
+    templates = tmp_path / "templates"
+    shutil.copytree(PROJECT_ROOT / "templates", templates)
+    general = templates / "replies" / "general" / "de.txt.j2"
+    # validation renders with the sample reference, so only a real message reaches the missing key
+    trap = '{% if reference != "SAMPLE123456" %}{{ channels.portal.nosuch }}{% endif %}\n'
+    general.write_text(general.read_text(encoding="utf-8") + trap, encoding="utf-8")
+    pipeline = await start_pipeline(tmp_path, clean_database, clean_redis, templates_dir=templates)
+    try:
+        await pipeline.send(make_mail(subject="Frage", body="Wann haben Sie geöffnet?"))
+        await pipeline.work()
+        assert pipeline.relay.received == [] and len(pipeline.delivery.received) == 1
+        with Session(pipeline.deps.engine) as session:
+            [message] = session.exec(select(Message)).all()
+            reply = session.get(Reply, message.id)
+            assert reply is not None and reply.state == JobState.FAILED
+            assert "cannot be rendered" in (reply.error or "") and "'nosuch'" in (reply.error or "")
+        app = create_app(pipeline.deps.settings, pipeline.deps.engine, pipeline.pool, pipeline.deps.rules)
+        async with TestClient(TestServer(app)) as client:
+            view = await (await client.get(f"/api/v1/messages/{message.id}")).json()
+            assert view["reply"]["state"] == "failed" and "cannot be rendered" in view["reply"]["error"]
+            metrics = await (await client.get("/metrics")).text()
+        assert 'channelshift_replies_total{category="general",channel="overview",state="failed"} 1.0' in metrics
+    finally:
+        await pipeline.close()
+        await pipeline.pool.aclose()
+        pipeline.deps.engine.dispose()
+
+
+async def test_readyz_shows_missing_language_warnings(tmp_path: Path, clean_database: str, clean_redis: str) -> None:
+    templates = tmp_path / "templates"
+    shutil.copytree(PROJECT_ROOT / "templates", templates)
+    (templates / "replies" / "complaint" / "tr.txt.j2").unlink()
+    pipeline = await start_pipeline(tmp_path, clean_database, clean_redis, templates_dir=templates)
+    try:
+        app = create_app(pipeline.deps.settings, pipeline.deps.engine, pipeline.pool, pipeline.deps.rules)
+        async with TestClient(TestServer(app)) as client:
+            ready = await (await client.get("/readyz")).json()
+        [warning] = ready["checks"]["rules"]["warnings"]
+        assert "complaint" in warning and "no tr.txt.j2" in warning
+    finally:
+        await pipeline.close()
+        await pipeline.pool.aclose()
+        pipeline.deps.engine.dispose()

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -58,7 +59,7 @@ BROKEN = [
     ),
     (
         "rules:\n  - id: a\n    when:\n      subject: {keywords: [x]}\n    then: {category: general, channel: overview, reply: nosuch}\n",
-        2,
+        5,
         "rules[0].then.reply",
         "unknown reply template 'nosuch'",
     ),
@@ -181,3 +182,154 @@ def test_hot_reload_swaps_only_valid_sets(tmp_path: Path) -> None:
     (directory / "45-extra.yaml").write_text(GOOD_RULE, encoding="utf-8")
     holder.refresh()
     assert holder.errors == [] and holder.current.version == first
+
+
+# Templates are part of the rule set: a broken one refuses the set at the template's own file and line.
+
+
+def _template_dir(tmp_path: Path, relative: str, edit: Callable[[str], str]) -> Path:
+    directory = tmp_path / "templates"
+    shutil.copytree(TEMPLATES, directory)
+    path = directory / "replies" / relative
+    path.write_text(edit(path.read_text(encoding="utf-8")), encoding="utf-8")
+    return directory
+
+
+def _line_of(text: str, fragment: str) -> int:
+    return next(number for number, line in enumerate(text.splitlines(), 1) if fragment in line)
+
+
+BROKEN_TEMPLATES = [
+    # (template file, replace this, with that, message fragment)
+    ("emergency/de.txt.j2", "{%- else -%}", "{%- else %}{% if %}", "template syntax"),
+    (
+        "appointment/en.txt.j2",
+        "{{ a.link }}",
+        "{{ a.link }} {{ case_number }}",
+        "'case_number' is not a template variable",
+    ),
+    (
+        "general/uk.txt.j2",
+        "{{ channels.portal.link }}",
+        "{{ channels.kitaportal.link }}",
+        "unknown channel 'kitaportal'",
+    ),
+    (
+        "payment_status/tr.txt.j2",
+        "{{ channels.phone.phone }}",
+        "{{ channels.phone.fax }}",
+        "channel 'phone' has no 'fax'",
+    ),
+    ("_common/de.j2", "Mit freundlichen Grüßen", "Mit freundlichen Grüßen {{ signature }}", "'signature' is not"),
+]
+
+
+@pytest.mark.parametrize(("relative", "old", "new", "message"), BROKEN_TEMPLATES)
+def test_broken_template_refuses_the_set_at_its_line(
+    tmp_path: Path, relative: str, old: str, new: str, message: str
+) -> None:
+    source = (TEMPLATES / "replies" / relative).read_text(encoding="utf-8")
+    assert old in source
+    templates = _template_dir(tmp_path, relative, lambda text: text.replace(old, new, 1))
+    with pytest.raises(RuleSetInvalid) as invalid:
+        load_rules(RULES, templates, with_model=False)
+    wanted = str(templates / "replies" / relative)
+    found = [e for e in invalid.value.errors if e.file == wanted]
+    assert found, [str(e) for e in invalid.value.errors]
+    assert all(e.line == _line_of(source, old) and message in e.message for e in found), [str(e) for e in found]
+
+
+def test_missing_settings_key_a_template_uses_is_an_error(tmp_path: Path) -> None:
+    directory = _rule_dir(tmp_path, "80-none.yaml", "")
+    settings = directory / "00-settings.yaml"
+    text = settings.read_text(encoding="utf-8")
+    assert "crisis_phone:" in text
+    settings.write_text("\n".join(line for line in text.splitlines() if "crisis_phone:" not in line), encoding="utf-8")
+    with pytest.raises(RuleSetInvalid) as invalid:
+        load_rules(directory, TEMPLATES, with_model=False)
+    errors = invalid.value.errors
+    # every language of the emergency reply uses it, in both the open and the closed branch
+    assert {Path(e.file).name for e in errors} == {f"{lang}.txt.j2" for lang in ("de", "en", "uk", "ar", "ru", "tr")}
+    for error in errors:
+        source = Path(error.file).read_text(encoding="utf-8")
+        assert "crisis_phone" in source.splitlines()[error.line - 1]
+        assert "channel 'emergency' has no 'crisis_phone'" in error.message
+
+
+def test_missing_language_is_a_warning_shown_by_check(tmp_path: Path) -> None:
+    templates = tmp_path / "templates"
+    shutil.copytree(TEMPLATES, templates)
+    (templates / "replies" / "sick_note" / "uk.txt.j2").unlink()
+    ruleset = load_rules(RULES, templates, with_model=False)
+    [warning] = ruleset.warnings
+    assert "sick_note" in warning and "no uk.txt.j2" in warning and "English and German" in warning
+    assert load_rules(RULES, TEMPLATES, with_model=False).warnings == ()
+    result = subprocess.run(
+        [sys.executable, "-m", "services", "rules", "check", "--templates", str(templates), str(RULES)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"warning: {warning}" in result.stdout and "1 warning(s)" in result.stdout
+
+
+def test_cli_check_names_the_template_line_and_exits_1(tmp_path: Path) -> None:
+    templates = _template_dir(tmp_path, "emergency/en.txt.j2", lambda t: t.replace("{{ e.phone }}", "{{ e.phone }", 1))
+    result = subprocess.run(
+        [sys.executable, "-m", "services", "rules", "check", "--json", "--templates", str(templates), str(RULES)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    [error] = json.loads(result.stdout)["errors"]
+    source = (TEMPLATES / "replies" / "emergency" / "en.txt.j2").read_text(encoding="utf-8")
+    assert error["file"] == str(templates / "replies" / "emergency" / "en.txt.j2")
+    assert error["line"] == _line_of(source, "{{ e.phone }}") and "template syntax" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field", "message"),
+    [
+        ('hours: {mon-fri: "08:00-12:00"}', 'hours: {mon-fr: "08:00-12:00"}', "emergency.hours", "not a weekday"),
+        ('hours: {mon-fri: "08:00-12:00"}', 'hours: {fri-mon: "08:00-12:00"}', "emergency.hours", "week order"),
+        ('hours: {mon-fri: "08:00-12:00"}', 'hours: {mon-fri: "8-12"}', "emergency.hours", "08:00-12:00"),
+        ('hours: {mon-fri: "08:00-12:00"}', 'hours: {mon-fri: "12:00-08:00"}', "emergency.hours", "time range"),
+        (
+            'hours: {mon-fri: "08:00-12:00"}',
+            'hours: {mon-fri: "08:00-12:00, 11:00-13:00"}',
+            "emergency.hours",
+            "overlap",
+        ),
+        ('hours: {mon-fri: "08:00-12:00"}', 'hours: "Mo-Fr 8-12"', "emergency.hours", "not free text"),
+        ("timezone: Europe/Berlin", "timezone: Europe/Berln", "settings.timezone", "unknown time zone"),
+        ("2026-01-01, 2026-04-03", "2026-01-01, 2026-13-03", "settings.holidays", "date"),
+    ],
+)
+def test_office_hours_settings_are_validated(tmp_path: Path, old: str, new: str, field: str, message: str) -> None:
+    directory = _rule_dir(tmp_path, "80-none.yaml", "")
+    settings = directory / "00-settings.yaml"
+    text = settings.read_text(encoding="utf-8")
+    assert old in text
+    settings.write_text(text.replace(old, new, 1), encoding="utf-8")
+    with pytest.raises(RuleSetInvalid) as invalid:
+        load_rules(directory, TEMPLATES, with_model=False)
+    [error] = invalid.value.errors
+    assert field in error.field and message in error.message, str(error)
+    assert error.line == _line_of(text, old)
+
+
+def test_template_edits_reload_as_a_new_version_with_their_warnings(tmp_path: Path) -> None:
+    templates = tmp_path / "templates"
+    shutil.copytree(TEMPLATES, templates)
+    holder = RuleSetHolder(RULES, templates, with_model=False)
+    first = holder.current.version
+    assert holder.current.warnings == ()
+    (templates / "replies" / "documents" / "ar.txt.j2").unlink()
+    assert holder.refresh() and holder.current.version != first
+    assert ["documents" in w and "no ar.txt.j2" in w for w in holder.current.warnings] == [True]
+    broken = templates / "replies" / "documents" / "de.txt.j2"
+    broken.write_text(broken.read_text(encoding="utf-8") + "{% endif %}\n", encoding="utf-8")
+    assert not holder.refresh()
+    assert holder.errors and str(broken) in str(holder.errors[0])

@@ -23,6 +23,7 @@ from services.mail import InboundMail, is_machine_report
 
 if TYPE_CHECKING:
     from services.classify.training import TrainedIntent
+    from services.reply.render import ReplyRenderer
 
 _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -305,6 +306,9 @@ class RuleSet:
     lists: Mapping[str, tuple[str, ...]]
     templates: frozenset[str]
     intent: TrainedIntent | None = None
+    warnings: tuple[str, ...] = ()  # e.g. a template without a language the set offers: shown, not refused
+    # the templates as validated with this set: replies render these, not a later edit that has not validated
+    renderer: ReplyRenderer | None = None
 
     def is_served(self, address: str) -> bool:
         address = address.lower()

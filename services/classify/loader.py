@@ -14,7 +14,8 @@ from services.classify.examples import RULE_ONLY_CATEGORIES, load_examples
 from services.classify.keywords import KeywordIndex
 from services.classify.rulefiles import MAX_LIST_FILE_BYTES, MAX_RULE_FILE_BYTES, UnsafeFile, read_capped
 from services.classify.schema import CONDITION_KEYS, Condition, Rule, RuleFile, RuleSettings
-from services.classify.yamlsource import YamlSyntaxError, line_for, load_with_lines
+from services.classify.yamlsource import Path_, YamlSyntaxError, line_for, load_with_lines
+from services.reply.render import ReplyRenderer
 
 NO_CHANNEL = "none"
 
@@ -58,10 +59,8 @@ def fingerprint(
 ) -> tuple[tuple[str, int, int], ...]:
     """Cheap change detector for hot reload: names, sizes and mtimes of every file that matters."""
     paths = [*rule_files(directory), *list_files(directory)] if directory.is_dir() else []
-    if templates_dir is not None and (templates_dir / "replies").is_dir():
-        paths.extend(sorted((templates_dir / "replies").glob("*/*.j2")))
-    if templates_dir is not None and templates_dir.is_dir():
-        paths.extend(sorted(templates_dir.glob("*__*.j2")))
+    if templates_dir is not None:
+        paths.extend(template_files(templates_dir))
     examples = examples_dir or directory / "examples"
     if examples.is_dir():
         paths.extend(sorted(examples.iterdir()))  # labels.csv and the mails: a changed example retrains
@@ -73,6 +72,18 @@ def fingerprint(
             continue
         result.append((str(path), stat.st_size, stat.st_mtime_ns))
     return tuple(result)
+
+
+def template_files(templates_dir: Path) -> list[Path]:
+    """Every reply template file: layouts, shared macros and the templates (nested or flattened layout)."""
+    paths: list[Path] = []
+    replies = templates_dir / "replies"
+    if replies.is_dir():
+        paths.extend(sorted(replies.glob("*.j2")))  # _base and _page layouts
+        paths.extend(sorted(replies.glob("*/*.j2")))
+    if templates_dir.is_dir():
+        paths.extend(sorted(templates_dir.glob("*__*.j2")))  # flattened, as a ConfigMap holds them
+    return paths
 
 
 def available_templates(templates_dir: Path) -> frozenset[str]:
@@ -151,6 +162,9 @@ def load_rules(
 
     settings: RuleSettings | None = None
     settings_file = ""
+    settings_lines: dict[Path_, int] = {}
+    # every `reply:`: (template, file, line, field), so an unknown template is reported where it is named
+    reply_uses: list[tuple[str, str, int, str]] = []
     ordered: list[tuple[int, int, Rule, str, int]] = []
     seen_ids: dict[str, str] = {}
     files = rule_files(directory)
@@ -186,9 +200,12 @@ def load_rules(
                     )
                 )
             else:
-                settings, settings_file = parsed.settings, name
+                settings, settings_file, settings_lines = parsed.settings, name, lines
         for rule_index, rule in enumerate(parsed.rules):
             line = line_for(lines, ("rules", rule_index))
+            if rule.then.reply is not None:
+                key: Path_ = ("rules", rule_index, "then", "reply")
+                reply_uses.append((rule.then.reply, name, line_for(lines, key), f"rules[{rule_index}].then.reply"))
             if rule.id in seen_ids:
                 errors.append(
                     RuleError(
@@ -205,8 +222,17 @@ def load_rules(
         errors.append(RuleError(str(directory), 1, "settings", "no file defines settings"))
     templates = available_templates(templates_dir)
     ordered.sort(key=lambda item: (-item[2].priority, item[0], item[1]))
+    warnings: list[str] = []
+    renderer = ReplyRenderer(templates_dir, auto_reload=False)  # fresh: nothing cached hides an edit
     if settings is not None:
-        errors.extend(_semantic_errors(ordered, settings, settings_file, lists, templates))
+        errors.extend(_semantic_errors(ordered, settings, settings_file, lists))
+        for category, spec in settings.categories.items():
+            if spec.reply is not None:
+                key = ("settings", "categories", category, "reply")
+                field = f"settings.categories.{category}.reply"
+                reply_uses.append((spec.reply, settings_file, line_for(settings_lines, key), field))
+        template_errors, warnings = _template_errors(reply_uses, settings, renderer, templates)
+        errors.extend(template_errors)
     if errors:
         raise RuleSetInvalid(errors)
     assert settings is not None
@@ -246,6 +272,9 @@ def load_rules(
             if isinstance(trained, list):
                 raise RuleSetInvalid([RuleError(p.file, p.line, p.field, p.message) for p in trained])
             intent = trained
+    # after the model's context was taken: a template edit is a new rule-set version, not a new model
+    for path in template_files(templates_dir):
+        digest.update(b"template\0" + str(path.relative_to(templates_dir)).encode() + b"\0" + path.read_bytes())
     return RuleSet(
         version=digest.hexdigest()[:16],
         settings=settings,
@@ -253,7 +282,28 @@ def load_rules(
         lists=lists,
         templates=templates,
         intent=intent,
+        warnings=tuple(warnings),
+        renderer=renderer,
     )
+
+
+def _template_errors(
+    uses: list[tuple[str, str, int, str]], settings: RuleSettings, renderer: ReplyRenderer, templates: frozenset[str]
+) -> tuple[list[RuleError], list[str]]:
+    """Templates are part of the rule set: an unknown one at its `reply:` line, a broken one at its own line.
+
+    Every referenced template is rendered in every language it has with the settings being loaded (a missing
+    `crisis_phone` or an unknown channel is an error here, not a reply stuck at send time). The renderer keeps
+    the compiled templates it checked (no auto-reload), so the set's replies use exactly those.
+    """
+    errors: list[RuleError] = []
+    for template, file, line, field in uses:
+        if template not in templates:
+            missing = f"unknown reply template {template!r} (no templates/replies/{template}/de.txt.j2)"
+            errors.append(RuleError(file, line, field, missing))
+    problems, warnings = renderer.check({t for t, _f, _l, _w in uses if t in templates}, settings)
+    errors.extend(RuleError(p.file, p.line, "template", p.message) for p in problems)
+    return errors, warnings
 
 
 def _condition_lists(condition: Condition) -> list[str]:
@@ -273,7 +323,6 @@ def _semantic_errors(
     settings: RuleSettings,
     settings_file: str,
     lists: dict[str, tuple[str, ...]],
-    templates: frozenset[str],
 ) -> list[RuleError]:
     errors: list[RuleError] = []
     seen_conditions: dict[str, str] = {}
@@ -294,15 +343,6 @@ def _semantic_errors(
                     line,
                     f"{where}.then.channel",
                     f"unknown channel {action.channel!r} (known: {', '.join(sorted(settings.channels))}, none)",
-                )
-            )
-        if action.reply is not None and action.reply not in templates:
-            errors.append(
-                RuleError(
-                    name,
-                    line,
-                    f"{where}.then.reply",
-                    f"unknown reply template {action.reply!r} (no templates/replies/{action.reply}/de.txt.j2)",
                 )
             )
         if action.deliver and action.deliver_to not in settings.targets:
@@ -332,8 +372,6 @@ def _semantic_errors(
         where = f"settings.categories.{category}"
         if spec.channel != NO_CHANNEL and spec.channel not in settings.channels:
             errors.append(RuleError(settings_file, 1, f"{where}.channel", f"unknown channel {spec.channel!r}"))
-        if spec.reply is not None and spec.reply not in templates:
-            errors.append(RuleError(settings_file, 1, f"{where}.reply", f"unknown reply template {spec.reply!r}"))
         if spec.deliver and spec.deliver_to not in settings.targets:
             errors.append(
                 RuleError(settings_file, 1, f"{where}.deliver_to", f"unknown delivery target {spec.deliver_to!r}")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 import re
+from datetime import date
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
 
 from services.classify.patterns import catastrophic
 
@@ -235,13 +239,88 @@ class Rule(_Strict):
         return self.when is None or self.when.always is True
 
 
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+# per weekday (Monday first): opening intervals in minutes after local midnight, sorted, not overlapping
+Week = tuple[tuple[tuple[int, int], ...], ...]
+_INTERVAL = re.compile(r"([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]|24):([0-5]\d)")
+
+
+def _days(key: str) -> list[int]:
+    first, _, last = key.strip().lower().partition("-")
+    if first not in WEEKDAYS or (last and last not in WEEKDAYS):
+        raise ValueError(
+            f"{key!r} is not a weekday or a range of weekdays (mon, tue, wed, thu, fri, sat, sun; mon-fri)"
+        )
+    start, end = WEEKDAYS.index(first), WEEKDAYS.index(last or first)
+    if end < start:
+        raise ValueError(f"{key!r}: write the days in week order, e.g. mon-fri")
+    return list(range(start, end + 1))
+
+
+def _intervals(key: str, values: tuple[str, ...]) -> list[tuple[int, int]]:
+    found = []
+    for text in (piece for value in values for piece in str(value).split(",")):
+        match = _INTERVAL.fullmatch(str(text).strip())
+        start = int(match.group(1)) * 60 + int(match.group(2)) if match else 0
+        end = int(match.group(3)) * 60 + int(match.group(4)) if match else 0
+        if match is None or end > 24 * 60 or end <= start:
+            raise ValueError(f"{key}: {str(text).strip()!r} is not a time range like 08:00-12:00")
+        found.append((start, end))
+    return found
+
+
+@functools.lru_cache(maxsize=64)
+def _week(entries: tuple[tuple[str, tuple[str, ...]], ...]) -> Week:
+    week: list[list[tuple[int, int]]] = [[] for _ in WEEKDAYS]
+    for key, texts in entries:
+        for day in _days(key):
+            week[day].extend(_intervals(key, texts))
+    for day, intervals in enumerate(week):
+        intervals.sort()
+        for (_s1, end1), (start2, _e2) in itertools.pairwise(intervals):
+            if start2 < end1:
+                raise ValueError(f"{WEEKDAYS[day]}: opening times overlap")
+    return tuple(tuple(day) for day in week)
+
+
+class OpeningHours(RootModel[dict[str, str | list[str]]]):
+    """Weekday or weekday range -> local opening times: {mon-fri: "08:00-12:00", thu: "14:00-18:00"}.
+
+    A day named in several entries is open at all their times; public holidays come from `settings.holidays`.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_mapping(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise ValueError('hours are weekdays with times, e.g. {mon-fri: "08:00-18:00"}, not free text')
+        return data
+
+    @model_validator(mode="after")
+    def _parses(self) -> OpeningHours:
+        if not self.root:
+            raise ValueError("needs at least one day, e.g. mon-fri: 08:00-12:00")
+        _ = self.week
+        return self
+
+    @property
+    def week(self) -> Week:
+        entries = tuple((key, (value,) if isinstance(value, str) else tuple(value)) for key, value in self.root.items())
+        return _week(entries)
+
+
 class ChannelInfo(_Strict):
-    """What the templates need to point at a channel; the deployment sets these, not the templates."""
+    """What the templates need to point at a channel; the deployment sets these, not the templates.
+
+    Other keys (crisis_phone, municipal_service ...) are allowed and reach the templates as they are.
+    """
 
     model_config = ConfigDict(extra="allow", frozen=True)
     url: str | None = None
     phone: str | None = None
-    hours: str | None = None
+    hours: OpeningHours | None = Field(default=None, description="opening hours; templates get them localized")
     address: str | None = None
 
 
@@ -260,11 +339,21 @@ class RuleSettings(_Strict):
         description="deliver_to name -> staff address; null keeps the original recipients",
     )
     timezone: str = "Europe/Berlin"
+    holidays: list[date] = Field(default_factory=list, description="local dates every channel with hours is closed")
     reply_languages: list[Language] = Field(default_factory=_all_languages)
     categories: dict[str, CategoryAction] = Field(
         default_factory=dict, description="category -> action when the intent model decides it"
     )
     model: ModelSettings = Field(default_factory=ModelSettings)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r} (an IANA name such as Europe/Berlin)") from exc
+        return value
 
 
 class RuleFile(_Strict):

@@ -80,6 +80,9 @@ def _scalar(node: yaml.Node) -> Any:
     loader = yaml.SafeLoader("")
     try:
         return loader.construct_object(node, deep=True)
+    except ValueError:
+        # a date-looking scalar that is no date (2026-13-03): keep the text, so validation names field and line
+        return node.value
     finally:
         loader.dispose()
 

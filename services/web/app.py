@@ -50,6 +50,7 @@ async def readyz(request: web.Request) -> web.Response:
         "version": holder.current.version,
         "rules": len(holder.current.rules),
         "reload_errors": [str(e) for e in holder.errors[:20]],
+        "warnings": list(holder.current.warnings[:20]),
     }
     try:
         checks["deliveries"] = await asyncio.to_thread(_failed_deliveries, request.app[ENGINE])

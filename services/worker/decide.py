@@ -10,12 +10,12 @@ import structlog
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from services.classify.engine import MailFacts
+from services.classify.engine import MailFacts, RuleSet
 from services.config import Settings
 from services.mail import parse_mail
 from services.pseudonym import pseudonymize
 from services.reply.compose import threading_headers
-from services.reply.policy import suppression_reason
+from services.reply.policy import PolicyConfig, suppression_reason
 from services.store.models import (
     Decision,
     Delivery,
@@ -109,10 +109,17 @@ def read_message(deps: Deps, message_id: str) -> Message | Pending | None:
 
 def classify_message(deps: Deps, message: Message) -> Classified:
     """Parse and classify a read message and apply the reply policy (no database work)."""
+    return classify_stored(deps.rules.current, deps.policy, deps.settings.effective_pseudonym_key, message)
+
+
+def classify_stored(ruleset: RuleSet, policy: PolicyConfig, pseudonym_key: bytes, message: Message) -> Classified:
+    """The worker's decision for a message row, from the rule set alone: no database, no network.
+
+    `channelshift preview` calls it with a row it builds in memory, so it shows what the worker decides.
+    """
     envelope_from = message.mail_from
     envelope_to = tuple(message.rcpt_tos)
     mail = parse_mail(message.raw or b"")
-    ruleset = deps.rules.current
     facts = MailFacts.of(mail, envelope_from, envelope_to, message.received_at)
     classification = ruleset.classify(facts)
     action = classification.action
@@ -132,8 +139,8 @@ def classify_message(deps: Deps, message: Message) -> Classified:
         deliver=deliver,
         deliver_to=action.deliver_to if deliver else None,
         language=facts.language,
-        reason=suppression_reason(mail, envelope_from, envelope_to, ruleset, deps.policy),
-        pseudonym=pseudonymize(sender_key, deps.settings.effective_pseudonym_key) if sender_key else None,
+        reason=suppression_reason(mail, envelope_from, envelope_to, ruleset, policy),
+        pseudonym=pseudonymize(sender_key, pseudonym_key) if sender_key else None,
         tags=tuple(action.tags),
         # a rule regex that ran out of time is flagged to staff like a parse limit (the pattern, not the text)
         defects=(*mail.defects, *(f"limit:regex-timeout {pattern[:60]}" for pattern in facts.timeouts)),

@@ -14,10 +14,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from services import queue
-from services.links import make_token
 from services.mail import parse_mail
 from services.metrics import DELIVERY_ATTEMPTS, JOB_SECONDS, timed
-from services.reply.compose import compose_reply, threading_headers
+from services.reply.build import ReplyUnbuildable, build_reply, tracked_links
+from services.reply.compose import threading_headers
 from services.reply.original import with_routing_headers
 from services.reply.send import (
     MaildirSender,
@@ -177,38 +177,35 @@ def _finish(
 
 
 def _reply_bytes(deps: Deps, message: Message, decision: DecisionRecord, reply: SendRecord) -> bytes:
+    """The reply's bytes; a template or address that cannot make a reply is a permanent (counted) failure."""
     assert decision.template is not None and reply.reply_message_id is not None
-    settings = deps.rules.current.settings
+    ruleset = deps.rules.current  # one set for settings and templates, even if a reload lands meanwhile
+    settings = ruleset.settings
     links = None
     if deps.settings.track_clicks:
-        base = deps.settings.public_url.rstrip("/")
-        key = deps.settings.effective_pseudonym_key
-        links = {
-            name: f"{base}/r/{make_token(key, message.id, name)}"
-            for name, info in settings.channels.items()
-            if info.url
-        }
-    rendered = deps.renderer.render(
-        decision.template, decision.language, settings, message.received_at, reference=message.id[:12], links=links
-    )
+        links = tracked_links(settings, deps.settings.public_url, deps.settings.effective_pseudonym_key, message.id)
     in_reply_to, references = reply.in_reply_to, reply.references
     if in_reply_to is None and message.raw is not None:
         # a retry: the threading headers were never stored, the opened original still has them
         in_reply_to, references = threading_headers(parse_mail(message.raw))
     try:
-        email_message = compose_reply(
-            rendered,
-            in_reply_to=in_reply_to,
-            references=references,
-            from_name=settings.organisation,
+        built = build_reply(
+            ruleset.renderer or deps.renderer,
+            settings,
+            template=decision.template,
+            language=decision.language,
+            received_at=message.received_at,
+            message_id=message.id,
             from_address=message.mailbox,
             to_address=message.mail_from,
             reply_message_id=reply.reply_message_id,
+            in_reply_to=in_reply_to,
+            references=references,
+            links=links,
         )
-        return email_message.as_bytes()
-    except (ValueError, MessageError) as exc:
-        # e.g. a non-ASCII local part in the sender's address: retrying cannot help
-        raise PermanentSendError(f"reply cannot be composed: {type(exc).__name__}") from exc
+        return built.as_bytes()
+    except (ReplyUnbuildable, ValueError, MessageError) as exc:
+        raise PermanentSendError(str(exc) if isinstance(exc, ReplyUnbuildable) else type(exc).__name__) from exc
 
 
 def _routing_headers(message: Message, decision: DecisionRecord) -> dict[str, str]:
