@@ -18,6 +18,7 @@ from sqlmodel import Session, select
 from services.metrics import PROCESS_REGISTRY
 from services.reply.wrapper import is_clean
 from services.store.models import Counter, Decision, Delivery, JobState, Message, MessageState
+from services.store.queries import opened_messages
 from tests.relays import use_staff_relay
 from tests.support import AUTH, SERVED, Pipeline, make_mail
 from tests.test_reliability import _envelope_sender
@@ -49,7 +50,7 @@ def _outcomes(pipeline: Pipeline) -> dict[str, int]:
 
 def _stored_raw(pipeline: Pipeline) -> bytes:
     with Session(pipeline.deps.engine) as session:
-        [message] = session.exec(select(Message)).all()
+        [message] = opened_messages(session)
     assert message.raw is not None
     return message.raw
 

@@ -17,6 +17,7 @@ from services.classify.loader import load_rules
 from services.config import PROJECT_ROOT
 from services.preview import format_preview, preview
 from services.reply.render import ReplyRenderer
+from services.store.queries import opened_messages
 from tests.support import SERVED, Pipeline, make_mail
 
 RULESET = load_rules(
@@ -103,9 +104,8 @@ def _normalized(text: str, message_id: str) -> str:
 
 
 async def test_preview_shows_the_reply_the_worker_sends(tmp_path: Path, clean_database: str, clean_redis: str) -> None:
-    from sqlmodel import Session, select
+    from sqlmodel import Session
 
-    from services.store.models import Message
     from tests.support import start_pipeline
 
     pipeline: Pipeline = await start_pipeline(tmp_path, clean_database, clean_redis, track_clicks=False)
@@ -115,7 +115,7 @@ async def test_preview_shows_the_reply_the_worker_sends(tmp_path: Path, clean_da
         await pipeline.work()
         [sent] = pipeline.relay.received
         with Session(pipeline.deps.engine) as session:
-            [stored] = session.exec(select(Message)).all()
+            [stored] = opened_messages(session)
         result = preview(
             pipeline.deps.rules.current,
             RENDERER,

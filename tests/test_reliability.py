@@ -460,5 +460,5 @@ async def test_invalid_utf8_in_envelope_gets_553_not_451(pipeline: Pipeline) -> 
     assert answers[3].startswith(b"553 5.1.3 recipient address is not valid UTF-8"), answers[3]
     assert answers[6].startswith(b"250 2.0.0"), answers[6]
     with Session(pipeline.deps.engine) as session:
-        [stored] = session.exec(select(Message)).all()
+        [stored] = opened_messages(session)
     assert stored.mail_from == "bürger@example.org" and stored.rcpt_tos == [SERVED]
