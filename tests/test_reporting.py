@@ -131,8 +131,8 @@ async def test_click_redirect_counts_without_personal_data(
     tampered = await client.get(f"/r/{tokens[0][:-2]}xx", allow_redirects=False)
     assert tampered.status == 302 and tampered.headers["Location"] == "https://www.jobcenter.digital"
     summary = await (await client.get("/api/v1/summary", headers=AUTH)).json()
-    assert summary["clicks"] == 2 and summary["unique_clicks"] == 1 and summary["click_through"] == 1.0
-    assert summary["by_channel"]["upload"]["unique_clicks"] == 1
+    assert summary["clicks"] == 2 and summary["replies_clicked"] == 1 and summary["click_through"] == 1.0
+    assert summary["by_channel"]["upload"]["links_opened"] == 1
 
 
 async def test_repeat_senders_within_7_and_30_days(pipeline: Pipeline, client: TestClient[object, object]) -> None:

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import ColumnElement, Engine, Table, and_, func, or_, select
 from sqlmodel import Session, col
 
+from services.store.cohort import LINK_OPENED, REPLY_CLICKED
 from services.store.models import Counter, CounterDay, CounterDirtyHour, RollupState
 from services.store.rollup import local_day, utc_bounds
 
@@ -144,10 +145,13 @@ def _ratio(part: int, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
 
 
-def _figures(outcomes: dict[str, int]) -> dict[str, Any]:
+def figures(outcomes: dict[str, int]) -> dict[str, Any]:
+    """The numbers of one group; docs/metrics.md defines each (keep both in step)."""
     received = outcomes.get("received", 0)
     replied = outcomes.get("replied", 0)
     sent = outcomes.get("reply-sent", 0)
+    # clamped although the counters cannot exceed it (services/store/cohort.py): a share is never above 100 %
+    clicked = min(outcomes.get(REPLY_CLICKED, 0), sent)
     return {
         "received": received,
         "replied": replied,
@@ -164,10 +168,16 @@ def _figures(outcomes: dict[str, int]) -> dict[str, Any]:
         "repeat_30d": outcomes.get("repeat-30d", 0),
         "repeat_rate_7d": _ratio(outcomes.get("repeat-7d", 0), replied),
         "repeat_rate_30d": _ratio(outcomes.get("repeat-30d", 0), replied),
+        "replies_clicked": clicked,
+        "click_through": _ratio(clicked, sent),
+        "links_opened": outcomes.get(LINK_OPENED, 0),
         "clicks": outcomes.get("click", 0),
-        "unique_clicks": outcomes.get("click-unique", 0),
-        "click_through": _ratio(outcomes.get("click-unique", 0), sent),
     }
+
+
+def working_days(period: Period) -> list[date]:
+    """Monday to Friday in the period (public holidays are not known here)."""
+    return [day for day in (period.start + timedelta(days=i) for i in range(period.days)) if day.weekday() < 5]
 
 
 def summary(engine: Engine, period: Period) -> dict[str, Any]:
@@ -177,22 +187,28 @@ def summary(engine: Engine, period: Period) -> dict[str, Any]:
     for outcomes in by_category.values():
         for outcome, total in outcomes.items():
             overall[outcome] += total
-    figures = _figures(overall)
-    figures["period"] = {"from": period.start.isoformat(), "to": period.end.isoformat(), "days": period.days}
-    figures["received_per_day"] = round(figures["received"] / period.days, 2)
-    figures["suppressed_by_reason"] = {
+    result = figures(overall)
+    result["period"] = {"from": period.start.isoformat(), "to": period.end.isoformat(), "days": period.days}
+    result["received_per_day"] = round(result["received"] / period.days, 2)
+    workdays = working_days(period)
+    per_day = counts_per_day(engine, period, (), outcome="received")
+    result["working_days"] = len(workdays)
+    result["received_per_working_day"] = (
+        round(sum(per_day.get((day,), 0) for day in workdays) / len(workdays), 2) if workdays else None
+    )
+    result["suppressed_by_reason"] = {
         o.split(":", 1)[1]: n for o, n in sorted(overall.items()) if o.startswith("suppressed:")
     }
-    figures["rejected_at_smtp"] = {
+    result["rejected_at_smtp"] = {
         o.split(":", 1)[1]: n for o, n in sorted(overall.items()) if o.startswith("rejected:")
     }
-    figures["by_category"] = {
-        name: _figures(outcomes) for name, outcomes in sorted(by_category.items()) if not name.startswith("(")
+    result["by_category"] = {
+        name: figures(outcomes) for name, outcomes in sorted(by_category.items()) if not name.startswith("(")
     }
-    figures["by_channel"] = {
-        name: _figures(outcomes) for name, outcomes in sorted(by_channel.items()) if not name.startswith("(")
+    result["by_channel"] = {
+        name: figures(outcomes) for name, outcomes in sorted(by_channel.items()) if not name.startswith("(")
     }
-    return figures
+    return result
 
 
 def compare(engine: Engine, before: Period, after: Period) -> dict[str, Any]:
@@ -209,6 +225,16 @@ def compare(engine: Engine, before: Period, after: Period) -> dict[str, Any]:
         "after": second,
         "change": {
             key: change(key)
-            for key in ("received_per_day", "reply_rate", "repeat_rate_7d", "repeat_rate_30d", "click_through")
+            for key in (
+                "received",
+                "received_per_day",
+                "received_per_working_day",
+                "replied",
+                "reply_rate",
+                "replies_sent",
+                "repeat_rate_7d",
+                "repeat_rate_30d",
+                "click_through",
+            )
         },
     }

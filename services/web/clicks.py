@@ -1,4 +1,4 @@
-"""GET /r/<token>: count the click for channel and category, then redirect to the channel's current URL."""
+"""GET /r/<token>: count the click (and, once, for the reply's cohort), then redirect to the channel's current URL."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from sqlmodel import Session
 
 from services.classify.reload import RuleSetHolder
 from services.links import read_token
+from services.store.cohort import count_first_open
 from services.store.db import session_scope
 from services.store.models import Decision, LinkClick, Message, utcnow
 from services.store.queries import bump_counter
@@ -29,6 +30,7 @@ def record_click(engine: Engine, token: str, message_id: str, channel: str) -> N
         if decision is None or message is None:
             return
         category, mailbox = decision.category, message.mailbox
+        reply_channel, received_at = decision.channel, message.received_at
     now = utcnow()
 
     def count(session: Session, outcome: str) -> None:
@@ -40,6 +42,15 @@ def record_click(engine: Engine, token: str, message_id: str, channel: str) -> N
             session.flush()
             count(session, "click")
             count(session, "click-unique")
+            count_first_open(
+                session,
+                message_id=message_id,
+                received_at=received_at,
+                mailbox=mailbox,
+                category=category,
+                reply_channel=reply_channel,
+                link_channel=channel,
+            )
         return
     except IntegrityError:
         pass
