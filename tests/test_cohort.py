@@ -18,7 +18,7 @@ from services.links import read_token
 from services.store import reports
 from services.store.models import Decision
 from services.web.api import SUMMARY_COLUMNS
-from services.web.dashboard import dashboard_data
+from services.web.dashboard import View, dashboard_data
 from services.web.openapi import OPENAPI
 from tests.support import AUTH, SERVED, Pipeline, make_mail, send
 
@@ -91,6 +91,8 @@ async def test_click_through_is_counted_per_reply_cohort(
     three = await (await client.get(f"/api/v1/summary?from={day3}&to={day3}", headers=AUTH)).json()
     both = await (await client.get(f"/api/v1/summary?from={day1}&to={day3}", headers=AUTH)).json()
     assert (one["received"], one["replied"], one["replies_sent"], one["held"]) == (6, 5, 5, 1)
+    assert (one["received_per_day"], one["received_per_working_day"]) == (6.0, 6.0 if day1.weekday() < 5 else None)
+    assert one["by_category"]["documents"]["received_per_day"] == 2.0
     assert (one["replies_clicked"], one["click_through"], one["links_opened"], one["clicks"]) == (3, 0.6, 4, 0)
     assert (one["repeat_7d"], one["repeat_rate_7d"], one["repeat_30d"], one["repeat_rate_30d"]) == (1, 0.2, 1, 0.2)
     assert _cells(one["by_category"]) == {
@@ -145,9 +147,22 @@ async def test_click_through_is_counted_per_reply_cohort(
 
     # the page shows the same numbers as the API, from the same function
     period = reports.Period(day1, day1, BERLIN)
-    data = dashboard_data(pipeline.deps.engine, period, day1)
+    data = dashboard_data(pipeline.deps.engine, View(period, day1), pipeline.deps.rules.current.settings, "de")
     assert data["summary"]["click_through"] == one["click_through"]
     assert data["summary"]["by_channel"] == one["by_channel"]
+    assert [card["after"] for card in data["cards"]][2:] == [0.2, 0.6]
+    assert [card["after_text"] for card in data["cards"]][2:] == ["20,0\u00a0%", "60,0\u00a0%"]
+    assert data["charts"]["channels"]["labels"] == [
+        "Terminbuchung",
+        "Übersicht aller Wege",
+        "Online-Portal",
+        "Dokumenten-Upload",
+    ]
+    assert data["charts"]["channels"]["datasets"][1]["data"] == [0.0, 100.0, 100.0, 50.0]
+    page = await (await client.get(f"/dashboard?from={day1}&to={day1}&cutoff={day1}", headers=AUTH)).text()
+    assert "60,0\u00a0%" in page and "Allgemeine Frage" in page and "change_notice" not in page
+    english = await (await client.get(f"/dashboard?from={day1}&to={day1}&cutoff={day1}&lang=en", headers=AUTH)).text()
+    assert "60.0%" in english and "General question" in english
 
 
 def _cells(groups: dict[str, dict[str, object]]) -> dict[str, tuple[object, ...]]:
@@ -158,9 +173,8 @@ def _cells(groups: dict[str, dict[str, object]]) -> dict[str, tuple[object, ...]
 
 
 def test_openapi_and_csv_name_every_figure_the_summary_has() -> None:
-    figures = set(reports.figures({}))
+    figures = set(reports.figures({})) | set(reports.PER_DAY_FIELDS)
     assert set(OPENAPI["components"]["schemas"]["Figures"]["properties"]) == figures
     assert set(SUMMARY_COLUMNS) <= figures
-    extra = {"period", "received_per_day", "working_days", "received_per_working_day", "suppressed_by_reason"}
-    summary_properties = OPENAPI["components"]["schemas"]["Summary"]["allOf"][1]["properties"]
-    assert extra | {"rejected_at_smtp", "by_category", "by_channel"} == set(summary_properties)
+    extra = {"period", "working_days", "suppressed_by_reason", "rejected_at_smtp", "by_category", "by_channel"}
+    assert set(OPENAPI["components"]["schemas"]["Summary"]["allOf"][1]["properties"]) == extra

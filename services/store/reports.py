@@ -175,6 +175,9 @@ def figures(outcomes: dict[str, int]) -> dict[str, Any]:
     }
 
 
+PER_DAY_FIELDS = ("received_per_day", "received_per_working_day")
+
+
 def working_days(period: Period) -> list[date]:
     """Monday to Friday in the period (public holidays are not known here)."""
     return [day for day in (period.start + timedelta(days=i) for i in range(period.days)) if day.weekday() < 5]
@@ -189,13 +192,21 @@ def summary(engine: Engine, period: Period) -> dict[str, Any]:
             overall[outcome] += total
     result = figures(overall)
     result["period"] = {"from": period.start.isoformat(), "to": period.end.isoformat(), "days": period.days}
-    result["received_per_day"] = round(result["received"] / period.days, 2)
-    workdays = working_days(period)
-    per_day = counts_per_day(engine, period, (), outcome="received")
+    workdays = set(working_days(period))
+    daily = counts_per_day(engine, period, ("category", "channel"), outcome="received")
+    on_workdays: dict[tuple[str, str], int] = defaultdict(int)
+    for (day, category, channel), count in daily.items():
+        if day in workdays:
+            on_workdays[("category", str(category))] += count
+            on_workdays[("channel", str(channel))] += count
+            on_workdays[("all", "all")] += count
+
+    def per_day(group: dict[str, Any], key: tuple[str, str]) -> None:
+        group["received_per_day"] = round(group["received"] / period.days, 2)
+        group["received_per_working_day"] = round(on_workdays[key] / len(workdays), 2) if workdays else None
+
+    per_day(result, ("all", "all"))
     result["working_days"] = len(workdays)
-    result["received_per_working_day"] = (
-        round(sum(per_day.get((day,), 0) for day in workdays) / len(workdays), 2) if workdays else None
-    )
     result["suppressed_by_reason"] = {
         o.split(":", 1)[1]: n for o, n in sorted(overall.items()) if o.startswith("suppressed:")
     }
@@ -208,6 +219,9 @@ def summary(engine: Engine, period: Period) -> dict[str, Any]:
     result["by_channel"] = {
         name: figures(outcomes) for name, outcomes in sorted(by_channel.items()) if not name.startswith("(")
     }
+    for by in ("category", "channel"):
+        for name, group in result[f"by_{by}"].items():
+            per_day(group, (by, name))
     return result
 
 

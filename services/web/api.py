@@ -21,6 +21,8 @@ FILTERS = ("mailbox", "category", "channel")
 # the per-group numbers of /api/v1/summary.csv, as in the JSON summary (docs/metrics.md)
 SUMMARY_COLUMNS = (
     "received",
+    "received_per_day",
+    "received_per_working_day",
     "replied",
     "reply_rate",
     "suppressed",

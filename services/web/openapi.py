@@ -44,6 +44,8 @@ _FIGURES = {
         name: {"type": ["number", "null"]}
         for name in (
             "received",
+            "received_per_day",
+            "received_per_working_day",
             "replied",
             "reply_rate",
             "suppressed",
@@ -73,9 +75,7 @@ _SUMMARY = {
             "type": "object",
             "properties": {
                 "period": {"type": "object"},
-                "received_per_day": {"type": "number"},
                 "working_days": {"type": "integer"},
-                "received_per_working_day": {"type": ["number", "null"]},
                 "suppressed_by_reason": {"type": "object", "additionalProperties": {"type": "integer"}},
                 "rejected_at_smtp": {"type": "object", "additionalProperties": {"type": "integer"}},
                 "by_category": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/Figures"}},
