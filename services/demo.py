@@ -216,7 +216,7 @@ def run_demo(
     results = asyncio.run(_send_all(mails, host, port, concurrency))
     replies, clicks = 0, 0
     if outbox is not None and click_share > 0:
-        replies, clicks = asyncio.run(_click_some(outbox, click_share, groups, wait_seconds=120))
+        replies, clicks = asyncio.run(_click_some(outbox, click_share, groups, wait_seconds=900))
     cutoff = first_day + timedelta(days=plan.cutoff_day)
     before = [n for d, n in per_day_counts.items() if d < cutoff.isoformat()]
     after = [n for d, n in per_day_counts.items() if d >= cutoff.isoformat()]

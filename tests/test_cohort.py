@@ -20,6 +20,7 @@ from services.store.models import Decision
 from services.web.api import SUMMARY_COLUMNS
 from services.web.dashboard import View, dashboard_data
 from services.web.openapi import OPENAPI
+from services.web.replylinks import unlinked_categories
 from tests.support import AUTH, SERVED, Pipeline, make_mail, send
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -31,6 +32,7 @@ DAY_ONE = [
     ("termin@example.org", "Termin verschieben", "Kann ich meinen Termin am Donnerstag verschieben?", None),
     ("frage@example.org", "Frage", "Wann haben Sie geöffnet?", None),
     ("umzug@example.org", "Neue Adresse", "Ich bin umgezogen, meine neue Adresse lautet Beispielweg 1.", None),
+    ("not@example.org", "Dringend", "Ich habe nichts mehr zu essen für meine Kinder.", None),  # reply without link
 ]
 
 
@@ -59,10 +61,14 @@ async def test_click_through_is_counted_per_reply_cohort(
     server.close()
 
     secret = pipeline.deps.settings.effective_pseudonym_key
+    linkless = 0
     replies: dict[str, list[dict[str, str]]] = defaultdict(list)  # "category:channel" -> per reply: link -> token
     with Session(pipeline.deps.engine) as session:
         for reply in pipeline.relay.received:
             tokens = re.findall(r"/r/([A-Za-z0-9_-]+)", reply.message.get_body(("plain",)).get_content())
+            if not tokens:
+                linkless += 1  # the emergency reply: phone numbers and an address, no link
+                continue
             parsed = [read_token(secret, token) for token in tokens]
             assert tokens and all(parsed) and len({p[0] for p in parsed if p}) == 1
             decision = session.get(Decision, parsed[0][0] if parsed[0] else "")
@@ -70,6 +76,7 @@ async def test_click_through_is_counted_per_reply_cohort(
             replies[f"{decision.category}:{decision.channel}"].append(
                 {p[1]: token for p, token in zip(parsed, tokens, strict=True) if p}
             )
+    assert len(pipeline.relay.received) == len(DAY_ONE) and linkless == 1
     assert {key: len(found) for key, found in replies.items()} == {
         "documents:upload": 2,
         "appointment:appointment": 1,
@@ -90,29 +97,42 @@ async def test_click_through_is_counted_per_reply_cohort(
     one = await (await client.get(f"/api/v1/summary?from={day1}&to={day1}", headers=AUTH)).json()
     three = await (await client.get(f"/api/v1/summary?from={day3}&to={day3}", headers=AUTH)).json()
     both = await (await client.get(f"/api/v1/summary?from={day1}&to={day3}", headers=AUTH)).json()
-    assert (one["received"], one["replied"], one["replies_sent"], one["held"]) == (6, 5, 5, 1)
-    assert (one["received_per_day"], one["received_per_working_day"]) == (6.0, 6.0 if day1.weekday() < 5 else None)
+    assert (one["received"], one["replied"], one["replies_sent"], one["replies_with_link"], one["held"]) == (
+        7,
+        6,
+        6,
+        5,
+        1,
+    )
+    assert (one["received_per_day"], one["received_per_working_day"]) == (7.0, 7.0 if day1.weekday() < 5 else None)
     assert one["by_category"]["documents"]["received_per_day"] == 2.0
     assert (one["replies_clicked"], one["click_through"], one["links_opened"], one["clicks"]) == (3, 0.6, 4, 0)
-    assert (one["repeat_7d"], one["repeat_rate_7d"], one["repeat_30d"], one["repeat_rate_30d"]) == (1, 0.2, 1, 0.2)
+    assert (one["repeat_7d"], one["repeat_rate_7d"], one["repeat_30d"], one["repeat_rate_30d"]) == (
+        1,
+        0.1667,
+        1,
+        0.1667,
+    )
     assert _cells(one["by_category"]) == {
-        "documents": (2, 1, 0.5, 1),
-        "appointment": (1, 0, 0.0, 0),
-        "general": (1, 1, 1.0, 2),
-        "change_notice": (1, 1, 1.0, 1),
-        "automated": (0, 0, None, 0),
+        "documents": (2, 2, 1, 0.5, 1),
+        "appointment": (1, 1, 0, 0.0, 0),
+        "general": (1, 1, 1, 1.0, 2),
+        "change_notice": (1, 1, 1, 1.0, 1),
+        "emergency": (1, 0, 0, None, 0),  # no link to open: no click-through, not 0 %
+        "automated": (0, 0, 0, None, 0),
     }
     # per channel the reply steered to; links_opened under the channel clicked (general -> portal and upload)
     assert _cells(one["by_channel"]) == {
-        "upload": (2, 1, 0.5, 2),
-        "appointment": (1, 0, 0.0, 0),
-        "overview": (1, 1, 1.0, 0),
-        "portal": (1, 1, 1.0, 2),
-        "none": (0, 0, None, 0),
+        "upload": (2, 2, 1, 0.5, 2),
+        "appointment": (1, 1, 0, 0.0, 0),
+        "overview": (1, 1, 1, 1.0, 0),
+        "portal": (1, 1, 1, 1.0, 2),
+        "phone": (1, 0, 0, None, 0),
+        "none": (0, 0, 0, None, 0),
     }
     assert (three["received"], three["replied"], three["suppressed"], three["replies_sent"]) == (1, 0, 1, 0)
     assert (three["replies_clicked"], three["click_through"], three["links_opened"], three["clicks"]) == (0, None, 0, 5)
-    assert (both["replies_sent"], both["replies_clicked"], both["click_through"], both["clicks"]) == (5, 3, 0.6, 5)
+    assert (both["replies_sent"], both["replies_clicked"], both["click_through"], both["clicks"]) == (6, 3, 0.6, 5)
 
     compared = await (
         await client.get(
@@ -120,7 +140,7 @@ async def test_click_through_is_counted_per_reply_cohort(
         )
     ).json()
     assert compared["before"]["click_through"] == 0.6 and compared["after"]["click_through"] is None
-    assert compared["change"]["received"] == round((1 - 6) / 6, 4) and compared["change"]["click_through"] is None
+    assert compared["change"]["received"] == round((1 - 7) / 7, 4) and compared["change"]["click_through"] is None
 
     table = await (await client.get(f"/api/v1/summary.csv?from={day1}&to={day1}", headers=AUTH)).text()
     rows = {(row["by"], row["key"]): row for row in csv.DictReader(io.StringIO(table))}
@@ -140,25 +160,27 @@ async def test_click_through_is_counted_per_reply_cohort(
         'channelshift_click_through_ratio{by="channel",name="upload"} 0.5',
         'channelshift_click_through_ratio{by="channel",name="overview"} 1.0',
         'channelshift_click_through_ratio{by="category",name="appointment"} 0.0',
-        'channelshift_repeat_rate_ratio{window="7d"} 0.2',
+        'channelshift_repeat_rate_ratio{window="7d"} 0.1667',
+        'channelshift_replies_total{category="emergency",channel="phone",state="sent"} 1.0',
     ):
         assert line in metrics, line
     assert 'channelshift_replies_clicked_total{category="general",channel="portal"}' not in metrics
+    assert 'channelshift_click_through_ratio{by="category",name="emergency"}' not in metrics
 
     # the page shows the same numbers as the API, from the same function
     period = reports.Period(day1, day1, BERLIN)
-    data = dashboard_data(pipeline.deps.engine, View(period, day1), pipeline.deps.rules.current.settings, "de")
+    unlinked = unlinked_categories(pipeline.deps.rules.current, pipeline.deps.rules.templates_dir)
+    assert unlinked == {"emergency"}
+    data = dashboard_data(
+        pipeline.deps.engine, View(period, day1), pipeline.deps.rules.current.settings, "de", unlinked
+    )
     assert data["summary"]["click_through"] == one["click_through"]
     assert data["summary"]["by_channel"] == one["by_channel"]
-    assert [card["after"] for card in data["cards"]][2:] == [0.2, 0.6]
-    assert [card["after_text"] for card in data["cards"]][2:] == ["20,0\u00a0%", "60,0\u00a0%"]
-    assert data["charts"]["channels"]["labels"] == [
-        "Terminbuchung",
-        "Übersicht aller Wege",
-        "Online-Portal",
-        "Dokumenten-Upload",
-    ]
-    assert data["charts"]["channels"]["datasets"][1]["data"] == [0.0, 100.0, 100.0, 50.0]
+    assert [card["after"] for card in data["cards"]][2:] == [0.1667, 0.6]
+    assert [card["after_text"] for card in data["cards"]][2:] == ["16,7\u00a0%", "60,0\u00a0%"]
+    labels = ["Terminbuchung", "Übersicht aller Wege", "Telefon", "Online-Portal", "Dokumenten-Upload"]
+    assert data["charts"]["channels"]["labels"] == labels
+    assert data["charts"]["channels"]["datasets"][1]["data"] == [0.0, 100.0, None, 100.0, 50.0]
     page = await (await client.get(f"/dashboard?from={day1}&to={day1}&cutoff={day1}", headers=AUTH)).text()
     assert "60,0\u00a0%" in page and "Allgemeine Frage" in page and "change_notice" not in page
     english = await (await client.get(f"/dashboard?from={day1}&to={day1}&cutoff={day1}&lang=en", headers=AUTH)).text()
@@ -167,7 +189,7 @@ async def test_click_through_is_counted_per_reply_cohort(
 
 def _cells(groups: dict[str, dict[str, object]]) -> dict[str, tuple[object, ...]]:
     return {
-        name: (f["replies_sent"], f["replies_clicked"], f["click_through"], f["links_opened"])
+        name: (f["replies_sent"], f["replies_with_link"], f["replies_clicked"], f["click_through"], f["links_opened"])
         for name, f in groups.items()
     }
 

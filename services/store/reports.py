@@ -130,7 +130,12 @@ def volumes(
     return [{"period": p, "key": k, "count": n} for (p, k), n in sorted(totals.items())]
 
 
-def _by_outcome(engine: Engine, period: Period) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]]]:
+REPLY_SENT_WITH_LINK = "reply-sent-with-link"  # derived here, not a counter: `reply-sent` minus unlinked categories
+
+
+def _by_outcome(
+    engine: Engine, period: Period, unlinked: frozenset[str]
+) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]]]:
     """Outcome counts per category and per channel, from one scan."""
     categories: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     channels: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -138,6 +143,9 @@ def _by_outcome(engine: Engine, period: Period) -> tuple[dict[str, dict[str, int
     for (category, channel, outcome), count in counts_per_day(engine, period, keys, per_day=False).items():
         categories[str(category)][str(outcome)] += count
         channels[str(channel)][str(outcome)] += count
+        if outcome == "reply-sent" and category not in unlinked:
+            categories[str(category)][REPLY_SENT_WITH_LINK] += count
+            channels[str(channel)][REPLY_SENT_WITH_LINK] += count
     return categories, channels
 
 
@@ -150,8 +158,9 @@ def figures(outcomes: dict[str, int]) -> dict[str, Any]:
     received = outcomes.get("received", 0)
     replied = outcomes.get("replied", 0)
     sent = outcomes.get("reply-sent", 0)
+    with_link = outcomes.get(REPLY_SENT_WITH_LINK, 0)
     # clamped although the counters cannot exceed it (services/store/cohort.py): a share is never above 100 %
-    clicked = min(outcomes.get(REPLY_CLICKED, 0), sent)
+    clicked = min(outcomes.get(REPLY_CLICKED, 0), with_link)
     return {
         "received": received,
         "replied": replied,
@@ -168,8 +177,9 @@ def figures(outcomes: dict[str, int]) -> dict[str, Any]:
         "repeat_30d": outcomes.get("repeat-30d", 0),
         "repeat_rate_7d": _ratio(outcomes.get("repeat-7d", 0), replied),
         "repeat_rate_30d": _ratio(outcomes.get("repeat-30d", 0), replied),
+        "replies_with_link": with_link,
         "replies_clicked": clicked,
-        "click_through": _ratio(clicked, sent),
+        "click_through": _ratio(clicked, with_link),
         "links_opened": outcomes.get(LINK_OPENED, 0),
         "clicks": outcomes.get("click", 0),
     }
@@ -183,8 +193,9 @@ def working_days(period: Period) -> list[date]:
     return [day for day in (period.start + timedelta(days=i) for i in range(period.days)) if day.weekday() < 5]
 
 
-def summary(engine: Engine, period: Period) -> dict[str, Any]:
-    by_category, by_channel = _by_outcome(engine, period)
+def summary(engine: Engine, period: Period, unlinked: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The numbers of docs/metrics.md; `unlinked`: categories whose replies carry no link (no click-through)."""
+    by_category, by_channel = _by_outcome(engine, period, unlinked)
     # every counter row has a category (SMTP rejections "(none)"), so the totals are the categories' sums
     overall: dict[str, int] = defaultdict(int)
     for outcomes in by_category.values():
@@ -225,8 +236,8 @@ def summary(engine: Engine, period: Period) -> dict[str, Any]:
     return result
 
 
-def compare(engine: Engine, before: Period, after: Period) -> dict[str, Any]:
-    first, second = summary(engine, before), summary(engine, after)
+def compare(engine: Engine, before: Period, after: Period, unlinked: frozenset[str] = frozenset()) -> dict[str, Any]:
+    first, second = summary(engine, before, unlinked), summary(engine, after, unlinked)
 
     def change(key: str) -> float | None:
         a, b = first[key], second[key]

@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 
 from services.classify.reload import RuleSetHolder
 from services.store import reports
+from services.web.replylinks import unlinked_categories
 
 DEFAULT_DAYS = 30
 MAX_SIDE_DAYS = 366
@@ -28,6 +29,7 @@ SUMMARY_COLUMNS = (
     "suppressed",
     "held",
     "replies_sent",
+    "replies_with_link",
     "replies_clicked",
     "click_through",
     "links_opened",
@@ -90,6 +92,10 @@ class ReportsApi:
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.rules.current.settings.timezone)
 
+    @property
+    def unlinked(self) -> frozenset[str]:
+        return unlinked_categories(self.rules.current, self.rules.templates_dir)
+
     def _volume_args(self, request: web.Request) -> dict[str, Any]:
         return {
             "period": period_from(request, self.zone),
@@ -131,11 +137,11 @@ class ReportsApi:
 
     async def summary(self, request: web.Request) -> web.Response:
         period = period_from(request, self.zone)
-        return web.json_response(await asyncio.to_thread(reports.summary, self.engine, period))
+        return web.json_response(await asyncio.to_thread(reports.summary, self.engine, period, self.unlinked))
 
     async def summary_csv(self, request: web.Request) -> web.Response:
         period = period_from(request, self.zone)
-        summary = await asyncio.to_thread(reports.summary, self.engine, period)
+        summary = await asyncio.to_thread(reports.summary, self.engine, period, self.unlinked)
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(["from", "to", "by", "key", *SUMMARY_COLUMNS])
@@ -170,7 +176,7 @@ class ReportsApi:
                     content_type="application/json",
                 )
             before, after = periods
-        return web.json_response(await asyncio.to_thread(reports.compare, self.engine, before, after))
+        return web.json_response(await asyncio.to_thread(reports.compare, self.engine, before, after, self.unlinked))
 
     def register(self, app: web.Application) -> None:
         app.router.add_get("/api/v1/volumes", self.volumes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -21,6 +22,7 @@ from services.store.cohort import REPLY_CLICKED
 from services.web.api import DEFAULT_DAYS, _date, around_cutover, period_from
 from services.web.auth import SESSION_COOKIE
 from services.web.locale import PageLocale
+from services.web.replylinks import unlinked_categories
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 BUCKET_DAYS = 7
@@ -195,19 +197,25 @@ def _buckets(view: View) -> list[tuple[date, date]]:
     return spans
 
 
-def dashboard_data(engine: Engine, view: View, settings: RuleSettings, language: str) -> dict[str, Any]:
+def dashboard_data(
+    engine: Engine, view: View, settings: RuleSettings, language: str, unlinked: frozenset[str] = frozenset()
+) -> dict[str, Any]:
     """Everything the page shows, from the same report functions as the API, names and numbers localised."""
     loc = PageLocale.of(language, settings)
     texts = TEXTS[loc.language]
     period = view.period
     days = [period.start + timedelta(days=i) for i in range(period.days)]
-    summary = reports.summary(engine, period)
-    comparison = reports.compare(engine, view.before, view.after)
+    summary = reports.summary(engine, period, unlinked)
+    comparison = reports.compare(engine, view.before, view.after, unlinked)
 
     def daily(outcome: str) -> dict[date, int]:
         return {key[0]: n for key, n in reports.counts_per_day(engine, period, (), outcome=outcome).items()}
 
-    received, replied, sent = daily("received"), daily("replied"), daily("reply-sent")
+    received, replied = daily("received"), daily("replied")
+    sent: dict[date, int] = defaultdict(int)  # the click-through's denominator: replies with a link
+    for (day, category), n in reports.counts_per_day(engine, period, ("category",), outcome="reply-sent").items():
+        if category not in unlinked:
+            sent[day] += n
     clicked, repeat, suppressed, held = daily(REPLY_CLICKED), daily("repeat-7d"), daily("suppressed:"), daily("held")
     click_line: list[float | None] = []
     repeat_line: list[float | None] = []
@@ -391,7 +399,8 @@ class Dashboard:
         settings = self.rules.current.settings
         view = self.view(request, settings)
         language = request.query.get("lang", "de")
-        data = await asyncio.to_thread(dashboard_data, self.engine, view, settings, language)
+        unlinked = unlinked_categories(self.rules.current, self.rules.templates_dir)
+        data = await asyncio.to_thread(dashboard_data, self.engine, view, settings, language, unlinked)
         loc = PageLocale.of(language, settings)
         served = settings.served.addresses[:1] or [f"info@{d}" for d in settings.served.domains[:1]]
         html = self.env.get_template("dashboard.html.j2").render(

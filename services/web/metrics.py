@@ -23,6 +23,7 @@ from services.metrics import PROCESS_REGISTRY
 from services.store import reports
 from services.store.cohort import LINK_OPENED, REPLY_CLICKED
 from services.store.models import Counter
+from services.web.replylinks import unlinked_categories
 
 CACHE_SECONDS = 10.0
 COHORT_DAYS = 30
@@ -155,7 +156,8 @@ class CohortCollector(Collector):
         zone = ZoneInfo(self.rules.current.settings.timezone)
         today = datetime.now(zone).date()
         period = reports.Period(today - timedelta(days=COHORT_DAYS - 1), today, zone)
-        self._summary = reports.summary(self.engine, period)
+        unlinked = unlinked_categories(self.rules.current, self.rules.templates_dir)
+        self._summary = reports.summary(self.engine, period, unlinked)
         self._cached_at = time.monotonic()
 
     def collect(self) -> Iterable[Metric]:

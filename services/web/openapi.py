@@ -60,6 +60,7 @@ _FIGURES = {
             "repeat_30d",
             "repeat_rate_7d",
             "repeat_rate_30d",
+            "replies_with_link",
             "replies_clicked",
             "click_through",
             "links_opened",
