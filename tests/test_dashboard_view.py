@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
+from aiohttp.test_utils import make_mocked_request
+
 from services.classify.loader import load_rules
-from services.web.dashboard import _buckets, default_view
+from services.web.dashboard import Dashboard, _buckets, default_view
 from services.web.locale import PageLocale
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,3 +50,13 @@ def test_numbers_dates_and_names_follow_the_page_language() -> None:
     )
     assert (german.channel("overview"), english.channel("none")) == ("Übersicht aller Wege", "not steered")
     assert PageLocale.of("fr", SETTINGS).language == "de" and german.category("unknown_thing") == "unknown_thing"
+
+
+def test_a_cutoff_outside_the_chosen_period_splits_it_in_the_middle() -> None:
+    dashboard = Dashboard.__new__(Dashboard)  # view() needs no engine, rule holder or templates
+    settings = SETTINGS.model_copy(update={"cutover": date(2026, 11, 1)})
+    inside = dashboard.view(make_mocked_request("GET", "/dashboard?from=2026-10-20&to=2026-11-09"), settings)
+    assert inside.cutoff == date(2026, 11, 1) and inside.before.end == date(2026, 10, 31)
+    for query in ("from=2026-11-10&to=2026-11-19", "from=2026-11-10&to=2026-11-19&cutoff=2026-11-10"):
+        view = dashboard.view(make_mocked_request("GET", f"/dashboard?{query}"), settings)
+        assert view.cutoff == date(2026, 11, 15) and view.before.days == view.after.days == 5

@@ -390,10 +390,10 @@ class Dashboard:
             cutoff = _date(request, "cutoff", view.cutoff)
             return View(view.period, cutoff)
         period = period_from(request, zone)
-        default = settings.cutover
-        if default is None or not period.start < default <= period.end:
-            default = period.start + timedelta(days=period.days // 2)
-        return View(period, _date(request, "cutoff", default))
+        middle = period.start + timedelta(days=period.days // 2)
+        cutoff = _date(request, "cutoff", settings.cutover or middle)
+        # both sides need a day: a cut-off on or outside the period's edge compares its halves instead
+        return View(period, cutoff if period.start < cutoff <= period.end else middle)
 
     async def page(self, request: web.Request) -> web.Response:
         settings = self.rules.current.settings
