@@ -266,6 +266,7 @@ def cmd_demo_traffic(args: argparse.Namespace) -> int:
     settings = _settings()
     host, port = split_host_port(args.server or settings.smtp_listen)
     outbox = None if settings.relay_url else settings.outbox_dir
+    cutover = _ruleset(settings, with_model=False).settings.cutover  # the dashboard compares around it
     try:
         result = run_demo(
             host=host,
@@ -276,6 +277,7 @@ def cmd_demo_traffic(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             click_share=args.clicks,
             outbox=outbox,
+            cutover=cutover,
         )
     except OSError as exc:
         print(f"cannot reach gateway at {host}:{port}: {exc}", file=sys.stderr)
@@ -287,7 +289,7 @@ def cmd_demo_traffic(args: argparse.Namespace) -> int:
             f"sent {result['sent']} mails ({result['accepted']} accepted, {result['refused']} refused) "
             f"for {result['first_day']} .. today; cut-off {result['cutoff']}: "
             f"{result['per_day_before']}/day before, {result['per_day_after']}/day after; "
-            f"{result['clicks']} reply links clicked"
+            f"{result['clicks']} reply links clicked (of {result['replies_with_link']} replies)"
         )
         print(
             "The gateway keeps these dates only with CHANNELSHIFT_DEMO_DATES=true (set by `make run`); "

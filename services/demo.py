@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from email.message import EmailMessage
+from email.parser import BytesHeaderParser
 from email.policy import SMTP as SMTP_POLICY
 from email.utils import format_datetime
 from pathlib import Path
@@ -68,8 +69,15 @@ class DemoPlan:
 
 
 def build_day(
-    plan: DemoPlan, rng: random.Random, day: date, count: int, senders: list[str], after: bool
+    plan: DemoPlan,
+    rng: random.Random,
+    day: date,
+    count: int,
+    senders: list[str],
+    after: bool,
+    groups: dict[str, tuple[str, datetime]] | None = None,
 ) -> list[tuple[datetime, str, str, bytes]]:
+    """One day's mails; `groups` learns each mail's Message-ID -> (category and side of the cut-off, time)."""
     mails = []
     weights = [weight for _c, weight, _s, _b in SAMPLES]
     repeat_share = 0.12 if after else 0.3
@@ -77,11 +85,11 @@ def build_day(
         moment = datetime.combine(day, time(rng.randint(6, 20), rng.randint(0, 59)), UTC)
         roll = rng.random()
         if roll < 0.04:
-            _category, subject, body, sender = PARTNER
+            category, subject, body, sender = PARTNER
         elif roll < 0.08:
-            _category, subject, body, sender = AUTOMATED
+            category, subject, body, sender = AUTOMATED
         else:
-            _category, _w, subject, body = rng.choices(SAMPLES, weights)[0]
+            category, _w, subject, body = rng.choices(SAMPLES, weights)[0]
             if senders and rng.random() < repeat_share:
                 sender = rng.choice(senders[-400:])
             else:
@@ -93,7 +101,10 @@ def build_day(
         message["To"] = recipient
         message["Subject"] = subject
         message["Date"] = format_datetime(moment)
-        message["Message-ID"] = f"<demo.{rng.getrandbits(64):x}@example.org>"
+        message_id = f"<demo.{rng.getrandbits(64):x}@example.org>"
+        message["Message-ID"] = message_id
+        if groups is not None:
+            groups[message_id] = (f"{category}:{'after' if after else 'before'}", moment)
         message["X-Channelshift-Demo-Received"] = moment.isoformat()
         if roll >= 0.04 and roll < 0.08:
             message["Auto-Submitted"] = "auto-replied"
@@ -130,8 +141,20 @@ async def _send_all(
     return results
 
 
-async def _click_some(outbox: Path, share: float, rng: random.Random, wait_seconds: float) -> int:
-    """Open a share of the /r/ links in replies that reached the maildir outbox, like citizens would."""
+def _spread(count: int, share: float) -> list[bool]:
+    """Which of `count` items to pick so that every leading run of n holds round(n * share) picks."""
+    return [int((index + 1) * share + 0.5) > int(index * share + 0.5) for index in range(count)]
+
+
+async def _click_some(
+    outbox: Path, share: float, groups: dict[str, tuple[str, datetime]], wait_seconds: float
+) -> tuple[int, int]:
+    """Open `share` of the /r/ links in replies that reached the maildir outbox, like citizens would.
+
+    Spread evenly per category and side of the cut-off, in the order the mails arrived, so that every
+    click-through the dashboard shows (per category, channel, period or week) lies close to `share`.
+    Returns (replies with a link, links opened).
+    """
     previous, stable_since = -1, asyncio.get_running_loop().time()
     while asyncio.get_running_loop().time() - stable_since < 3 and wait_seconds > 0:
         count = len(list((outbox / "new").glob("*"))) if (outbox / "new").is_dir() else 0
@@ -139,16 +162,24 @@ async def _click_some(outbox: Path, share: float, rng: random.Random, wait_secon
             previous, stable_since = count, asyncio.get_running_loop().time()
         await asyncio.sleep(0.5)
         wait_seconds -= 0.5
-    links = []
+    by_group: dict[str, list[tuple[datetime, str]]] = defaultdict(list)
     for path in sorted((outbox / "new").glob("*")) if (outbox / "new").is_dir() else []:
-        found = re.search(rb"https?://[^\s\"<>]+/r/[A-Za-z0-9_=-]+", path.read_bytes().replace(b"=\r\n", b""))
-        if found and rng.random() < share:
-            links.append(found.group(0).decode())
+        data = path.read_bytes()
+        found = re.search(rb"https?://[^\s\"<>]+/r/[A-Za-z0-9_=-]+", data.replace(b"=\r\n", b""))
+        if not found:
+            continue
+        original = str(BytesHeaderParser().parsebytes(data).get("In-Reply-To", "")).strip()
+        group, moment = groups.get(original, ("other", datetime.min.replace(tzinfo=UTC)))
+        by_group[group].append((moment, found.group(0).decode()))
+    links = []
+    for replies in by_group.values():
+        replies.sort()
+        links += [link for (_moment, link), pick in zip(replies, _spread(len(replies), share), strict=True) if pick]
     async with aiohttp.ClientSession() as session:
         for link in links:
             async with session.get(link, allow_redirects=False) as response:
                 await response.read()
-    return len(links)
+    return sum(len(replies) for replies in by_group.values()), len(links)
 
 
 def run_demo(
@@ -163,24 +194,29 @@ def run_demo(
     outbox: Path | None,
     today: date | None = None,
     seed: int = 7,
+    cutover: date | None = None,
 ) -> dict[str, object]:
+    """Send the stream; the cut-off is `cutoff_day`, else the rule set's `cutover` if within the days, else mid-way."""
+    first_day = (today or datetime.now(UTC).date()) - timedelta(days=days - 1)
+    if cutoff_day is None and cutover is not None and 0 < (cutover - first_day).days < days:
+        cutoff_day = (cutover - first_day).days
     plan = DemoPlan(
         days=days, per_day=per_day, cutoff_day=cutoff_day if cutoff_day is not None else days // 2, seed=seed
     )
     rng = random.Random(seed)
-    first_day = (today or datetime.now(UTC).date()) - timedelta(days=days - 1)
     senders: list[str] = []
+    groups: dict[str, tuple[str, datetime]] = {}
     mails: list[tuple[datetime, str, str, bytes]] = []
     per_day_counts = {}
     for index in range(days):
         day = first_day + timedelta(days=index)
         count = plan.volume(index, day)
         per_day_counts[day.isoformat()] = count
-        mails.extend(build_day(plan, rng, day, count, senders, after=index >= plan.cutoff_day))
+        mails.extend(build_day(plan, rng, day, count, senders, after=index >= plan.cutoff_day, groups=groups))
     results = asyncio.run(_send_all(mails, host, port, concurrency))
-    clicks = 0
+    replies, clicks = 0, 0
     if outbox is not None and click_share > 0:
-        clicks = asyncio.run(_click_some(outbox, click_share, rng, wait_seconds=120))
+        replies, clicks = asyncio.run(_click_some(outbox, click_share, groups, wait_seconds=900))
     cutoff = first_day + timedelta(days=plan.cutoff_day)
     before = [n for d, n in per_day_counts.items() if d < cutoff.isoformat()]
     after = [n for d, n in per_day_counts.items() if d >= cutoff.isoformat()]
@@ -189,6 +225,8 @@ def run_demo(
         "accepted": results["accepted"],
         "refused": results["refused"],
         "clicks": clicks,
+        "replies_with_link": replies,
+        "opened_share": round(clicks / replies, 4) if replies else None,
         "first_day": first_day.isoformat(),
         "cutoff": cutoff.isoformat(),
         "per_day_before": round(sum(before) / max(1, len(before)), 1),

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -21,7 +23,7 @@ from services.demo import run_demo
 from services.store.purge import purge
 from services.store.queries import opened_messages
 from services.web.app import CLICKS, create_app
-from tests.support import AUTH, SERVED, Pipeline, clean_env, make_mail, send
+from tests.support import AUTH, SERVED, Pipeline, clean_env, make_mail, send, start_pipeline
 
 BERLIN = ZoneInfo("Europe/Berlin")  # the shipped rule set's time zone: the API counts its local days
 TODAY = datetime.now(BERLIN).date().isoformat()
@@ -132,8 +134,8 @@ async def test_click_redirect_counts_without_personal_data(
     assert tampered.status == 302 and tampered.headers["Location"] == "https://www.jobcenter.digital"
     await client.app[CLICKS].flush()  # clicks are written in batches off the request path
     summary = await (await client.get("/api/v1/summary", headers=AUTH)).json()
-    assert summary["clicks"] == 2 and summary["unique_clicks"] == 1 and summary["click_through"] == 1.0
-    assert summary["by_channel"]["upload"]["unique_clicks"] == 1
+    assert summary["clicks"] == 2 and summary["replies_clicked"] == 1 and summary["click_through"] == 1.0
+    assert summary["by_channel"]["upload"]["links_opened"] == 1
 
 
 async def test_repeat_senders_within_7_and_30_days(pipeline: Pipeline, client: TestClient[object, object]) -> None:
@@ -208,52 +210,119 @@ async def _chromium_dom(url: str, profile: Path, width: int, height: int, screen
     return out.decode()
 
 
-async def test_demo_traffic_and_dashboard_in_chromium(pipeline: Pipeline, tmp_path: Path) -> None:
+@pytest.fixture
+async def outbox_pipeline(tmp_path: Path, clean_database: str, clean_redis: str) -> AsyncIterator[Pipeline]:
+    """A pipeline that writes replies to the maildir outbox, where `demo-traffic` finds the links it opens."""
+    running = await start_pipeline(tmp_path, clean_database, clean_redis, relay_url=None)
+    yield running
+    await running.close()
+    await running.pool.aclose()
+    running.deps.engine.dispose()
+
+
+IDENTIFIERS = ("continued_benefits", "payment_status", "change_notice", "first_application", "sick_note")
+
+
+async def test_demo_traffic_and_dashboard_in_chromium(outbox_pipeline: Pipeline, tmp_path: Path) -> None:
     if not (shutil.which("chromium") or shutil.which("chromium-browser")):
         if os.environ.get("CI"):
             pytest.fail("chromium missing in CI (.ci/run installs Debian's chromium)")
         pytest.skip("chromium not installed")
-    server, port = await demo_gateway(pipeline)
-    result = await asyncio.to_thread(
-        run_demo,
-        host="127.0.0.1",
-        port=port,
-        days=14,
-        per_day=8,
-        cutoff_day=7,
-        concurrency=4,
-        click_share=0,
-        outbox=None,
+    pipeline = outbox_pipeline
+    today = datetime.now(BERLIN).date()
+    cutover = today - timedelta(days=10)
+    rules = pipeline.deps.rules
+    rules.current = dataclasses.replace(
+        rules.current, settings=rules.current.settings.model_copy(update={"cutover": cutover})
     )
-    await pipeline.work()
-    server.close()
-    assert result["accepted"] == result["sent"] > 0
-    assert float(str(result["per_day_after"])) < float(str(result["per_day_before"]))
-
     pipeline.deps.settings.admin_token = None  # headless Chromium cannot send a bearer header
-    app = create_app(pipeline.deps.settings, pipeline.deps.engine, pipeline.pool, pipeline.deps.rules)
+    app = create_app(pipeline.deps.settings, pipeline.deps.engine, pipeline.pool, rules)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     web_port = runner.addresses[0][1]
+    pipeline.deps.settings.public_url = f"http://127.0.0.1:{web_port}"  # the demo opens the replies' links here
+    server, port = await demo_gateway(pipeline)
     try:
+        demo = asyncio.ensure_future(
+            asyncio.to_thread(
+                run_demo,
+                host="127.0.0.1",
+                port=port,
+                days=21,
+                per_day=14,
+                cutoff_day=None,
+                cutover=cutover,
+                concurrency=4,
+                click_share=0.3,
+                outbox=pipeline.deps.settings.outbox_dir,
+                today=today,
+            )
+        )
+        while not demo.done():  # the worker answers while the demo waits for its replies to open them
+            await pipeline.work()
+            await asyncio.sleep(0.3)
+        result = demo.result()
+        await pipeline.work()
+        server.close()
+        assert result["accepted"] == result["sent"] > 0 and result["cutoff"] == cutover.isoformat()
+        assert float(str(result["per_day_after"])) < float(str(result["per_day_before"]))
+        share = float(str(result["opened_share"]))
+        assert 0.27 <= share <= 0.33 and int(str(result["clicks"])) > 20
+
         client = TestClient(TestServer(app))
-        first, last = result["first_day"], date.today().isoformat()
+        first = result["first_day"]
         async with client:
-            volumes = await (await client.get(f"/api/v1/volumes?by=none&from={first}&to={last}")).json()
+            volumes = await (await client.get(f"/api/v1/volumes?by=none&from={first}&to={today}")).json()
+            compared = await (await client.get("/api/v1/compare")).json()
+            english = await (await client.get("/dashboard?lang=en")).text()
         api_per_day = {row["period"]: row["count"] for row in volumes["series"]}
         sent_per_day = {d: n for d, n in dict(result["per_day"]).items() if n}  # type: ignore[call-overload]
         assert api_per_day == sent_per_day  # the API counts exactly what was sent, day by day
-        url = f"http://127.0.0.1:{web_port}/dashboard?from={first}&to={last}&cutoff={result['cutoff']}"
-        for width, height, name in ((1280, 1400, "desktop"), (390, 1800, "phone")):
+        assert compared["after"]["period"]["from"] == cutover.isoformat()
+        assert compared["before"]["period"]["days"] == compared["after"]["period"]["days"] == 11
+        assert compared["change"]["received_per_working_day"] < -0.2  # the shift across the cut-over shows
+        for side in ("before", "after"):
+            figures = compared[side]
+            groups = [("all", figures)] + [
+                (name, f) for by in ("by_category", "by_channel") for name, f in figures[by].items()
+            ]
+            for name, group in groups:
+                if group["click_through"] is None:
+                    continue
+                assert 0 <= group["click_through"] <= 1, (side, name)
+                if group["replies_with_link"] >= 10:  # a handful of replies cannot hit 30 % closely
+                    assert abs(group["click_through"] - share) <= 0.05, (side, name, group["click_through"], share)
+            emergency = figures["by_category"].get("emergency", {"click_through": None})
+            assert emergency["click_through"] is None  # its reply has no link to open: no share, not 0 %
+        assert "General question" in english and "Mails per working day" in english
+
+        for width, height, name in ((1280, 2600, "desktop"), (390, 2400, "phone")):
+            url = f"http://127.0.0.1:{web_port}/dashboard"
             dom = await _chromium_dom(url, tmp_path / f"profile-{name}", width, height, tmp_path / f"{name}.png")
             drawn = re.search(r'data-charts-drawn="(\d+)"', dom)
             expected = re.search(r'data-charts-expected="(\d+)"', dom)
-            assert drawn and expected and drawn.group(1) == expected.group(1) == "6", name
+            assert drawn and expected and drawn.group(1) == expected.group(1) == "5", name
+            max_share = re.search(r'data-max-share="([0-9.]+)"', dom)
+            assert max_share and 0 < float(max_share.group(1)) <= 100, name
+            shares = [float(v) for v in re.findall(r'data-kind="share" data-value="([-0-9.e]+)"', dom)]
+            changes = [float(v) for v in re.findall(r'data-kind="change" data-value="([-0-9.e]+)"', dom)]
+            assert len(shares) > 10 and all(0 <= v <= 1 for v in shares), name
+            assert changes and all(v >= -1 for v in changes), name
+            click_card = re.findall(r'class="value" data-kind="share" data-value="([0-9.]+)"', dom)[-1]
+            assert abs(float(click_card) - share) <= 0.05
+            assert "Dokumenten-Upload" in dom and "Unterlagen" in dom and "Übersicht aller Wege" in dom
+            assert not [word for word in IDENTIFIERS if word in dom], name
             assert (tmp_path / f"{name}.png").stat().st_size > 10_000
     finally:
         await runner.cleanup()
+
+
+async def test_empty_dashboard_says_how_to_send_a_first_mail(client: TestClient[object, object]) -> None:
+    page = await (await client.get("/dashboard", headers=AUTH)).text()
+    assert 'id="empty-state"' in page and "channelshift demo-traffic --days 60" in page
+    assert "info@jobcenter-musterstadt.example" in page and "<canvas" not in page
 
 
 def test_cli_purge_dry_run(tmp_path: Path) -> None:

@@ -329,6 +329,13 @@ class ServedMailboxes(_Strict):
     addresses: list[str] = Field(default_factory=list)
 
 
+class DisplayNames(_Strict):
+    """What the dashboard calls categories and channels in one page language (the identifier where missing)."""
+
+    categories: dict[str, str] = Field(default_factory=dict)
+    channels: dict[str, str] = Field(default_factory=dict)
+
+
 class RuleSettings(_Strict):
     organisation: str
     served: ServedMailboxes
@@ -345,6 +352,13 @@ class RuleSettings(_Strict):
         default_factory=dict, description="category -> action when the intent model decides it"
     )
     model: ModelSettings = Field(default_factory=ModelSettings)
+    # dashboard: when e-mail reachability was cut, and display names per page language
+    cutover: date | None = Field(
+        default=None, description="the day e-mail reachability was cut; the dashboard compares before and after it"
+    )
+    labels: dict[Literal["de", "en"], DisplayNames] = Field(
+        default_factory=dict, description="page language -> display names of categories and channels"
+    )
 
     @field_validator("timezone")
     @classmethod

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import ColumnElement, Engine, Table, and_, func, or_, select
 from sqlmodel import Session, col
 
+from services.store.cohort import LINK_OPENED, REPLY_CLICKED
 from services.store.models import Counter, CounterDay, CounterDirtyHour, RollupState
 from services.store.rollup import local_day, utc_bounds
 
@@ -129,7 +130,12 @@ def volumes(
     return [{"period": p, "key": k, "count": n} for (p, k), n in sorted(totals.items())]
 
 
-def _by_outcome(engine: Engine, period: Period) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]]]:
+REPLY_SENT_WITH_LINK = "reply-sent-with-link"  # derived here, not a counter: `reply-sent` minus unlinked categories
+
+
+def _by_outcome(
+    engine: Engine, period: Period, unlinked: frozenset[str]
+) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]]]:
     """Outcome counts per category and per channel, from one scan."""
     categories: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     channels: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -137,6 +143,9 @@ def _by_outcome(engine: Engine, period: Period) -> tuple[dict[str, dict[str, int
     for (category, channel, outcome), count in counts_per_day(engine, period, keys, per_day=False).items():
         categories[str(category)][str(outcome)] += count
         channels[str(channel)][str(outcome)] += count
+        if outcome == "reply-sent" and category not in unlinked:
+            categories[str(category)][REPLY_SENT_WITH_LINK] += count
+            channels[str(channel)][REPLY_SENT_WITH_LINK] += count
     return categories, channels
 
 
@@ -144,10 +153,14 @@ def _ratio(part: int, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
 
 
-def _figures(outcomes: dict[str, int]) -> dict[str, Any]:
+def figures(outcomes: dict[str, int]) -> dict[str, Any]:
+    """The numbers of one group; docs/metrics.md defines each (keep both in step)."""
     received = outcomes.get("received", 0)
     replied = outcomes.get("replied", 0)
     sent = outcomes.get("reply-sent", 0)
+    with_link = outcomes.get(REPLY_SENT_WITH_LINK, 0)
+    # clamped although the counters cannot exceed it (services/store/cohort.py): a share is never above 100 %
+    clicked = min(outcomes.get(REPLY_CLICKED, 0), with_link)
     return {
         "received": received,
         "replied": replied,
@@ -164,39 +177,67 @@ def _figures(outcomes: dict[str, int]) -> dict[str, Any]:
         "repeat_30d": outcomes.get("repeat-30d", 0),
         "repeat_rate_7d": _ratio(outcomes.get("repeat-7d", 0), replied),
         "repeat_rate_30d": _ratio(outcomes.get("repeat-30d", 0), replied),
+        "replies_with_link": with_link,
+        "replies_clicked": clicked,
+        "click_through": _ratio(clicked, with_link),
+        "links_opened": outcomes.get(LINK_OPENED, 0),
         "clicks": outcomes.get("click", 0),
-        "unique_clicks": outcomes.get("click-unique", 0),
-        "click_through": _ratio(outcomes.get("click-unique", 0), sent),
     }
 
 
-def summary(engine: Engine, period: Period) -> dict[str, Any]:
-    by_category, by_channel = _by_outcome(engine, period)
+PER_DAY_FIELDS = ("received_per_day", "received_per_working_day")
+
+
+def working_days(period: Period) -> list[date]:
+    """Monday to Friday in the period (public holidays are not known here)."""
+    return [day for day in (period.start + timedelta(days=i) for i in range(period.days)) if day.weekday() < 5]
+
+
+def summary(engine: Engine, period: Period, unlinked: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The numbers of docs/metrics.md; `unlinked`: categories whose replies carry no link (no click-through)."""
+    by_category, by_channel = _by_outcome(engine, period, unlinked)
     # every counter row has a category (SMTP rejections "(none)"), so the totals are the categories' sums
     overall: dict[str, int] = defaultdict(int)
     for outcomes in by_category.values():
         for outcome, total in outcomes.items():
             overall[outcome] += total
-    figures = _figures(overall)
-    figures["period"] = {"from": period.start.isoformat(), "to": period.end.isoformat(), "days": period.days}
-    figures["received_per_day"] = round(figures["received"] / period.days, 2)
-    figures["suppressed_by_reason"] = {
+    result = figures(overall)
+    result["period"] = {"from": period.start.isoformat(), "to": period.end.isoformat(), "days": period.days}
+    workdays = set(working_days(period))
+    daily = counts_per_day(engine, period, ("category", "channel"), outcome="received")
+    on_workdays: dict[tuple[str, str], int] = defaultdict(int)
+    for (day, category, channel), count in daily.items():
+        if day in workdays:
+            on_workdays[("category", str(category))] += count
+            on_workdays[("channel", str(channel))] += count
+            on_workdays[("all", "all")] += count
+
+    def per_day(group: dict[str, Any], key: tuple[str, str]) -> None:
+        group["received_per_day"] = round(group["received"] / period.days, 2)
+        group["received_per_working_day"] = round(on_workdays[key] / len(workdays), 2) if workdays else None
+
+    per_day(result, ("all", "all"))
+    result["working_days"] = len(workdays)
+    result["suppressed_by_reason"] = {
         o.split(":", 1)[1]: n for o, n in sorted(overall.items()) if o.startswith("suppressed:")
     }
-    figures["rejected_at_smtp"] = {
+    result["rejected_at_smtp"] = {
         o.split(":", 1)[1]: n for o, n in sorted(overall.items()) if o.startswith("rejected:")
     }
-    figures["by_category"] = {
-        name: _figures(outcomes) for name, outcomes in sorted(by_category.items()) if not name.startswith("(")
+    result["by_category"] = {
+        name: figures(outcomes) for name, outcomes in sorted(by_category.items()) if not name.startswith("(")
     }
-    figures["by_channel"] = {
-        name: _figures(outcomes) for name, outcomes in sorted(by_channel.items()) if not name.startswith("(")
+    result["by_channel"] = {
+        name: figures(outcomes) for name, outcomes in sorted(by_channel.items()) if not name.startswith("(")
     }
-    return figures
+    for by in ("category", "channel"):
+        for name, group in result[f"by_{by}"].items():
+            per_day(group, (by, name))
+    return result
 
 
-def compare(engine: Engine, before: Period, after: Period) -> dict[str, Any]:
-    first, second = summary(engine, before), summary(engine, after)
+def compare(engine: Engine, before: Period, after: Period, unlinked: frozenset[str] = frozenset()) -> dict[str, Any]:
+    first, second = summary(engine, before, unlinked), summary(engine, after, unlinked)
 
     def change(key: str) -> float | None:
         a, b = first[key], second[key]
@@ -209,6 +250,16 @@ def compare(engine: Engine, before: Period, after: Period) -> dict[str, Any]:
         "after": second,
         "change": {
             key: change(key)
-            for key in ("received_per_day", "reply_rate", "repeat_rate_7d", "repeat_rate_30d", "click_through")
+            for key in (
+                "received",
+                "received_per_day",
+                "received_per_working_day",
+                "replied",
+                "reply_rate",
+                "replies_sent",
+                "repeat_rate_7d",
+                "repeat_rate_30d",
+                "click_through",
+            )
         },
     }

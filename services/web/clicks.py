@@ -1,4 +1,5 @@
-"""GET /r/<token>: redirect to the channel's current URL at once; the click is counted later, in batches."""
+"""GET /r/<token>: redirect to the channel's current URL at once; the click (and, once, its reply's cohort) is
+counted later, in batches."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from sqlmodel import col
 from services.classify.reload import RuleSetHolder
 from services.links import read_token
 from services.metrics import PROCESS_REGISTRY
+from services.store.cohort import count_first_open
 from services.store.db import session_scope
 from services.store.models import Decision, LinkClick, Message, utcnow
 from services.store.queries import bump_counter
@@ -57,9 +59,15 @@ def record_clicks(engine: Engine, clicks: list[Click]) -> None:
     with session_scope(engine) as session:
         ids = sorted({click.message_id for click in clicks})
         facts = {
-            message_id: (category, mailbox)
-            for message_id, category, mailbox in session.execute(
-                select(col(Decision.message_id), col(Decision.category), col(Message.mailbox))
+            message_id: (category, mailbox, reply_channel, received_at)
+            for message_id, category, mailbox, reply_channel, received_at in session.execute(
+                select(
+                    col(Decision.message_id),
+                    col(Decision.category),
+                    col(Message.mailbox),
+                    col(Decision.channel),
+                    col(Message.received_at),
+                )
                 .join(Message, col(Message.id) == col(Decision.message_id))
                 .where(col(Decision.message_id).in_(ids))
             )
@@ -68,7 +76,7 @@ def record_clicks(engine: Engine, clicks: list[Click]) -> None:
             click, count = first[token], per_token[token]
             if click.message_id not in facts:
                 continue  # purged or never decided: nothing to count it under
-            category, mailbox = facts[click.message_id]
+            category, mailbox, reply_channel, received_at = facts[click.message_id]
             values = {
                 "token": token[:64],
                 "message_id": click.message_id,
@@ -82,6 +90,15 @@ def record_clicks(engine: Engine, clicks: list[Click]) -> None:
             ).first()
             if created is not None:
                 unique = 1
+                count_first_open(
+                    session,
+                    message_id=click.message_id,
+                    received_at=received_at,
+                    mailbox=mailbox,
+                    category=category,
+                    reply_channel=reply_channel,
+                    link_channel=click.channel,
+                )
             else:
                 session.execute(
                     update(_LINKS).where(_LINKS.c.token == token[:64]).values(clicks=_LINKS.c.clicks + count)

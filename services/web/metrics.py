@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
 from arq.connections import ArqRedis
@@ -17,9 +20,13 @@ from sqlmodel import Session, col
 from services import queue
 from services.classify.reload import RuleSetHolder
 from services.metrics import PROCESS_REGISTRY
+from services.store import reports
+from services.store.cohort import LINK_OPENED, REPLY_CLICKED
 from services.store.models import Counter
+from services.web.replylinks import unlinked_categories
 
 CACHE_SECONDS = 10.0
+COHORT_DAYS = 30
 
 
 class RollupCollector(Collector):
@@ -68,6 +75,16 @@ class RollupCollector(Collector):
         unique = CounterMetricFamily(
             "channelshift_unique_clicks", "Reply links clicked at least once.", labels=["category", "channel"]
         )
+        replies_clicked = CounterMetricFamily(
+            "channelshift_replies_clicked",
+            "Sent replies with at least one link opened, by the reply's category and channel.",
+            labels=["category", "channel"],
+        )
+        links_opened = CounterMetricFamily(
+            "channelshift_links_opened",
+            "Reply links opened at least once, by the reply's category and the channel clicked.",
+            labels=["category", "channel"],
+        )
         repeat = CounterMetricFamily(
             "channelshift_repeat_senders",
             "Steering replies followed by another e-mail from the same sender.",
@@ -103,6 +120,10 @@ class RollupCollector(Collector):
                 add("clicks", category, channel, value=count)
             elif outcome == "click-unique":
                 add("unique", category, channel, value=count)
+            elif outcome == REPLY_CLICKED:
+                add("replies_clicked", category, channel, value=count)
+            elif outcome == LINK_OPENED:
+                add("links_opened", category, channel, value=count)
             elif outcome.startswith("repeat-"):
                 add("repeat", outcome.split("-", 1)[1], value=count)
         families = {
@@ -115,11 +136,61 @@ class RollupCollector(Collector):
             "rejected": rejected,
             "clicks": clicks,
             "unique": unique,
+            "replies_clicked": replies_clicked,
+            "links_opened": links_opened,
             "repeat": repeat,
         }
         for (metric, *labels), value in sorted(sums.items()):
             families[metric].add_metric(labels, value)
         yield from families.values()
+
+
+class CohortCollector(Collector):
+    """Click-through and repeat-sender rates of the last 30 days' replies, exactly as /api/v1/summary has them.
+
+    Gauges, not counters: a cohort share cannot be derived from counter increases (a click is counted when it
+    happens, its reply when it was sent), so Grafana reads the share the API computes.
+    """
+
+    def __init__(self, engine: Engine, rules: RuleSetHolder) -> None:
+        self.engine = engine
+        self.rules = rules
+        self._summary: dict[str, Any] | None = None
+        self._cached_at = 0.0
+
+    def refresh(self) -> None:
+        if self._summary is not None and time.monotonic() - self._cached_at < CACHE_SECONDS:
+            return
+        zone = ZoneInfo(self.rules.current.settings.timezone)
+        today = datetime.now(zone).date()
+        period = reports.Period(today - timedelta(days=COHORT_DAYS - 1), today, zone)
+        unlinked = unlinked_categories(self.rules.current, self.rules.templates_dir)
+        self._summary = reports.summary(self.engine, period, unlinked)
+        self._cached_at = time.monotonic()
+
+    def collect(self) -> Iterable[Metric]:
+        clicks = GaugeMetricFamily(
+            "channelshift_click_through_ratio",
+            f"Share of the replies to mails of the last {COHORT_DAYS} days with a link opened (docs/metrics.md).",
+            labels=["by", "name"],
+        )
+        repeat = GaugeMetricFamily(
+            "channelshift_repeat_rate_ratio",
+            f"Share of the steering replies of the last {COHORT_DAYS} days followed by another e-mail.",
+            labels=["window"],
+        )
+        summary = self._summary or {}
+        if summary.get("click_through") is not None:
+            clicks.add_metric(["all", "all"], summary["click_through"])
+        for by in ("category", "channel"):
+            for name, figures in summary.get(f"by_{by}", {}).items():
+                if figures["click_through"] is not None:
+                    clicks.add_metric([by, name], figures["click_through"])
+        for window in ("7d", "30d"):
+            if summary.get(f"repeat_rate_{window}") is not None:
+                repeat.add_metric([window], summary[f"repeat_rate_{window}"])
+        yield clicks
+        yield repeat
 
 
 class RulesCollector(Collector):
@@ -160,9 +231,11 @@ class MetricsEndpoint:
     def __init__(self, engine: Engine, rules: RuleSetHolder, redis: ArqRedis) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.rollup = RollupCollector(engine)
+        self.cohort = CohortCollector(engine, rules)
         self.queue = QueueCollector()
         self.redis = redis
         self.registry.register(self.rollup)
+        self.registry.register(self.cohort)
         self.registry.register(RulesCollector(rules))
         self.registry.register(self.queue)
 
@@ -172,5 +245,6 @@ class MetricsEndpoint:
         except Exception:
             self.queue.depth = None
         await asyncio.to_thread(self.rollup.refresh)
+        await asyncio.to_thread(self.cohort.refresh)
         body = generate_latest(self.registry) + generate_latest(PROCESS_REGISTRY)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -44,6 +44,8 @@ _FIGURES = {
         name: {"type": ["number", "null"]}
         for name in (
             "received",
+            "received_per_day",
+            "received_per_working_day",
             "replied",
             "reply_rate",
             "suppressed",
@@ -51,17 +53,41 @@ _FIGURES = {
             "held",
             "replies_sent",
             "replies_failed",
+            "replies_uncertain",
             "delivered",
             "deliveries_failed",
             "repeat_7d",
             "repeat_30d",
             "repeat_rate_7d",
             "repeat_rate_30d",
-            "clicks",
-            "unique_clicks",
+            "replies_with_link",
+            "replies_clicked",
             "click_through",
+            "links_opened",
+            "clicks",
         )
     },
+    "description": "one group's numbers; docs/metrics.md gives the formula of each (shares are 0..1 or null)",
+}
+_SUMMARY = {
+    "allOf": [
+        {"$ref": "#/components/schemas/Figures"},
+        {
+            "type": "object",
+            "properties": {
+                "period": {"type": "object"},
+                "working_days": {"type": "integer"},
+                "suppressed_by_reason": {"type": "object", "additionalProperties": {"type": "integer"}},
+                "rejected_at_smtp": {"type": "object", "additionalProperties": {"type": "integer"}},
+                "by_category": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/Figures"}},
+                "by_channel": {
+                    "type": "object",
+                    "description": "by the channel the reply steered to; links_opened by the channel clicked",
+                    "additionalProperties": {"$ref": "#/components/schemas/Figures"},
+                },
+            },
+        },
+    ]
 }
 
 OPENAPI: dict[str, Any] = {
@@ -73,7 +99,7 @@ OPENAPI: dict[str, Any] = {
     },
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        "schemas": {"Error": _ERROR, "Figures": _FIGURES},
+        "schemas": {"Error": _ERROR, "Figures": _FIGURES, "Summary": _SUMMARY},
     },
     "security": [{"bearer": []}],
     "paths": {
@@ -171,10 +197,20 @@ OPENAPI: dict[str, Any] = {
                 "responses": {
                     "200": {
                         "description": "summary",
-                        "content": {
-                            "application/json": {"schema": {"allOf": [{"$ref": "#/components/schemas/Figures"}]}}
-                        },
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Summary"}}},
                     },
+                    **_RESPONSES_COMMON,
+                },
+            }
+        },
+        "/api/v1/summary.csv": {
+            "get": {
+                "summary": "The summary as CSV: one row for all mail, one per category and per channel",
+                "description": "columns: from, to, by (all|category|channel), key, then the Figures fields "
+                "received .. repeat_rate_30d (empty for a share without denominator)",
+                "parameters": _PERIOD,
+                "responses": {
+                    "200": {"description": "CSV", "content": {"text/csv": {"schema": {"type": "string"}}}},
                     **_RESPONSES_COMMON,
                 },
             }
@@ -182,6 +218,7 @@ OPENAPI: dict[str, Any] = {
         "/api/v1/compare": {
             "get": {
                 "summary": "Two periods side by side (before/after a reachability change) with relative change",
+                "description": "Without dates: from settings.cutover to today, against as many days before it.",
                 "parameters": [
                     _query("before_from", "first day of the first period"),
                     _query("before_to", "last day, inclusive"),
@@ -196,9 +233,13 @@ OPENAPI: dict[str, Any] = {
                                 "schema": {
                                     "type": "object",
                                     "properties": {
-                                        "before": {"type": "object"},
-                                        "after": {"type": "object"},
-                                        "change": {"type": "object"},
+                                        "before": {"$ref": "#/components/schemas/Summary"},
+                                        "after": {"$ref": "#/components/schemas/Summary"},
+                                        "change": {
+                                            "type": "object",
+                                            "description": "(after - before) / before; null if before is 0",
+                                            "additionalProperties": {"type": ["number", "null"]},
+                                        },
                                     },
                                 }
                             }
