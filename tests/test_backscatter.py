@@ -106,10 +106,15 @@ async def test_only_the_topmost_trusted_results_count(make_pipeline: PipelineFac
 
 
 async def test_per_domain_cap_holds_under_300_forged_senders(make_pipeline: PipelineFactory) -> None:
-    pipeline = await make_pipeline()  # no trusted ids: nobody is authenticated, every reply counts
+    """A victim domain without SPF, DKIM or DMARC records: nothing fails, nothing authenticates."""
+    pipeline = await make_pipeline(trusted_authserv_ids=MX)
     cap = pipeline.settings.reply_domain_daily_cap
+    results = f"Authentication-Results: {MX}; spf=none smtp.mailfrom=victim.example; dkim=none; dmarc=none"
     mails = [
-        (f"user{n}@victim.example", make_mail(subject=QUESTION[0], body=QUESTION[1], sender=f"user{n}@victim.example"))
+        (
+            f"user{n}@victim.example",
+            with_headers(make_mail(subject=QUESTION[0], body=QUESTION[1], sender=f"user{n}@victim.example"), results),
+        )
         for n in range(300)
     ]
     await asyncio.to_thread(_send_many, pipeline.smtp_port, mails)
@@ -155,6 +160,18 @@ async def test_authenticated_senders_are_not_domain_capped(make_pipeline: Pipeli
     assert [r for r in replied if r.startswith("signed")] == [f"signed{n}@example.org" for n in range(4)]
     assert len([r for r in replied if r.startswith("plain")]) == 2
     assert len(pipeline.delivery.received) == 8
+
+
+async def test_without_authentication_results_no_domain_is_capped(make_pipeline: PipelineFactory) -> None:
+    """reply_auth off: nothing can authenticate, so a cap would hit every citizen of a big mail provider."""
+    pipeline = await make_pipeline(reply_domain_daily_cap=2)
+    mails = [
+        (f"c{n}@example.org", make_mail(subject=QUESTION[0], body=QUESTION[1], sender=f"c{n}@example.org"))
+        for n in range(4)
+    ]
+    await asyncio.to_thread(_send_many, pipeline.smtp_port, mails)
+    await pipeline.work()
+    assert len(pipeline.relay.received) == 4
 
 
 @pytest.mark.parametrize(

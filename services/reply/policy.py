@@ -61,9 +61,13 @@ def sender_authentication(mail: InboundMail, config: PolicyConfig) -> SenderAuth
     return auth
 
 
-def authenticated(auth: SenderAuthentication, config: PolicyConfig) -> bool:
-    """A reply to this sender is authenticated (not counted in the per-domain cap) only with an aligned pass."""
-    return config.reply_auth != "off" and auth.aligned_pass
+def domain_capped(auth: SenderAuthentication, config: PolicyConfig) -> bool:
+    """Whether a reply counts against the per-domain daily cap: its sender's domain did not authenticate.
+
+    Only where results are read: with `off` nothing could ever authenticate, and a cap on every domain would
+    stop replies to the big mail providers most citizens write from after 20 a day.
+    """
+    return config.reply_auth != "off" and not auth.aligned_pass
 
 
 def reply_identity(address: str) -> str:

@@ -16,7 +16,7 @@ from services.mail import parse_mail
 from services.pseudonym import pseudonymize
 from services.reply.compose import threading_headers
 from services.reply.policy import (
-    authenticated,
+    domain_capped,
     reply_domain,
     reply_identity,
     sender_authentication,
@@ -133,7 +133,7 @@ def classify_message(deps: Deps, message: Message) -> Classified:
     key = deps.settings.effective_pseudonym_key
     auth = sender_authentication(mail, deps.policy)
     domain_pseudonym = None
-    if envelope_from and not authenticated(auth, deps.policy):
+    if envelope_from and domain_capped(auth, deps.policy):
         domain_pseudonym = pseudonymize("@" + reply_domain(envelope_from), key)
     in_reply_to, references = threading_headers(mail)
     return Classified(
