@@ -198,10 +198,13 @@ def test_reply_auth_defaults_to_not_failed_only_with_trusted_ids(monkeypatch: py
     monkeypatch.setenv("CHANNELSHIFT_TRUSTED_AUTHSERV_IDS", f" {MX.upper()} , mx02.example ")
     settings = Settings()
     assert settings.trusted_authserv_id_list == (MX, "mx02.example")
-    config = policy_config(None, 5.0, settings.trusted_authserv_id_list, settings.reply_auth)
+    config = policy_config(settings)
     assert config.reply_auth == "not-failed" and config.trusted_authserv_ids == (MX, "mx02.example")
-    assert policy_config(None, 5.0, (), None).reply_auth == "off"
-    assert policy_config(None, 5.0, (MX,), "aligned").reply_auth == "aligned"
+    monkeypatch.setenv("CHANNELSHIFT_REPLY_AUTH", "aligned")
+    assert policy_config(Settings()).reply_auth == "aligned"
+    monkeypatch.delenv("CHANNELSHIFT_REPLY_AUTH")
+    monkeypatch.delenv("CHANNELSHIFT_TRUSTED_AUTHSERV_IDS")
+    assert policy_config(Settings()).reply_auth == "off"
 
 
 def test_reply_key_folds_case_and_plus_addressing() -> None:

@@ -9,6 +9,7 @@ from typing import Literal
 import structlog
 
 from services.classify.engine import RuleSet
+from services.config import Settings
 from services.mail import AUTOMATED_LOCALPART, InboundMail
 from services.reply.authentication import (
     SenderAuthentication,
@@ -32,23 +33,18 @@ class PolicyConfig:
     reply_auth: ReplyAuth = "off"
 
 
-def policy_config(
-    spam_score_header: str | None,
-    spam_score_threshold: float,
-    trusted_authserv_ids: tuple[str, ...],
-    reply_auth: ReplyAuth | None,
-) -> PolicyConfig:
-    """The policy of a process; without trusted ids nothing tells forged senders apart, which start-up says."""
-    ids = tuple(item.strip().lower() for item in trusted_authserv_ids if item.strip())
-    mode: ReplyAuth = reply_auth or ("not-failed" if ids else "off")
-    if mode != "off" and not ids:
+def policy_config(settings: Settings, *, warn: bool = True) -> PolicyConfig:
+    """The policy a process applies; `warn` at start-up: without trusted ids nothing tells forged senders apart."""
+    ids = settings.trusted_authserv_id_list
+    mode: ReplyAuth = settings.reply_auth or ("not-failed" if ids else "off")
+    if warn and mode != "off" and not ids:
         log.warning("policy.reply_auth_without_trusted_ids", reply_auth=mode)
-    if mode == "off":
+    if warn and mode == "off":
         log.warning(
             "policy.reply_auth_off",
             hint="set CHANNELSHIFT_TRUSTED_AUTHSERV_IDS: forged senders get replies (backscatter)",
         )
-    return PolicyConfig(spam_score_header, spam_score_threshold, ids, mode)
+    return PolicyConfig(settings.spam_score_header, settings.spam_score_threshold, ids, mode)
 
 
 def sender_authentication(mail: InboundMail, config: PolicyConfig) -> SenderAuthentication:

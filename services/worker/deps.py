@@ -63,11 +63,6 @@ class Deps:
             renderer=ReplyRenderer(settings.templates_dir),
             reply_sender=make_sender(settings.relay_url, settings.outbox_dir),
             delivery_sender=make_sender(settings.delivery_url, settings.delivered_dir),
-            policy=policy_config(
-                settings.spam_score_header,
-                settings.spam_score_threshold,
-                settings.trusted_authserv_id_list,
-                settings.reply_auth,
-            ),
+            policy=policy_config(settings, warn=with_model),  # warned once, by the processes that decide
             batcher=TransactionBatcher(engine),
         )
