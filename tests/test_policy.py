@@ -144,9 +144,25 @@ def test_the_topmost_trusted_result_of_a_method_wins() -> None:
 
 
 def test_an_unreadable_trusted_header_says_nothing() -> None:
-    mail = _authenticated_mail(f"{MX}; dmarc=pass header.from=example.org garbage ;;; (", f"{MX}; spf=fail")
+    mail = _authenticated_mail(f"{MX}; ((( garbage", f"{MX}; spf=fail")
     auth = read_authentication(mail, [MX])
     assert [(r.method, r.result) for r in auth.results] == [("spf", "fail")]
+    assert (auth.trusted_headers, auth.ignored_headers) == (1, 1)
+
+
+def test_results_authres_refuses_are_read_leniently() -> None:
+    """Exchange Online writes properties RFC 8601 does not define (`action=none`); authres refuses the header."""
+    value = (
+        f"{MX}; spf=pass (sender IP is 192.0.2.1) smtp.mailfrom=example.org; dkim=pass (signature was verified)"
+        " header.d=example.org;dmarc=pass action=none header.from=example.org;compauth=pass reason=100"
+    )
+    auth = read_authentication(_authenticated_mail(value), [MX])
+    assert [(r.method, r.result, r.domain) for r in auth.results] == [
+        ("spf", "pass", "example.org"),
+        ("dkim", "pass", "example.org"),
+        ("dmarc", "pass", "example.org"),
+    ]
+    assert auth.aligned_pass
 
 
 def test_organisational_domain_alignment() -> None:

@@ -17,6 +17,9 @@ from services.mail import InboundMail
 _AUTHRES = authres.FeatureContext(authres.dmarc)
 _AUTHSERV_ID = re.compile(r"^\s*(?:\([^)]*\)\s*)*([^\s;()]+)")
 _METHODS = ("dmarc", "spf", "dkim")
+_COMMENT = re.compile(r"\([^()]*\)")
+_RESINFO = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*=\s*([A-Za-z0-9_-]+)")
+_PROPERTY = re.compile(r"\b(smtp|header|body|policy)\s*\.\s*([A-Za-z0-9_-]+)\s*=\s*([^\s;]+)", re.IGNORECASE)
 # RFC 7208: softfail is "probably not authorised"; for a reply that could land in a forged victim's mailbox
 # it counts as a failure like fail.
 _SPF_FAILED = frozenset({"fail", "softfail", "hardfail"})
@@ -115,11 +118,33 @@ def _method_result(result: Any) -> MethodResult | None:
     return MethodResult(method, str(getattr(result, "result", "") or "").lower(), domain)
 
 
-def _parse(value: str) -> list[Any] | None:
+def _results(value: str) -> list[MethodResult] | None:
+    """The dmarc/spf/dkim results of one header value; None if it cannot be read at all."""
     try:
-        return list(_AUTHRES.parse_value(value).results)
+        parsed = _AUTHRES.parse_value(value).results
     except (authres.AuthResError, ValueError, IndexError, AttributeError, TypeError):
-        return None
+        return _lenient_results(value)
+    return [r for r in map(_method_result, parsed) if r is not None]
+
+
+def _lenient_results(value: str) -> list[MethodResult] | None:
+    """For what authres refuses but MTAs write, e.g. Exchange Online's `dmarc=pass action=none header.from=x`."""
+    text = _COMMENT.sub(" ", value)
+    found: list[MethodResult] = []
+    for resinfo in text.split(";")[1:]:
+        head = _RESINFO.match(resinfo)
+        if head is None:
+            continue
+        method, result = head.group(1).lower(), head.group(2).lower()
+        if method not in _METHODS:
+            continue
+        props = {(t.lower(), n.lower()): v for t, n, v in _PROPERTY.findall(resinfo)}
+        key = {"dmarc": [("header", "from")], "spf": [("smtp", "mailfrom")]}.get(
+            method, [("header", "d"), ("header", "i")]
+        )
+        domain = next((_domain_of(props[k]) for k in key if k in props), "")
+        found.append(MethodResult(method, result, domain))
+    return found or None
 
 
 def read_authentication(mail: InboundMail, trusted_ids: Iterable[str]) -> SenderAuthentication:
@@ -138,11 +163,10 @@ def read_authentication(mail: InboundMail, trusted_ids: Iterable[str]) -> Sender
     for value in values:
         if _authserv_id(value) not in trusted:
             return SenderAuthentication(from_domain, tuple(results), used, len(values) - used)
-        parsed = _parse(value)
-        if parsed is None:
+        found = _results(value)
+        if found is None:
             continue  # unreadable: it says nothing we could believe; the instances below are still ours
         used += 1
-        found = [r for r in map(_method_result, parsed) if r is not None]
         new_methods = {r.method for r in found} - seen_methods
         results.extend(r for r in found if r.method in new_methods)
         seen_methods |= new_methods
