@@ -251,3 +251,14 @@ def test_held_mail_is_delivered_to_the_postmaster_target_or_staff() -> None:
     with_postmaster = RULESET.settings.model_copy(update={"targets": {"staff": None, "postmaster": "pm@x.example"}})
     assert with_postmaster.delivery_target(held) == "postmaster"
     assert with_postmaster.delivery_target(RULESET.rules[1].rule.then) == "staff"
+
+
+def test_start_up_warns_when_forged_senders_would_get_replies() -> None:
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:
+        policy_config(Settings(trusted_authserv_ids=""))
+        policy_config(Settings(trusted_authserv_ids=MX))
+        policy_config(Settings(trusted_authserv_ids="", reply_auth="aligned"))
+        policy_config(Settings(trusted_authserv_ids=""), warn=False)
+    assert [entry["event"] for entry in logs] == ["policy.reply_auth_off", "policy.reply_auth_without_trusted_ids"]
