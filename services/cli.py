@@ -123,7 +123,7 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 
 def cmd_rules_explain(args: argparse.Namespace) -> int:
     from services.classify.explain import explain, format_explain
-    from services.reply.policy import PolicyConfig
+    from services.reply.policy import policy_config
 
     settings = _settings()
     ruleset = _ruleset(settings, args.rules)
@@ -132,7 +132,7 @@ def cmd_rules_explain(args: argparse.Namespace) -> int:
         Path(args.file).read_bytes(),
         mail_from=args.sender,
         rcpt_to=args.to,
-        policy=PolicyConfig(settings.spam_score_header, settings.spam_score_threshold),
+        policy=policy_config(settings, warn=False),  # the worker's policy, so explain cannot disagree
     )
     print(json.dumps(result, ensure_ascii=False, indent=2) if args.json else format_explain(result))
     return 0

@@ -6,6 +6,7 @@ import ipaddress
 import secrets
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -87,6 +88,15 @@ class Settings(BaseSettings):
         default=None, description="e.g. X-Spam-Score; replies suppressed when the score reaches spam_score_threshold"
     )
     spam_score_threshold: float = 5.0
+    trusted_authserv_ids: str = Field(
+        default="", description="comma-separated authserv-ids whose Authentication-Results are believed (our MX)"
+    )
+    reply_auth: Literal["aligned", "not-failed", "off"] | None = Field(
+        default=None, description="aligned | not-failed | off; unset = not-failed with trusted ids, else off"
+    )
+    reply_domain_daily_cap: int = Field(
+        default=20, ge=0, description="unauthenticated replies per sender (organisational) domain per day"
+    )
     log_format: str = Field(default="auto", description="auto | json | console")
     log_level: str = "INFO"
     corpus_dir: Path | None = Field(default=None, description="../shared/corpus for corpus tests")
@@ -145,6 +155,10 @@ class Settings(BaseSettings):
         if url.startswith("postgresql://") or url.startswith("postgres://"):
             url = "postgresql+psycopg://" + url.split("://", 1)[1]
         return url
+
+    @property
+    def trusted_authserv_id_list(self) -> tuple[str, ...]:
+        return tuple(item.strip().lower() for item in self.trusted_authserv_ids.split(",") if item.strip())
 
     @property
     def effective_model_cache_dir(self) -> Path:

@@ -113,8 +113,33 @@ class InboundMail:
 
 
 # Signals of mail that only machines write about other mail: delivery, read and feedback reports and bounces.
-# Such mail is held for the postmaster report; any other automated signal still lets a citizen's words through.
+# Their text is the machine's, so the safety rules do not read it; any other automated signal still lets a
+# citizen's words through.
 MACHINE_REPORT_SIGNALS = frozenset({"report", "bounce"})
+# Mail that no citizen wrote to us: machine reports, and list traffic written to a list we are subscribed to.
+# Only this is held (handed to the postmaster target); every other automated mail goes to staff, unanswered.
+HELD_SIGNALS = MACHINE_REPORT_SIGNALS | {"list-traffic"}
+# Every signal _automated_signals can give; rule files may name them (`automated: [report, bounce]`).
+AUTOMATED_SIGNALS = frozenset(
+    {
+        "auto-submitted",
+        "mailing-list",
+        "list-traffic",
+        "precedence",
+        "auto-response-suppress",
+        "autoreply-header",
+        "vacation",
+        "loop",
+        "no-ack",
+        "feedback-id",
+        "spam",
+        "report",
+        "automated-sender",
+        "bounce",
+        "system-subject",
+        "autoreply-subject",
+    }
+)
 
 
 def is_machine_report(mail: InboundMail) -> bool:
@@ -350,41 +375,86 @@ def _filename(part: Message) -> str | None:
     return decode_header_value(name)[:255] if name else None
 
 
+# Rspamd's actions that mean "this is spam"; "no action", "greylist" and "soft reject" do not.
+_RSPAMD_SPAM_ACTIONS = frozenset({"reject", "add header", "add_header", "rewrite subject", "rewrite_subject"})
+_LIST_HEADERS = (
+    "list-id",
+    "list-help",
+    "list-subscribe",
+    "list-unsubscribe",
+    "list-post",
+    "list-owner",
+    "list-archive",
+)
+_MAILTO = re.compile(r"<\s*mailto:([^>?\s]+)", re.IGNORECASE)
+_LIST_ID = re.compile(r"<([^<>@\s]+)>")
+
+
+def _is_spam_verdict(mail_headers: dict[str, list[str]]) -> bool:
+    """A verdict of SpamAssassin, Rspamd or any filter writing X-Spam-Flag; one spam instance is enough.
+
+    A forged header can only make a mail lose its reply, never gain one, so every instance counts.
+    """
+    if any(v.strip().lower().startswith("yes") for v in mail_headers.get("x-spam-flag", [])):
+        return True
+    # SpamAssassin: "Yes, score=15.2 required=5.0 tests=..."
+    if any(v.strip().lower().startswith("yes") for v in mail_headers.get("x-spam-status", [])):
+        return True
+    # Rspamd: "default: True [15.20 / 15.00]; SYMBOL(1.0)[...]"
+    if any(re.match(r"\s*default\s*:\s*true\b", v, re.IGNORECASE) for v in mail_headers.get("x-spamd-result", [])):
+        return True
+    return any(" ".join(v.lower().split()) in _RSPAMD_SPAM_ACTIONS for v in mail_headers.get("x-rspamd-action", []))
+
+
+def _list_addresses(mail_headers: dict[str, list[str]]) -> set[str]:
+    """The posting address of a list: List-Post's mailto, and List-Id's <name.host> read as name@host."""
+    found = {m.lower() for v in mail_headers.get("list-post", []) for m in _MAILTO.findall(v)}
+    for value in mail_headers.get("list-id", []):
+        for list_id in _LIST_ID.findall(value):
+            name, _, host = list_id.lower().partition(".")
+            if name and "." in host:
+                found.add(f"{name}@{host}")
+    return found
+
+
 def _automated_signals(
-    mail_headers: dict[str, list[str]], content_type: str, from_address: str, subject: str, part_types: set[str]
+    mail_headers: dict[str, list[str]],
+    content_type: str,
+    from_address: str,
+    subject: str,
+    part_types: set[str],
+    addressed_to: tuple[str, ...] = (),
 ) -> tuple[str, ...]:
+    """Every instance of a header is read: one instance saying "automated" wins over any number saying "no"."""
     signals: list[str] = []
 
-    def first(name: str) -> str:
-        values = mail_headers.get(name)
-        return values[0].strip().lower() if values else ""
+    def values(name: str) -> list[str]:
+        return [value.strip().lower() for value in mail_headers.get(name, [])]
 
-    auto_submitted = first("auto-submitted")
-    if auto_submitted and not auto_submitted.startswith("no"):
+    if any(value and not value.startswith("no") for value in values("auto-submitted")):
         signals.append("auto-submitted")
-    if any(
-        name in mail_headers
-        for name in (
-            "list-id",
-            "list-help",
-            "list-subscribe",
-            "list-unsubscribe",
-            "list-post",
-            "list-owner",
-            "list-archive",
-        )
-    ):
+    if any(name in mail_headers for name in _LIST_HEADERS):
         signals.append("mailing-list")
-    if first("precedence") in ("bulk", "junk", "list", "auto_reply"):
+        list_addresses = _list_addresses(mail_headers)
+        if list_addresses and list_addresses.intersection(addressed_to):
+            # written to the list, not to us: no citizen content addressed to the agency
+            signals.append("list-traffic")
+    if any(value in ("bulk", "junk", "list", "auto_reply") for value in values("precedence")):
         signals.append("precedence")
-    suppress = first("x-auto-response-suppress")
-    if any(token in suppress for token in ("all", "oof", "autoreply")):
+    if any(token in value for value in values("x-auto-response-suppress") for token in ("all", "oof", "autoreply")):
         signals.append("auto-response-suppress")
     if "x-autoreply" in mail_headers or "x-autorespond" in mail_headers:
         signals.append("autoreply-header")
-    if first("x-apple-action") == "vacation":
+    if "vacation" in values("x-apple-action"):
         signals.append("vacation")
-    if first("x-spam-flag") == "yes":
+    if "x-loop" in mail_headers:
+        # any value: a mail that went round once already; our own replies may carry one
+        signals.append("loop")
+    if "no" in values("x-ack"):
+        signals.append("no-ack")  # Mailman: the sender asked for no acknowledgement
+    if "feedback-id" in mail_headers:
+        signals.append("feedback-id")  # bulk senders' feedback-loop id (ESPs, newsletters)
+    if _is_spam_verdict(mail_headers):
         signals.append("spam")
     if content_type == "multipart/report" or part_types & _REPORT_PARTS:
         signals.append("report")
@@ -507,7 +577,9 @@ def _build(message: Message, defects: list[str]) -> InboundMail:
         body_text=body_text,
         own_text=own_words(body_text),
         attachments=tuple(attachments),
-        automated_signals=_automated_signals(by_name, content_type, from_address, subject, part_types),
+        automated_signals=_automated_signals(
+            by_name, content_type, from_address, subject, part_types, (*to_addresses, *cc_addresses)
+        ),
         addressed_to=(*to_addresses, *cc_addresses, *other_recipients)[:MAX_ADDRESSES],
         references=references,
         defects=tuple(dict.fromkeys(defects)),

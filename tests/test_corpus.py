@@ -14,8 +14,10 @@ from services.classify.explain import explain
 from services.classify.loader import load_rules
 from services.config import PROJECT_ROOT
 from services.mail import parse_mail
+from services.reply.policy import PolicyConfig
 
 RULESET = load_rules(PROJECT_ROOT / "routing_rules", PROJECT_ROOT / "templates")
+CORPUS_MX = "mx01.jobcenter-musterstadt.example"  # the authserv-id the citizen mails' Authentication-Results carry
 _SKIP = re.compile(r"(LICENSE|COPYING|SOURCE_COMMIT|README|INDEX)|\.(ref|md|rst|json)$")
 
 
@@ -80,3 +82,32 @@ def test_parser_never_raises(corpus_dir: Path, folder: str) -> None:
         if path.is_file():
             mail = parse_mail(path.read_bytes())
             assert isinstance(mail.own_text, str)
+
+
+@pytest.mark.parametrize("mode", ["not-failed", "aligned"])
+def test_trusting_the_mx_costs_no_citizen_its_reply(corpus_dir: Path, mode: str) -> None:
+    """With the corpus MX's results believed, every citizen mail that is answered without them still is."""
+    directory = corpus_dir / "citizen-mails"
+    with open(directory / "labels.csv", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    policy = PolicyConfig(trusted_authserv_ids=(CORPUS_MX,), reply_auth=mode)  # type: ignore[arg-type]
+    lost = []
+    for row in rows:
+        raw = (directory / row["file"]).read_bytes()
+        if explain(RULESET, raw)["reply"] and not (result := explain(RULESET, raw, policy=policy))["reply"]:
+            lost.append((row["file"], result["suppressed"]))
+    assert sum(row["reply_expected"] == "yes" for row in rows) == 110
+    assert lost == []
+
+
+def test_thirdparty_stays_unanswered_with_authentication_on(corpus_dir: Path) -> None:
+    policy = PolicyConfig(trusted_authserv_ids=("mx.google.com", CORPUS_MX), reply_auth="not-failed")
+    replied = []
+    for path in _thirdparty_files(corpus_dir):
+        raw = path.read_bytes()
+        result = explain(
+            RULESET, raw, mail_from=_envelope_sender(raw), rcpt_to=["info@jobcenter-musterstadt.example"], policy=policy
+        )
+        if result["reply"]:
+            replied.append(str(path.relative_to(corpus_dir)))
+    assert replied == []

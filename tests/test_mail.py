@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -102,6 +103,67 @@ def test_automated_signals() -> None:
         "donotreply@x.org",
     ):
         assert "automated-sender" in signals("", sender=sender), sender
+
+
+def _signals_of(headers: str, to: str = "info@jobcenter-musterstadt.example") -> tuple[str, ...]:
+    raw = f"From: a@example.org\r\nTo: {to}\r\nSubject: Hallo\r\n{headers}\r\nText\r\n".encode()
+    return parse_mail(raw).automated_signals
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        "Auto-Submitted: no\r\nAuto-Submitted: auto-generated\r\n",
+        "Auto-Submitted: auto-generated\r\nAuto-Submitted: no\r\n",
+        "Precedence: first-class\r\nPrecedence: bulk\r\n",
+        "X-Spam-Flag: NO\r\nX-Spam-Flag: YES\r\n",
+        "X-Auto-Response-Suppress: DR\r\nX-Auto-Response-Suppress: All\r\n",
+    ],
+)
+def test_any_instance_saying_automated_wins(headers: str) -> None:
+    assert _signals_of(headers) != ()
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ("X-Loop: info@jobcenter-musterstadt.example\r\n", "loop"),
+        ("X-Loop: \r\n", "loop"),
+        ("X-Ack: no\r\n", "no-ack"),
+        ("Feedback-ID: 1234:campaign:esp\r\n", "feedback-id"),
+        ("X-Spam-Status: Yes, score=15.2 required=5.0 tests=FORGED_MUA\r\n", "spam"),
+        ("X-Spamd-Result: default: True [15.20 / 15.00]; R_SPF_FAIL(1.00)[-all]\r\n", "spam"),
+        ("X-Rspamd-Action: reject\r\n", "spam"),
+        ("X-Rspamd-Action: add header\r\n", "spam"),
+        ("X-Rspamd-Action: rewrite subject\r\n", "spam"),
+    ],
+)
+def test_loop_ack_feedback_and_filter_verdicts(headers: str, expected: str) -> None:
+    assert _signals_of(headers) == (expected,)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        "X-Spam-Status: No, score=1.2 required=5.0\r\n",
+        "X-Spam-Flag: NO\r\n",
+        "X-Spamd-Result: default: False [1.50 / 15.00]; DKIM_VALID(-0.1)[]\r\n",
+        "X-Rspamd-Action: no action\r\n",
+        "X-Rspamd-Action: greylist\r\n",
+        "X-Ack: yes\r\n",
+    ],
+)
+def test_ham_verdicts_are_no_signal(headers: str) -> None:
+    assert _signals_of(headers) == ()
+
+
+def test_list_traffic_is_mail_written_to_the_list_address() -> None:
+    list_headers = "List-Id: SGB II Forum <sgb2-forum.lists.example.net>\r\n"
+    assert _signals_of(list_headers, to="sgb2-forum@lists.example.net") == ("mailing-list", "list-traffic")
+    post = "List-Post: <mailto:forum@lists.example.net>\r\n"
+    assert _signals_of(post, to="Forum <forum@lists.example.net>") == ("mailing-list", "list-traffic")
+    # a newsletter with List-Unsubscribe, written to us: automated, but not list traffic (it is not held)
+    assert _signals_of(list_headers) == ("mailing-list",)
 
 
 RULESET = load_rules(PROJECT_ROOT / "routing_rules", PROJECT_ROOT / "templates")

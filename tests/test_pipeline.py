@@ -203,7 +203,7 @@ async def test_relay_5xx_marks_reply_failed_original_still_delivered(pipeline: P
     assert len(pipeline.delivery.received) == 1
 
 
-async def test_automated_mail_is_held_without_reply(pipeline: Pipeline) -> None:
+async def test_automated_mail_gets_no_reply_but_reaches_staff_flagged(pipeline: Pipeline) -> None:
     data = make_mail(
         subject="Automatische Antwort: Ihr Termin",
         body="Ich bin im Urlaub.",
@@ -211,13 +211,15 @@ async def test_automated_mail_is_held_without_reply(pipeline: Pipeline) -> None:
     )
     await pipeline.send(data)
     await pipeline.work()
-    assert pipeline.relay.received == [] and pipeline.delivery.received == []
+    assert pipeline.relay.received == []
+    [original] = pipeline.delivery.received  # an auto-reply can carry a citizen's words: not held
+    assert original.message["X-Channelshift-Category"] == "automated"
     [stored] = _messages(pipeline)
-    assert stored.state == MessageState.HELD
+    assert stored.state == MessageState.DELIVERED
     with Session(pipeline.deps.engine) as session:
         decision = session.get(Decision, stored.id)
         assert decision is not None and decision.category == "automated"
-        assert decision.suppressed == "auto-submitted"
+        assert decision.suppressed == "auto-submitted" and decision.rule_id == "automated"
 
 
 async def test_null_sender_never_gets_reply(pipeline: Pipeline) -> None:
@@ -317,6 +319,7 @@ async def test_safety_mail_with_an_automated_signal_reaches_staff_without_reply(
 
 
 async def test_a_delivery_report_quoting_an_emergency_is_still_held(pipeline: Pipeline) -> None:
+    """Held, not silent: without a postmaster target it reaches staff flagged automated, not as an emergency."""
     report = make_mail(
         subject="Undelivered Mail Returned to Sender",
         body="This is the mail system. Your message could not be delivered: wir haben nichts zu essen.",
@@ -324,6 +327,11 @@ async def test_a_delivery_report_quoting_an_emergency_is_still_held(pipeline: Pi
     )
     await pipeline.send(report)
     await pipeline.work()
-    assert pipeline.delivery.received == [] and pipeline.relay.received == []
+    assert pipeline.relay.received == []
+    [original] = pipeline.delivery.received
+    assert original.rcpt_tos == [SERVED]
+    assert original.message["X-Channelshift-Category"] == "automated"
+    assert original.message["X-Channelshift-Rule"] == "automated-report"
+    assert original.message["X-Channelshift-Priority"] == "normal"
     [message] = _messages(pipeline)
-    assert message.state == MessageState.HELD
+    assert message.state == MessageState.DELIVERED

@@ -266,6 +266,13 @@ def compile_condition(
         return header_check
     if condition.automated is not None:
         expected = condition.automated
+        if isinstance(expected, list):
+            wanted_signals = frozenset(expected)
+            return lambda facts, trace: trace.record(
+                path + ".automated",
+                not wanted_signals.isdisjoint(facts.mail.automated_signals),
+                ",".join(facts.mail.automated_signals),
+            )
         return lambda facts, trace: trace.record(
             path + ".automated",
             bool(facts.mail.automated_signals) == expected,

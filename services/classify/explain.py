@@ -63,8 +63,9 @@ def explain(
         "suppressed": reason,
         "language": language,
         "priority": action.priority,
-        "deliver": action.deliver,
-        "deliver_to": action.deliver_to if action.deliver else None,
+        "deliver": True,  # held mail (deliver: false) goes to the postmaster target
+        "held": not action.deliver,
+        "deliver_to": ruleset.settings.delivery_target(action),
         "tags": list(action.tags),
         "automated_signals": list(mail.automated_signals),
         "defects": list(mail.defects),

@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
 
 from services.classify.patterns import catastrophic
+from services.mail import AUTOMATED_SIGNALS
 
 PRIORITIES = ("low", "normal", "high", "urgent")
 Language = Literal["de", "en", "uk", "ar", "ru", "tr"]
@@ -20,8 +21,12 @@ LANGUAGES: tuple[Language, ...] = ("de", "en", "uk", "ar", "ru", "tr")
 DetectedLanguage = Literal["de", "en", "uk", "ar", "ru", "tr", "ro", "fa", "pl"]
 
 
+STAFF_TARGET = "staff"
+POSTMASTER_TARGET = "postmaster"
+
+
 def _default_targets() -> dict[str, str | None]:
-    return {"staff": None}
+    return {STAFF_TARGET: None}
 
 
 def _all_languages() -> list[Language]:
@@ -150,9 +155,23 @@ class Condition(_Strict):
     attachments: AttachmentMatch | None = None
     language: list[DetectedLanguage] | None = None
     header: HeaderMatch | None = None
-    automated: bool | None = None
+    automated: bool | list[str] | None = Field(
+        default=None, description="true/false: any automated signal or none; a list: any of these signals"
+    )
     time: TimeMatch | None = None
     always: Literal[True] | None = None
+
+    @field_validator("automated")
+    @classmethod
+    def _known_signals(cls, value: bool | list[str] | None) -> bool | list[str] | None:
+        if isinstance(value, list):
+            unknown = [signal for signal in value if signal not in AUTOMATED_SIGNALS]
+            if unknown or not value:
+                raise ValueError(
+                    f"unknown automated signal(s) {', '.join(unknown) or '(empty list)'}; known: "
+                    + ", ".join(sorted(AUTOMATED_SIGNALS))
+                )
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -172,7 +191,9 @@ class Action(_Strict):
     channel: str
     reply: str | None = Field(default=None, description="reply template name; null = no reply")
     priority: Literal["low", "normal", "high", "urgent"] = "normal"
-    deliver: bool = Field(default=True, description="hand the original on to staff")
+    deliver: bool = Field(
+        default=True, description="hand the original on to staff; false = held: to the postmaster target instead"
+    )
     deliver_to: str = "staff"
     tags: list[str] = Field(default_factory=list)
 
@@ -343,7 +364,8 @@ class RuleSettings(_Strict):
     channels: dict[str, ChannelInfo]
     targets: dict[str, str | None] = Field(
         default_factory=_default_targets,
-        description="deliver_to name -> staff address; null keeps the original recipients",
+        description="deliver_to name -> staff address; null keeps the original recipients. `postmaster` receives"
+        " held mail (rules with deliver: false); without it held mail goes to the staff target",
     )
     timezone: str = "Europe/Berlin"
     holidays: list[date] = Field(default_factory=list, description="local dates every channel with hours is closed")
@@ -368,6 +390,13 @@ class RuleSettings(_Strict):
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown time zone {value!r} (an IANA name such as Europe/Berlin)") from exc
         return value
+
+    def delivery_target(self, action: Action) -> str:
+        """The target an action's original goes to. Held mail is never silent (non-negotiable 1): it goes to
+        the postmaster target, or to staff (flagged `X-Channelshift-Category`) where none is configured."""
+        if action.deliver:
+            return action.deliver_to
+        return POSTMASTER_TARGET if POSTMASTER_TARGET in self.targets else STAFF_TARGET
 
 
 class RuleFile(_Strict):

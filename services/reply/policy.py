@@ -4,21 +4,88 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal
+
+import structlog
 
 from services.classify.engine import RuleSet
+from services.config import Settings
 from services.mail import AUTOMATED_LOCALPART, InboundMail
+from services.reply.authentication import (
+    SenderAuthentication,
+    aligned,
+    organisational_domain,
+    read_authentication,
+)
 
 _ADDRESS = re.compile(r"^[^\s@<>()\[\],;:\"\\]{1,64}@[A-Za-z0-9.-]{1,253}\.[A-Za-z0-9-]{2,63}$")
+
+ReplyAuth = Literal["aligned", "not-failed", "off"]
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
 class PolicyConfig:
     spam_score_header: str | None = None
     spam_score_threshold: float = 5.0
+    # authserv-ids whose Authentication-Results we believe (our own MX's milters), lower case
+    trusted_authserv_ids: tuple[str, ...] = ()
+    reply_auth: ReplyAuth = "off"
+
+
+def policy_config(settings: Settings, *, warn: bool = True) -> PolicyConfig:
+    """The policy a process applies; `warn` at start-up: without trusted ids nothing tells forged senders apart."""
+    ids = settings.trusted_authserv_id_list
+    mode: ReplyAuth = settings.reply_auth or ("not-failed" if ids else "off")
+    if warn and mode != "off" and not ids:
+        log.warning("policy.reply_auth_without_trusted_ids", reply_auth=mode)
+    if warn and mode == "off":
+        log.warning(
+            "policy.reply_auth_off",
+            hint="set CHANNELSHIFT_TRUSTED_AUTHSERV_IDS: forged senders get replies (backscatter)",
+        )
+    return PolicyConfig(settings.spam_score_header, settings.spam_score_threshold, ids, mode)
+
+
+def sender_authentication(mail: InboundMail, config: PolicyConfig) -> SenderAuthentication:
+    if config.reply_auth == "off":
+        return SenderAuthentication(from_domain="")  # nothing is read, nothing authenticates
+    auth = read_authentication(mail, config.trusted_authserv_ids)
+    if auth.ignored_headers:
+        # counts only: the ids and results of foreign hops can name the sender's provider
+        log.info("policy.authres_ignored", ignored=auth.ignored_headers, trusted=auth.trusted_headers)
+    return auth
+
+
+def domain_capped(auth: SenderAuthentication, config: PolicyConfig) -> bool:
+    """Whether a reply counts against the per-domain daily cap: its sender's domain did not authenticate.
+
+    Only where results are read: with `off` nothing could ever authenticate, and a cap on every domain would
+    stop replies to the big mail providers most citizens write from after 20 a day.
+    """
+    return config.reply_auth != "off" and not auth.aligned_pass
+
+
+def reply_identity(address: str) -> str:
+    """The per-address key of the reply window and cap: case and plus-addressing folded (a+1@x = A@x)."""
+    local, at, domain = address.strip().lower().rpartition("@")
+    if not at:
+        return address.strip().lower()
+    return f"{local.partition('+')[0] or local}@{domain}"
+
+
+def reply_domain(address: str) -> str:
+    """The key of the per-domain cap of unauthenticated replies: the organisational domain of the sender."""
+    return organisational_domain(address.strip().lower().rpartition("@")[2])
 
 
 def suppression_reason(
-    mail: InboundMail, envelope_from: str, envelope_to: tuple[str, ...], ruleset: RuleSet, config: PolicyConfig
+    mail: InboundMail,
+    envelope_from: str,
+    envelope_to: tuple[str, ...],
+    ruleset: RuleSet,
+    config: PolicyConfig,
+    auth: SenderAuthentication | None = None,
 ) -> str | None:
     """The reason not to reply, or None when a reply is allowed (dedup and caps are checked later)."""
     sender = envelope_from.strip().lower()
@@ -48,4 +115,21 @@ def suppression_reason(
             match = re.search(r"-?\d+(?:\.\d+)?", raw_score)
             if match and float(match.group(0)) >= config.spam_score_threshold:
                 return "spam-score"
-    return None
+    return _authentication_reason(mail, sender, config, auth)
+
+
+def _authentication_reason(
+    mail: InboundMail, sender: str, config: PolicyConfig, auth: SenderAuthentication | None
+) -> str | None:
+    """Backscatter: a reply goes to the envelope sender, which anyone can forge; believe only trusted hops."""
+    if config.reply_auth == "off":
+        return None
+    auth = auth or sender_authentication(mail, config)
+    if config.reply_auth == "aligned":
+        if not auth.aligned_pass:
+            return "unauthenticated"
+        # a replayed DKIM-signed mail passes for its From domain whatever envelope sender it is sent with
+        if not aligned(sender.rpartition("@")[2], auth.from_domain):
+            return "unaligned-envelope"
+        return None
+    return "auth-failed" if auth.failed else None

@@ -135,7 +135,10 @@ class ReplyLedger(SQLModel, table=True):
     """
 
     __tablename__ = "reply_ledger"
-    __table_args__ = (Index("ix_reply_ledger_sender_time", "sender_pseudonym", "granted_at"),)
+    __table_args__ = (
+        Index("ix_reply_ledger_sender_time", "sender_pseudonym", "granted_at"),
+        Index("ix_reply_ledger_domain_time", "domain_pseudonym", "granted_at"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     sender_pseudonym: str = Field(max_length=64)
@@ -149,6 +152,8 @@ class ReplyLedger(SQLModel, table=True):
     channel: str = Field(max_length=64)
     repeat_7d: bool = False
     repeat_30d: bool = False
+    # set on replies the sender's domain did not authenticate: the per-domain daily cap counts these
+    domain_pseudonym: str | None = Field(default=None, max_length=64)
 
 
 class LinkClick(SQLModel, table=True):

@@ -217,9 +217,22 @@ def bump_message_counter(session: Session, message: Message, decision: Decision 
 
 
 def reply_allowance(
-    session: Session, pseudonym: str, template: str, now: datetime, window: timedelta, daily_cap: int
+    session: Session,
+    pseudonym: str,
+    template: str,
+    now: datetime,
+    window: timedelta,
+    daily_cap: int,
+    domain_pseudonym: str | None = None,
+    domain_daily_cap: int = 0,
 ) -> str | None:
-    """None if a reply may go out, else the suppression reason (window per template, daily cap per sender)."""
+    """None if a reply may go out, else the suppression reason.
+
+    The window is per template, the daily cap per sender; `pseudonym` is of the folded address (case and
+    plus-addressing, services/reply/policy.py), so `a+1@x` and `A+2@x` share both. An unauthenticated reply
+    (`domain_pseudonym` given) also counts against its domain's daily cap: 300 forged senders at one domain
+    put at most that many replies into the domain's mailboxes.
+    """
     day_ago = now - timedelta(days=1)
     recent_same, today = session.execute(
         _ALLOWANCE,
@@ -235,6 +248,10 @@ def reply_allowance(
         return "already-replied"
     if today >= daily_cap:
         return "daily-cap"
+    if domain_pseudonym is not None:
+        domain_today = session.execute(_DOMAIN_TODAY, {"domain": domain_pseudonym, "day_ago": day_ago}).scalar_one()
+        if domain_today >= domain_daily_cap:
+            return "domain-daily-cap"
     return None
 
 
@@ -243,6 +260,9 @@ _ALLOWANCE = select(
     func.coalesce(func.sum(case((_SAME_TEMPLATE, 1), else_=0)), 0),
     func.coalesce(func.sum(case((_LEDGER.c.granted_at > bindparam("day_ago"), 1), else_=0)), 0),
 ).where(_LEDGER.c.sender_pseudonym == bindparam("pseudonym"), _LEDGER.c.granted_at > bindparam("since"))
+_DOMAIN_TODAY = select(func.count()).where(
+    _LEDGER.c.domain_pseudonym == bindparam("domain"), _LEDGER.c.granted_at > bindparam("day_ago")
+)
 
 
 def mark_repeat_contact(session: Session, pseudonym: str, now: datetime) -> None:

@@ -59,7 +59,9 @@ class RollupCollector(Collector):
         suppressed = CounterMetricFamily(
             "channelshift_replies_suppressed", "Replies not sent, by reason.", labels=["reason"]
         )
-        held = CounterMetricFamily("channelshift_mail_held", "Automated mail kept, not delivered.", labels=[])
+        held = CounterMetricFamily(
+            "channelshift_mail_held", "Machine reports and list traffic handed to the postmaster target.", labels=[]
+        )
         deliveries = CounterMetricFamily(
             "channelshift_deliveries", "Originals handed to staff, by state.", labels=["state"]
         )

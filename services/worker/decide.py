@@ -15,7 +15,14 @@ from services.config import Settings
 from services.mail import parse_mail
 from services.pseudonym import pseudonymize
 from services.reply.compose import threading_headers
-from services.reply.policy import PolicyConfig, suppression_reason
+from services.reply.policy import (
+    PolicyConfig,
+    domain_capped,
+    reply_domain,
+    reply_identity,
+    sender_authentication,
+    suppression_reason,
+)
 from services.store.models import (
     Decision,
     Delivery,
@@ -73,6 +80,8 @@ class Classified:
     path: str = "rule"
     confidence: str = "high"
     scores: dict[str, float] | None = None
+    held: bool = False  # the rule said deliver: false; the original goes to the postmaster target
+    domain_pseudonym: str | None = None  # an unauthenticated sender's domain: its replies share a daily cap
 
 
 @dataclass(frozen=True)
@@ -124,9 +133,15 @@ def classify_stored(ruleset: RuleSet, policy: PolicyConfig, pseudonym_key: bytes
     classification = ruleset.classify(facts)
     action = classification.action
     category = action.category
-    deliver = action.deliver  # the safety floor is applied by RuleSet.classify, as explain sees it
+    # the safety floor is applied by RuleSet.classify, as explain sees it; held mail is delivered too, to the
+    # postmaster target (non-negotiable 1: never silent)
+    held = not action.deliver
     priority: str = action.priority
     sender_key = envelope_from or mail.from_address
+    auth = sender_authentication(mail, policy)
+    domain_pseudonym = None
+    if envelope_from and domain_capped(auth, policy):
+        domain_pseudonym = pseudonymize("@" + reply_domain(envelope_from), pseudonym_key)
     in_reply_to, references = threading_headers(mail)
     return Classified(
         message=message,
@@ -136,11 +151,11 @@ def classify_stored(ruleset: RuleSet, policy: PolicyConfig, pseudonym_key: bytes
         ruleset_version=ruleset.version,
         template=action.reply,
         priority=priority,
-        deliver=deliver,
-        deliver_to=action.deliver_to if deliver else None,
+        deliver=True,
+        deliver_to=ruleset.settings.delivery_target(action),
         language=facts.language,
-        reason=suppression_reason(mail, envelope_from, envelope_to, ruleset, policy),
-        pseudonym=pseudonymize(sender_key, pseudonym_key) if sender_key else None,
+        reason=suppression_reason(mail, envelope_from, envelope_to, ruleset, policy, auth),
+        pseudonym=pseudonymize(reply_identity(sender_key), pseudonym_key) if sender_key else None,
         tags=tuple(action.tags),
         # a rule regex that ran out of time is flagged to staff like a parse limit (the pattern, not the text)
         defects=(*mail.defects, *(f"limit:regex-timeout {pattern[:60]}" for pattern in facts.timeouts)),
@@ -149,6 +164,8 @@ def classify_stored(ruleset: RuleSet, policy: PolicyConfig, pseudonym_key: bytes
         path=classification.path,
         confidence=classification.confidence,
         scores=dict(classification.scores[:3]) if classification.scores else None,
+        held=held,
+        domain_pseudonym=domain_pseudonym,
     )
 
 
@@ -176,6 +193,8 @@ def record_decision(session: Session, settings: Settings, found: Classified) -> 
             now,
             timedelta(days=settings.reply_window_days),
             settings.reply_daily_cap,
+            found.domain_pseudonym,
+            settings.reply_domain_daily_cap,
         )
     will_reply = template is not None and reason is None
     decision_values: dict[str, object] = {
@@ -242,6 +261,7 @@ def record_decision(session: Session, settings: Settings, found: Classified) -> 
                 "channel": found.channel,
                 "repeat_7d": False,
                 "repeat_30d": False,
+                "domain_pseudonym": found.domain_pseudonym,
             },
         )
     if found.deliver:
@@ -262,7 +282,7 @@ def record_decision(session: Session, settings: Settings, found: Classified) -> 
         count(f"suppressed:{reason}")
     else:
         count("no-reply")
-    if not found.deliver:
+    if found.held or not found.deliver:
         count("held")
     return Decided(message, decision, reply, delivery)
 

@@ -9,7 +9,7 @@ from sqlalchemy import Engine
 
 from services.classify.reload import RuleSetHolder
 from services.config import Settings
-from services.reply.policy import PolicyConfig
+from services.reply.policy import PolicyConfig, policy_config
 from services.reply.render import ReplyRenderer
 from services.reply.send import Sender, make_sender
 from services.store.batch import TransactionBatcher
@@ -63,6 +63,6 @@ class Deps:
             renderer=ReplyRenderer(settings.templates_dir),
             reply_sender=make_sender(settings.relay_url, settings.outbox_dir),
             delivery_sender=make_sender(settings.delivery_url, settings.delivered_dir),
-            policy=PolicyConfig(settings.spam_score_header, settings.spam_score_threshold),
+            policy=policy_config(settings, warn=with_model),  # warned once, by the processes that decide
             batcher=TransactionBatcher(engine),
         )
