@@ -83,7 +83,7 @@ async def test_token_variants_are_redirected_but_counted_once(pipeline: Pipeline
             assert response.status in (302, 404)  # a mangled link is sent to the overview, or not found
         await app[CLICKS].flush()
         summary = await (await client.get("/api/v1/summary", headers=AUTH)).json()
-    assert summary["clicks"] == 2 and summary["unique_clicks"] == 1
+    assert summary["clicks"] == 2 and summary["links_opened"] == 1 and summary["replies_clicked"] == 1
     with Session(pipeline.deps.engine) as session:
         [row] = session.exec(select(LinkClick).where(LinkClick.message_id == read_token(SECRET, token)[0])).all()  # type: ignore[index]
     assert row.token == token and row.clicks == 2
@@ -134,4 +134,4 @@ async def test_clicks_are_queued_written_in_batches_and_flushed_at_shutdown(
     summary_app = create_app(pipeline.deps.settings, engine, pipeline.pool, pipeline.deps.rules)
     async with TestClient(TestServer(summary_app)) as reader:
         summary = await (await reader.get("/api/v1/summary", headers=AUTH)).json()
-    assert summary["clicks"] == 8 and summary["unique_clicks"] == 1
+    assert summary["clicks"] == 8 and summary["links_opened"] == 1

@@ -265,6 +265,7 @@ async def test_demo_traffic_and_dashboard_in_chromium(outbox_pipeline: Pipeline,
             await asyncio.sleep(0.3)
         result = demo.result()
         await pipeline.work()
+        await app[CLICKS].flush()  # the demo's clicks are written in batches, off the request path
         server.close()
         assert result["accepted"] == result["sent"] > 0 and result["cutoff"] == cutover.isoformat()
         assert float(str(result["per_day_after"])) < float(str(result["per_day_before"]))
