@@ -23,13 +23,11 @@ TEMPLATES = PROJECT_ROOT / "templates"
 SPLIT = PROJECT_ROOT / "tests" / "data" / "eval-split"
 
 RELAXED = "    min_accuracy: 0.0\n    min_safety_recall: 0.0\n"  # compare, do not refuse
-AT_030 = "    safety_thresholds: {emergency: 0.30, objection: 0.30}\n"  # the emergency threshold shipped until now
 VARIANTS = {
     "(a) n-grams only": "    semantic: false\n",
     "(b) embeddings decide every mail": "    escalate_below_margin: 1.0\n    semantic_weight: 1.0\n",
-    "(c) n-grams, embeddings when unsure, emergency at 0.30": AT_030,
-    "(d) as (c), safety keeps the n-gram alarm": AT_030 + "    safety_keeps_fast: true\n",
-    "(e) as (c), emergency at 0.25 on the mean (shipped)": "",
+    "(c) n-grams, embeddings when unsure": "",
+    "(d) as (c), safety keeps the n-gram alarm": "    safety_keeps_fast: true\n",
 }
 
 
