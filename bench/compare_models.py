@@ -26,8 +26,12 @@ RELAXED = "    min_accuracy: 0.0\n    min_safety_recall: 0.0\n"  # compare, do n
 VARIANTS = {
     "(a) n-grams only": "    semantic: false\n",
     "(b) embeddings decide every mail": "    escalate_below_margin: 1.0\n    semantic_weight: 1.0\n",
-    "(c) n-grams, embeddings when unsure": "",
-    "(d) as (c), safety keeps the n-gram alarm": "    safety_keeps_fast: true\n",
+    "(c) n-grams, embeddings when unsure": "    safety_keeps_fast: false\n",  # the shipped set has (d)
+    "(d) as (c), safety keeps the n-gram alarm (shipped)": "",
+    # tried and reverted: fewer false emergencies in cross-validation, not on the split (docs/classification.md)
+    "(e) as (c), emergency at 0.25 on the mean": (
+        "    safety_thresholds: {emergency: 0.25, objection: 0.30}\n    safety_keeps_fast: false\n"
+    ),
 }
 
 
