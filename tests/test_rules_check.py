@@ -28,7 +28,7 @@ GOOD_RULE = """rules:
 # (file content, expected line, expected field fragment, expected message fragment)
 BROKEN = [
     (
-        "rules:\n  - id: a\n    when:\n      subject: {keywords: [x]\n    then: {category: general, channel: overview}\n",
+        "rules:\n  - id: a\n    when:\n      subject: {keywords: [xyz]\n    then: {category: general, channel: overview}\n",
         5,
         "(yaml)",
         "",
@@ -37,7 +37,25 @@ BROKEN = [
         "rules:\n  - id: a\n    then:\n      category: general\n      chanel: overview\n",
         5,
         "rules[0].then.chanel",
-        "Extra inputs",
+        "unknown key 'chanel' (did you mean 'channel'?)",
+    ),
+    (
+        "rules:\n  - id: a\n    when:\n      subject:\n        keyword: [miete]\n    then: {category: general, channel: overview}\n",
+        5,
+        "rules[0].when.subject.keyword",
+        "unknown key 'keyword' (did you mean 'keywords'?)",
+    ),
+    (
+        "rules:\n  - id: Miete Alt\n    when:\n      subject: {keywords: [miete]}\n    then: {category: general, channel: overview}\n",
+        2,
+        "rules[0].id",
+        "'Miete Alt' is not allowed here: use only lowercase letters",
+    ),
+    (
+        "rules:\n  - id: a\n    when:\n      subject: {keywords: [x]}\n    then: {category: general, channel: overview}\n",
+        4,
+        "rules[0].when.subject.keywords",
+        "keyword 'x' is shorter than 3 letters",
     ),
     (
         "rules:\n  - id: a\n    when:\n      subject:\n        regex: ['(unclosed']\n    then: {category: general, channel: overview}\n",
@@ -46,25 +64,25 @@ BROKEN = [
         "bad regex",
     ),
     (
-        "rules:\n  - id: a\n    when:\n      subjekt: {keywords: [x]}\n    then: {category: general, channel: overview}\n",
+        "rules:\n  - id: a\n    when:\n      subjekt: {keywords: [xyz]}\n    then: {category: general, channel: overview}\n",
         4,
         "rules[0].when",
         "exactly one key",
     ),
     (
-        "rules:\n  - id: a\n    when:\n      subject: {keywords: [x]}\n    then: {category: general, channel: fax}\n",
+        "rules:\n  - id: a\n    when:\n      subject: {keywords: [xyz]}\n    then: {category: general, channel: fax}\n",
         2,
         "rules[0].then.channel",
         "unknown channel 'fax'",
     ),
     (
-        "rules:\n  - id: a\n    when:\n      subject: {keywords: [x]}\n    then: {category: general, channel: overview, reply: nosuch}\n",
+        "rules:\n  - id: a\n    when:\n      subject: {keywords: [xyz]}\n    then: {category: general, channel: overview, reply: nosuch}\n",
         5,
         "rules[0].then.reply",
         "unknown reply template 'nosuch'",
     ),
     (
-        "rules:\n  - id: emergency\n    when:\n      subject: {keywords: [x]}\n    then: {category: general, channel: overview}\n",
+        "rules:\n  - id: emergency\n    when:\n      subject: {keywords: [xyz]}\n    then: {category: general, channel: overview}\n",
         2,
         "rules[0].id",
         "duplicate rule id 'emergency'",
@@ -75,7 +93,7 @@ BROKEN = [
         "rules[0].when",
         "unknown list 'nosuch_list'",
     ),
-    ("rules:\n  - id: Bad Id\n    then: {category: general, channel: overview}\n", 2, "rules[0].id", "pattern"),
+    ("rules:\n  - id: Bad Id\n    then: {category: general, channel: overview}\n", 2, "rules[0].id", "use only lowercase letters"),
     (
         "rules:\n  - id: a\n    when:\n      language: [fr]\n    then: {category: general, channel: overview}\n",
         4,
@@ -83,13 +101,13 @@ BROKEN = [
         "",
     ),
     (
-        "rules:\n  - id: a\n    priority: high\n    when:\n      subject: {keywords: [x]}\n    then: {category: general, channel: overview}\n",
+        "rules:\n  - id: a\n    priority: high\n    when:\n      subject: {keywords: [xyz]}\n    then: {category: general, channel: overview}\n",
         3,
         "rules[0].priority",
         "integer",
     ),
     (
-        "rules:\n  - id: a\n    when:\n      subject: {keywords: [x]}\n    then: {category: general, channel: overview, priority: asap}\n",
+        "rules:\n  - id: a\n    when:\n      subject: {keywords: [xyz]}\n    then: {category: general, channel: overview, priority: asap}\n",
         5,
         "rules[0].then.priority",
         "",
@@ -101,7 +119,7 @@ BROKEN = [
         "08:00-18:00",
     ),
     (
-        "rules:\n  - id: a\n    when:\n      subject: {keywords: [x]}\n    then: {category: general, channel: overview, deliver_to: nowhere}\n",
+        "rules:\n  - id: a\n    when:\n      subject: {keywords: [xyz]}\n    then: {category: general, channel: overview, deliver_to: nowhere}\n",
         2,
         "rules[0].then.deliver_to",
         "unknown delivery target",
@@ -148,7 +166,7 @@ def test_missing_catch_all(tmp_path: Path) -> None:
 
 
 def test_cli_check_prints_errors_and_exits_1(tmp_path: Path) -> None:
-    directory = _rule_dir(tmp_path, "60-broken.yaml", BROKEN[4][0])
+    directory = _rule_dir(tmp_path, "60-broken.yaml", next(b[0] for b in BROKEN if "channel: fax" in b[0]))
     result = subprocess.run(
         [sys.executable, "-m", "services", "rules", "check", str(directory)],
         capture_output=True,
@@ -333,3 +351,10 @@ def test_template_edits_reload_as_a_new_version_with_their_warnings(tmp_path: Pa
     broken.write_text(broken.read_text(encoding="utf-8") + "{% endif %}\n", encoding="utf-8")
     assert not holder.refresh()
     assert holder.errors and str(broken) in str(holder.errors[0])
+
+
+def test_a_short_whole_word_is_allowed_under_exact(tmp_path: Path) -> None:
+    rule = GOOD_RULE.replace("{keywords: [probe]}", "{exact: [BG]}")
+    directory = _rule_dir(tmp_path, "45-extra.yaml", rule)
+    ruleset = load_rules(directory, TEMPLATES)
+    assert any(compiled.rule.id == "extra" for compiled in ruleset.rules)

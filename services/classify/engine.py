@@ -166,7 +166,8 @@ def _address_predicate(
 
 def _text_predicate(name: str, spec: TextMatch, field_name: str, index: KeywordIndex) -> Predicate:
     regexes = [(SafePattern(pattern), required_words(pattern, re.IGNORECASE)) for pattern in spec.regex]
-    wanted = index.register(spec.keywords) if spec.keywords else frozenset()
+    words = [*spec.keywords, *(word.strip() for word in spec.exact)]
+    wanted = index.register(words) if words else frozenset()
 
     def check(facts: MailFacts, trace: Trace) -> bool:
         text: str = getattr(facts, field_name)

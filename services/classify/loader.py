@@ -14,6 +14,7 @@ from services.classify.examples import RULE_ONLY_CATEGORIES, load_examples
 from services.classify.keywords import KeywordIndex
 from services.classify.rulefiles import MAX_LIST_FILE_BYTES, MAX_RULE_FILE_BYTES, UnsafeFile, read_capped
 from services.classify.schema import CONDITION_KEYS, Condition, Rule, RuleFile, RuleSettings
+from services.classify.wording import plain_message
 from services.classify.yamlsource import Path_, YamlSyntaxError, line_for, load_with_lines
 from services.reply.render import ReplyRenderer
 
@@ -190,7 +191,8 @@ def load_rules(
         except ValidationError as exc:
             for error in exc.errors():
                 location = _precise_location(tuple(error["loc"]), error.get("input"))
-                errors.append(RuleError(name, line_for(lines, location), _field(location), error["msg"]))
+                message = plain_message(dict(error), RuleFile)
+                errors.append(RuleError(name, line_for(lines, location), _field(location), message))
             continue
         if parsed.settings is not None:
             if settings is not None:

@@ -15,6 +15,7 @@ from services.classify.patterns import catastrophic
 from services.mail import AUTOMATED_SIGNALS
 
 PRIORITIES = ("low", "normal", "high", "urgent")
+MIN_KEYWORD_LETTERS = 3
 Language = Literal["de", "en", "uk", "ar", "ru", "tr"]
 LANGUAGES: tuple[Language, ...] = ("de", "en", "uk", "ar", "ru", "tr")
 # Detected as well, answered in German + English unless a template in the language exists.
@@ -55,7 +56,29 @@ class TextMatch(_Strict):
     """Keywords match at a word start after case and umlaut folding; a leading '*' matches anywhere."""
 
     keywords: list[str] = Field(default_factory=list)
+    # short whole words ("BG", "EU") that would be refused among `keywords`: matched only as the whole word
+    exact: list[str] = Field(default_factory=list)
     regex: list[str] = Field(default_factory=list)
+
+    @field_validator("keywords")
+    @classmethod
+    def _long_enough(cls, value: list[str]) -> list[str]:
+        for keyword in value:
+            core = keyword.strip("* ")
+            if core and len(core) < MIN_KEYWORD_LETTERS:
+                raise ValueError(
+                    f"keyword {keyword!r} is shorter than {MIN_KEYWORD_LETTERS} letters and would match too much;"
+                    " write a longer word, or list a short whole word under 'exact:'"
+                )
+        return value
+
+    @field_validator("exact")
+    @classmethod
+    def _whole_words(cls, value: list[str]) -> list[str]:
+        for word in value:
+            if not word.strip() or "*" in word:
+                raise ValueError(f"exact word {word!r} must be a plain word, without '*'")
+        return value
 
     @field_validator("regex")
     @classmethod
@@ -64,8 +87,8 @@ class TextMatch(_Strict):
 
     @model_validator(mode="after")
     def _not_empty(self) -> TextMatch:
-        if not self.keywords and not self.regex:
-            raise ValueError("needs keywords or regex")
+        if not self.keywords and not self.exact and not self.regex:
+            raise ValueError("needs keywords, exact or regex")
         if any(not keyword.strip("* ") for keyword in self.keywords):
             raise ValueError("empty keyword")
         return self
