@@ -286,6 +286,54 @@ def _claim_statement(model: type[Reply] | type[Delivery]) -> Any:
     )
 
 
+def release_claim(session: Session, record: SendRecord) -> bool:
+    """Give back a claim whose transmission never started (a stopped job): pending again, the attempt uncounted.
+
+    Only the claim this worker took (same attempt number) and only while still `sending`: a reply that is
+    `transmitting` may have reached the relay and must stay where it is.
+    """
+    result = session.execute(
+        _release_statement(record.model), {"target_id": record.message_id, "claimed_attempt": record.attempts}
+    )
+    return bool(getattr(result, "rowcount", 0) == 1)
+
+
+@functools.cache
+def _release_statement(model: type[Reply] | type[Delivery]) -> Any:
+    table = model.__table__  # type: ignore[union-attr]
+    return (
+        update(table)
+        .where(
+            table.c.message_id == bindparam("target_id"),
+            table.c.state == JobState.SENDING,
+            table.c.attempts == bindparam("claimed_attempt"),
+        )
+        .values(state=JobState.PENDING, claimed_at=None, attempts=table.c.attempts - 1)
+    )
+
+
+def renew_claims(session: Session, message_ids: list[str]) -> None:
+    """A running worker's claims on these messages' sends stay fresh, so only a stopped worker's go stale."""
+    if not message_ids:
+        return
+    now = utcnow()
+    for model in (Reply, Delivery):
+        session.execute(_renew_statement(model), {"target_ids": message_ids, "now": now})
+
+
+@functools.cache
+def _renew_statement(model: type[Reply] | type[Delivery]) -> Any:
+    table = model.__table__  # type: ignore[union-attr]
+    return (
+        update(table)
+        .where(
+            table.c.message_id.in_(bindparam("target_ids", expanding=True)),
+            table.c.state.in_([JobState.SENDING, JobState.TRANSMITTING]),
+        )
+        .values(claimed_at=bindparam("now"))
+    )
+
+
 @dataclass(frozen=True)
 class StuckWork:
     received: list[str]
