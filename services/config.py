@@ -78,9 +78,9 @@ class Settings(BaseSettings):
         default=20.0, ge=0, description="SIGTERM/SIGINT: how long jobs in flight and open SMTP transactions may finish"
     )
     stale_after_seconds: int = Field(
-        default=30, ge=3, description="a claim or running job not renewed for this long belongs to a stopped worker"
+        default=20, ge=3, description="a claim or running job not renewed for this long belongs to a stopped worker"
     )
-    sweep_interval_seconds: int = Field(default=15, description="how often the sweep runs (divisor of 60)")
+    sweep_interval_seconds: int = Field(default=10, description="how often the sweep runs (divisor of 60)")
     sweep_after_seconds: int = Field(default=60, description="age after which unqueued work is re-enqueued")
     rules_reload_seconds: float = Field(default=2.0, description="poll interval for rule files; 0 = only on SIGHUP")
     spam_score_header: str | None = Field(
