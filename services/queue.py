@@ -34,15 +34,6 @@ def job_id(function: str, message_id: str) -> str:
     return f"{function}:{message_id}"
 
 
-_MESSAGE_JOBS = (PROCESS, SEND_REPLY, DELIVER)
-
-
-def message_id_of(identifier: str) -> str | None:
-    """The message a job id (as `job_id` builds them) works on; None for other jobs (the cron jobs)."""
-    function, _, message_id = identifier.partition(":")
-    return message_id if function in _MESSAGE_JOBS and message_id else None
-
-
 async def enqueue(pool: ArqRedis, function: str, message_id: str, *, defer: float | None = None) -> None:
     """Enqueue with a deterministic id: a job already queued or running under that id is not duplicated."""
     await pool.enqueue_job(

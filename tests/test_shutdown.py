@@ -13,7 +13,9 @@ from sqlmodel import Session, select
 from services import queue
 from services.gateway.server import OpenSessions, start_listener
 from services.store.models import Delivery, JobState, Message, MessageState, Reply
+from services.store.queries import claim
 from services.worker.app import build_worker
+from services.worker.jobs import sweep
 from tests.support import SERVED, Pipeline, make_mail
 
 
@@ -156,6 +158,43 @@ async def test_drain_deadline_releases_claims_not_yet_transmitting(pipeline: Pip
     [final] = _messages(pipeline)
     assert final.state == MessageState.DELIVERED
     assert len(pipeline.delivery.received) == 1 and pipeline.relay.received == []
+
+
+async def test_running_worker_keeps_its_leases_past_the_stale_bound(pipeline: Pipeline) -> None:
+    """The other side of a short lease: work of a live worker is never taken over, however long it takes."""
+    pipeline.deps.settings.stale_after_seconds = 3  # renewed every 0.6 s
+    reply_sink, delivery_sink = _slow_relays(pipeline)
+    for number in range(2):  # two of each: renewed together (one executemany)
+        sender = f"citizen{number}@example.org"
+        await pipeline.send(make_mail(subject="Öffnungszeiten", body="Wann haben Sie geöffnet?", sender=sender), sender)
+    await pipeline.handlers[0].drain()
+    worker = build_worker(pipeline.deps, pipeline.pool, handle_signals=False)
+    main = asyncio.create_task(worker.main())
+    try:
+        await _wait_until(lambda: reply_sink.waiting == 2 and delivery_sink.waiting == 2)
+        stored = _messages(pipeline)
+        await asyncio.sleep(4.5)  # longer than the lease: only renewals keep it
+        for message in stored:
+            assert await pipeline.pool.exists(in_progress_key_prefix + queue.job_id(queue.PROCESS, message.id))
+        counts = await sweep({"deps": pipeline.deps, "redis": pipeline.pool})
+        assert counts == {"received": 0, "replies": 0, "deliveries": 0}
+        with Session(pipeline.deps.engine) as session:
+            for message in stored:
+                assert not claim(session, Delivery, message.id, pipeline.deps.stale_sending)
+                reply = session.get(Reply, message.id)
+                assert reply is not None and reply.state == JobState.TRANSMITTING  # not settled as uncertain
+            session.rollback()
+        reply_sink.go.set()
+        delivery_sink.go.set()
+        _finished, cancelled = await worker.drain(10)
+        assert cancelled == 0
+    finally:
+        reply_sink.go.set()
+        delivery_sink.go.set()
+        main.cancel()
+        await asyncio.gather(main, return_exceptions=True)
+    assert [m.state for m in _messages(pipeline)] == [MessageState.DELIVERED] * 2
+    assert (reply_sink.received, delivery_sink.received) == (2, 2)
 
 
 def _messages(pipeline: Pipeline) -> list[Message]:

@@ -31,9 +31,9 @@ class LeasedWorker(Worker):
 
     arq keeps a job's in-progress key for the longest timeout of *any* function plus 10 s (here the cron jobs'
     hour), and nobody else may run the job meanwhile: a killed worker's mails waited an hour. Here the key
-    lives `lease_seconds` and is renewed while the job runs, as are the reply/delivery claims of the messages
-    being worked on (claimed_at), so a stopped worker's work is taken over after one lease, a running one's
-    never. Job timeouts stay per function (arq's `job_timeout`, the cron jobs' own).
+    lives `lease_seconds` and is renewed while the job runs, as are the reply/delivery claims its jobs hold
+    (claimed_at; deps.held), so a stopped worker's work is taken over after one lease, a running one's never.
+    Job timeouts stay per function (arq's `job_timeout`, the cron jobs' own).
     """
 
     def __init__(self, *args: Any, deps: Deps, lease_seconds: float, **kwargs: Any) -> None:
@@ -50,6 +50,16 @@ class LeasedWorker(Worker):
         if now < self._next_renewal:
             return
         self._next_renewal = now + self._renew_every
+        # Claims first, keys second: after a crash the claims go stale no later than the keys expire, so the
+        # job arq then runs again can take its claims over at once instead of waiting for the next sweep.
+        held = self._deps.held.records()
+        if held:
+            try:
+                await asyncio.wait_for(
+                    self._deps.batcher.run(lambda session: renew_claims(session, held)), self._renew_every
+                )
+            except Exception as exc:  # a slow database must not let the keys run out meanwhile
+                log.warning("worker.renew_failed", error=type(exc).__name__)
         running = [job_id for job_id, task in self.tasks.items() if not task.done()]
         if not running:
             return
@@ -58,12 +68,6 @@ class LeasedWorker(Worker):
                 # PEXPIRE leaves a key alone that finish_job deleted meanwhile
                 pipe.pexpire(in_progress_key_prefix + job_id, self._lease_ms)
             await pipe.execute()
-        message_ids = [m for m in map(queue.message_id_of, running) if m is not None]
-        if message_ids:
-            try:
-                await self._deps.batcher.run(lambda session: renew_claims(session, message_ids))
-            except Exception as exc:
-                log.warning("worker.renew_failed", error=type(exc).__name__)
 
     async def drain(self, grace: float) -> tuple[int, int]:
         """Stop taking jobs; let running ones finish for up to `grace` s, then cancel the rest.

@@ -24,6 +24,7 @@ from services.store.queries import (
     bump_message_counter,
     claim,
     find_stuck,
+    held_for,
     load_decision,
     load_message,
     load_send,
@@ -80,11 +81,19 @@ class Loaded:
     row: SendRecord
 
 
+@dataclass(frozen=True)
+class Held:
+    """The send is claimed by another job, perhaps of a stopped worker: takeable in `seconds` unless renewed."""
+
+    seconds: float
+
+
 def _claim_and_load(
     session: Session, model: type[Reply] | type[Delivery], message_id: str, stale: timedelta
-) -> Loaded | None:
+) -> Loaded | Held | None:
     if not claim(session, model, message_id, stale):
-        return None
+        seconds = held_for(session, model, message_id, stale)
+        return None if seconds is None else Held(seconds)
     message = load_message(session, message_id)
     decision = load_decision(session, message_id)
     row = load_send(session, model, message_id)
@@ -107,6 +116,10 @@ async def _send(deps: Deps, model: type[Reply] | type[Delivery], message_id: str
     loaded = await deps.batcher.run(lambda session: _claim_and_load(session, model, message_id, deps.stale_sending))
     if loaded is None:
         return "skipped"
+    if isinstance(loaded, Held):
+        # Come back when the claim would be stale: a live holder renews it (and settles the send meanwhile, so
+        # the next try is skipped), a stopped worker's is taken over then instead of at the next sweep.
+        raise Retry(defer=timedelta(seconds=loaded.seconds + 1))
     return await _transmit_or_release(deps, loaded, kind)
 
 
@@ -117,7 +130,8 @@ async def _transmit_or_release(deps: Deps, loaded: Loaded, kind: str) -> str:
     claim to go stale. A reply already transmitting is left alone (release_claim checks the state).
     """
     try:
-        return await _transmit(deps, loaded, kind)
+        with deps.held.holding(loaded.row):
+            return await _transmit(deps, loaded, kind)
     except asyncio.CancelledError:
         # shielded: a second cancellation must not cut the release short
         released = await asyncio.shield(deps.batcher.run(lambda session: release_claim(session, loaded.row)))
