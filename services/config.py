@@ -72,17 +72,22 @@ class Settings(BaseSettings):
     tls_cert_file: Path | None = Field(default=None, description="PEM certificate for STARTTLS")
     tls_key_file: Path | None = Field(default=None, description="PEM private key for STARTTLS")
     retry_base_seconds: float = Field(default=15.0, description="first retry delay of a transient send failure")
-    stale_after_seconds: int = Field(default=600, description="a send claimed this long ago is treated as crashed")
-    job_timeout_seconds: int = Field(
-        default=120, description="arq job timeout; a killed worker's jobs run again after this plus 10 s"
-    )
+    job_timeout_seconds: int = Field(default=120, description="arq job timeout of process and send jobs")
     worker_concurrency: int = Field(
         default=20, ge=1, le=1000, description="jobs one worker process runs at once (arq max_jobs)"
     )
-    sweep_interval_seconds: int = Field(default=30, description="how often the sweep runs (divisor of 60)")
     reply_window_days: int = 7
     reply_daily_cap: int = 3
-    sweep_after_seconds: int = 60
+    # Stopping and recovering (docs/reliability.md): a running worker renews its claims and its jobs'
+    # in-progress keys; work whose worker stopped renewing is taken over after stale_after_seconds.
+    shutdown_timeout_seconds: float = Field(
+        default=20.0, ge=0, description="SIGTERM/SIGINT: how long jobs in flight and open SMTP transactions may finish"
+    )
+    stale_after_seconds: int = Field(
+        default=20, ge=3, description="a claim or running job not renewed for this long belongs to a stopped worker"
+    )
+    sweep_interval_seconds: int = Field(default=10, description="how often the sweep runs (divisor of 60)")
+    sweep_after_seconds: int = Field(default=60, description="age after which unqueued work is re-enqueued")
     rules_reload_seconds: float = Field(default=2.0, description="poll interval for rule files; 0 = only on SIGHUP")
     spam_score_header: str | None = Field(
         default=None, description="e.g. X-Spam-Score; replies suppressed when the score reaches spam_score_threshold"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
+from dataclasses import dataclass
 
 import structlog
 import uvloop
@@ -16,11 +18,11 @@ from services.classify.reload import RuleSetHolder
 from services.config import Settings, split_host_port
 from services.embedded_redis import EmbeddedRedis, start_embedded_redis
 from services.gateway.handler import GatewayHandler
-from services.gateway.server import listener_options, start_listener
+from services.gateway.server import OpenSessions, listener_options, start_listener
 from services.store.migrate import upgrade
 from services.web.app import create_app, create_health_app
 from services.web.guard import refuse_open_bind
-from services.worker.app import build_worker
+from services.worker.app import LeasedWorker, build_worker
 from services.worker.deps import Deps
 
 log = structlog.get_logger(__name__)
@@ -35,7 +37,8 @@ def ensure_redis(settings: Settings) -> tuple[str, EmbeddedRedis | None]:
     return embedded.url, embedded
 
 
-async def _wait_for_stop() -> None:
+async def _wait_for_signal() -> None:
+    """Until SIGINT or SIGTERM; called again during a graceful stop, a second signal ends it at once."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -44,12 +47,28 @@ async def _wait_for_stop() -> None:
     await stop.wait()
 
 
-async def start_gateway(
-    settings: Settings, deps: Deps, pool: ArqRedis
-) -> tuple[list[asyncio.Server], list[GatewayHandler]]:
+@dataclass
+class Gateway:
+    servers: list[asyncio.Server]
+    handlers: list[GatewayHandler]
+    sessions: list[OpenSessions]
+
+    async def stop(self, grace: float) -> None:
+        """New sessions get 421 while open transactions finish (up to `grace` s); then the listeners close."""
+        results = await asyncio.gather(*(sessions.close(grace) for sessions in self.sessions))
+        for server in self.servers:
+            server.close()
+        for handler in self.handlers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(handler.drain(), timeout=5)
+        log.info("gateway.stopped", dropped=sum(results))
+
+
+async def start_gateway(settings: Settings, deps: Deps, pool: ArqRedis) -> Gateway:
     enqueue = queue.process_jobs_for(pool)
     servers = []
     handlers = []
+    all_sessions = []
     for protocol, listen in (("smtp", settings.smtp_listen), ("lmtp", settings.lmtp_listen)):
         if not listen:
             continue
@@ -62,10 +81,12 @@ async def start_gateway(
             max_recipients=settings.max_recipients,
             demo_dates=settings.demo_dates,
         )
-        servers.append(await start_listener(handler, listen, **listener_options(settings)))
+        sessions = OpenSessions()
+        servers.append(await start_listener(handler, listen, open_sessions=sessions, **listener_options(settings)))
         handlers.append(handler)
+        all_sessions.append(sessions)
         log.info("gateway.listening", protocol=protocol, listen=listen)
-    return servers, handlers
+    return Gateway(servers, handlers, all_sessions)
 
 
 async def start_web(settings: Settings, deps: Deps, pool: ArqRedis, *, health_only: bool = False) -> web.AppRunner:
@@ -87,35 +108,35 @@ async def run(settings: Settings, *, gateway: bool, worker: bool, web_app: bool,
     deps = Deps.build(settings, with_model=worker)
     log.info("runtime.started", event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0])
     pool = await _connect_redis(redis_url)
-    servers: list[asyncio.Server] = []
-    handlers: list[GatewayHandler] = []
+    smtp: Gateway | None = None
     runner: web.AppRunner | None = None
+    workers: WorkerLoop | None = None
     worker_task: asyncio.Task[None] | None = None
     watcher: asyncio.Task[None] | None = None
     try:
         if gateway:
-            servers, handlers = await start_gateway(settings, deps, pool)
+            smtp = await start_gateway(settings, deps, pool)
         if web_app:
             runner = await start_web(settings, deps, pool)
         elif settings.health_listen:
             runner = await start_web(settings, deps, pool, health_only=True)
         if worker:
-            worker_task = asyncio.create_task(_run_worker(deps, pool))
+            workers = WorkerLoop(deps, pool)
+            worker_task = asyncio.create_task(workers.run())
         watcher = asyncio.create_task(_refresh_rules(deps.rules, settings.rules_reload_seconds))
         with contextlib.suppress(NotImplementedError, RuntimeError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reload_now, deps.rules)
-        stop = asyncio.create_task(_wait_for_stop())
+        stop = asyncio.create_task(_wait_for_signal())
         waiting: set[asyncio.Task[None]] = {stop} | ({worker_task} if worker_task else set())
         await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         if worker_task is not None and worker_task.done() and not stop.done():
             log.error("worker.ended_unexpectedly")
             raise SystemExit(1)  # let systemd / Kubernetes restart the process
+        await _stop_gracefully(smtp, workers, settings.shutdown_timeout_seconds)
     finally:
-        for server in servers:
-            server.close()
-        for handler in handlers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(handler.drain(), timeout=5)
+        if smtp is not None:
+            for server in smtp.servers:
+                server.close()
         if worker_task is not None:
             worker_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -131,26 +152,62 @@ async def run(settings: Settings, *, gateway: bool, worker: bool, web_app: bool,
         log.info("shutdown.complete")
 
 
-async def _run_worker(deps: Deps, pool: ArqRedis) -> None:
-    """Keep a worker running: after a Redis outage arq's main loop fails; start it again once Redis is back."""
-    delay = 1.0
-    while True:
-        worker = build_worker(deps, pool, handle_signals=False)
-        try:
-            await worker.async_run()
+async def _stop_gracefully(smtp: Gateway | None, workers: WorkerLoop | None, grace: float) -> None:
+    """Gateway and worker finish what they have begun, side by side, within `grace` s; a second signal cuts it."""
+    started = time.monotonic()
+    log.info("shutdown.started", grace=grace)
+    parts = [*([smtp.stop(grace)] if smtp else []), *([workers.drain(grace)] if workers else [])]
+
+    async def drain_all() -> None:
+        await asyncio.gather(*parts)
+
+    draining = asyncio.create_task(drain_all())
+    second_signal = asyncio.create_task(_wait_for_signal())
+    await asyncio.wait({draining, second_signal}, return_when=asyncio.FIRST_COMPLETED)
+    if not draining.done():
+        log.warning("shutdown.cut_short")
+        draining.cancel()
+    second_signal.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await draining
+    log.info("shutdown.drained", seconds=round(time.monotonic() - started, 2))
+
+
+class WorkerLoop:
+    """The worker role: started again after a Redis outage ends arq's main loop, drained on a stop."""
+
+    def __init__(self, deps: Deps, pool: ArqRedis) -> None:
+        self.deps = deps
+        self.pool = pool
+        self.worker: LeasedWorker | None = None
+
+    async def run(self) -> None:
+        delay = 1.0
+        while True:
+            worker = self.worker = build_worker(self.deps, self.pool, handle_signals=False)
+            try:
+                await worker.async_run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("worker.stopped", error=type(exc).__name__, retry_in=delay)
+            finally:
+                # Not worker.close(): it closes the pool we share and re-raises its jobs' cancellations. A
+                # cancelled job gives its untransmitted claims back (services/worker/jobs.py).
+                jobs = list(worker.tasks.values())
+                for job in jobs:
+                    job.cancel()
+                await asyncio.gather(*jobs, return_exceptions=True)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    async def drain(self, grace: float) -> None:
+        worker = self.worker
+        if worker is None:
             return
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.error("worker.stopped", error=type(exc).__name__, retry_in=delay)
-        finally:
-            # Not worker.close(): it closes the pool we share and re-raises its jobs' cancellations.
-            jobs = list(worker.tasks.values())
-            for job in jobs:
-                job.cancel()
-            await asyncio.gather(*jobs, return_exceptions=True)
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 30.0)
+        finished, cancelled = await worker.drain(grace)
+        log.info("worker.drained", finished=finished, cancelled=cancelled)
 
 
 async def _connect_redis(url: str) -> ArqRedis:

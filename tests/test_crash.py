@@ -1,7 +1,11 @@
-"""kill -9 of gateway, worker and Redis under load: every 250 reaches a final state, no reply goes out twice."""
+"""kill -9 of gateway, worker and Redis under load: every 250 reaches a final state, no reply goes out twice.
+
+And kill -9 of a worker alone, Redis up: its jobs are taken over within one lease, not arq's hour.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import email
 import os
@@ -15,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis as redis_client
 from aiosmtpd.controller import Controller
 from sqlalchemy import text
 
+from services.config import Settings
 from services.embedded_redis import EmbeddedRedis, start_embedded_redis
 from services.store.db import make_engine
-from tests.support import SERVED, clean_env, make_mail, start_role, terminate, wait_for_smtp
+from tests.support import SERVED, clean_env, make_mail, smtp_send, start_role, terminate, wait_for_smtp
 from tests.test_serve import free_port
 
 pytestmark = pytest.mark.slow
@@ -50,6 +56,19 @@ class Recorder:
         with self.lock:
             values = [email.message_from_bytes(m, policy=default_policy)[name] for m in self.messages]
         return Counter(str(v) for v in values if v)
+
+
+class GatedRecorder(Recorder):
+    """A relay that holds every mail until `gate` is set, so a worker's sends stay in flight as long as needed."""
+
+    def __init__(self, gate: threading.Event) -> None:
+        super().__init__()
+        self.gate = gate
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        while not self.gate.is_set():
+            await asyncio.sleep(0.05)
+        return await super().handle_DATA(server, session, envelope)
 
 
 def _client(index: int, port: int, results: dict[str, str], sizes: dict[str, int], stop_at: float) -> None:
@@ -214,3 +233,140 @@ def test_kill_9_gateway_worker_and_redis_under_load(tmp_path: Path, clean_databa
     # no personal data in any log line of the whole run
     logs = log_path.read_text(errors="replace")
     assert "@example.org" not in logs and "Frage load-" not in logs
+
+
+# Issue 18: stale work after an unclean stop is picked up within 60 s (issue 17: at most the job's own timeout,
+# 120 s by default, plus a margin).
+RECOVERY_WITHIN = 60.0
+
+
+def _count(log_path: Path, event: str) -> int:
+    return log_path.read_text(errors="replace").count(f'"event": "{event}"')
+
+
+def test_kill_9_worker_with_redis_up_is_recovered_within_a_lease(tmp_path: Path, clean_database: str) -> None:
+    """Worker A holds sends in flight (the relays wait) while worker B starts; then A is killed, Redis stays up.
+
+    B must not touch A's work while A lives (longer than a lease: A renews), and must take it over within a
+    lease of the kill: the in-progress keys expire, the jobs run again and take over the stale claims.
+    """
+    gate = threading.Event()
+    relay, delivery = GatedRecorder(gate), GatedRecorder(gate)
+    relay_port, delivery_port, smtp_port = free_port(), free_port(), free_port()
+    relay_ctl = Controller(relay, hostname="127.0.0.1", port=relay_port)
+    delivery_ctl = Controller(delivery, hostname="127.0.0.1", port=delivery_port)
+    relay_ctl.start()
+    delivery_ctl.start()
+    redis = start_embedded_redis(tmp_path / "redis")
+    env = clean_env()
+    # lease, sweep interval and job timeout stay at their defaults: the bound is what a deployment gets
+    env.update(
+        {
+            "CHANNELSHIFT_DATABASE_URL": clean_database,
+            "CHANNELSHIFT_REDIS_URL": redis.url,
+            "CHANNELSHIFT_SMTP_LISTEN": f"127.0.0.1:{smtp_port}",
+            "CHANNELSHIFT_LMTP_LISTEN": "",
+            "CHANNELSHIFT_RELAY_URL": f"smtp://127.0.0.1:{relay_port}",
+            "CHANNELSHIFT_DELIVERY_URL": f"smtp://127.0.0.1:{delivery_port}",
+            "CHANNELSHIFT_VAR_DIR": str(tmp_path / "var"),
+            "CHANNELSHIFT_PSEUDONYM_KEY": "k",
+            "CHANNELSHIFT_LOG_FORMAT": "json",
+        }
+    )
+    lease_ms = Settings.model_fields["stale_after_seconds"].default * 1000
+    log_path = tmp_path / "processes.log"
+    log = open(log_path, "ab")  # noqa: SIM115 - closed in finally
+    gateway = start_role("gateway", env, log, tmp_path)
+    worker_a = start_role("worker", env, log, tmp_path)
+    worker_b: Any = None
+    keys = redis_client.Redis(unix_socket_path=str(redis.socket_path))
+    try:
+        wait_for_smtp(smtp_port)
+        for number in range(60):
+            token = f"redis-up-{number}"
+            sender = f"{token}@example.org"
+            data = make_mail(subject=f"Frage {token}", body=f"Wann haben Sie geöffnet? {token}", sender=sender)
+            smtp_send(smtp_port, sender, [SERVED], data)
+        deadline = time.monotonic() + 120
+        while len(keys.keys("arq:in-progress:process_message:*")) < 5:
+            assert time.monotonic() < deadline, "worker A never had jobs in flight"
+            time.sleep(0.1)
+        a_busy = time.monotonic()
+        worker_b = start_role("worker", env, log, tmp_path)
+        # B running, and A past one lease with its work: only its renewals kept B away from it
+        while _count(log_path, "worker.startup_sweep") < 2 or time.monotonic() - a_busy < lease_ms / 1000 + 5:
+            assert time.monotonic() < deadline + 120, "worker B did not start"
+            time.sleep(0.1)
+        held_seconds = time.monotonic() - a_busy  # A's work stayed A's this long
+        in_flight = keys.keys("arq:in-progress:process_message:*")
+        engine = make_engine(clean_database)
+        with engine.connect() as connection:
+            # B took nothing over from the living A: no reply settled, no delivery claimed a second time
+            taken_over = connection.execute(
+                text(
+                    "SELECT (SELECT count(*) FROM reply WHERE state = 'uncertain')"
+                    " + (SELECT count(*) FROM delivery WHERE attempts > 1)"
+                )
+            ).scalar_one()
+        worker_a.kill()
+        worker_a.wait()
+        killed = time.monotonic()
+        ttls = [keys.pttl(key) for key in in_flight]
+        gate.set()
+
+        recovery_seconds = settled_seconds = None
+        while time.monotonic() - killed < RECOVERY_WITHIN + 30:
+            with engine.connect() as connection:
+                open_count = connection.execute(
+                    text("SELECT count(*) FROM message WHERE state NOT IN ('delivered', 'held')")
+                ).scalar_one()
+                open_replies = connection.execute(
+                    text("SELECT count(*) FROM reply WHERE state IN ('pending', 'sending', 'transmitting')")
+                ).scalar_one()
+            if open_count == 0 and recovery_seconds is None:
+                recovery_seconds = time.monotonic() - killed  # every original with staff
+            if open_replies == 0 and settled_seconds is None:
+                settled_seconds = time.monotonic() - killed  # every reply sent or, cut off in A, uncertain
+            if recovery_seconds is not None and settled_seconds is not None:
+                break
+            time.sleep(0.2)
+        with engine.connect() as connection:
+            stored = connection.execute(text("SELECT count(*) FROM message")).scalar_one()
+            reply_states = Counter(r[0] for r in connection.execute(text("SELECT state FROM reply")).all())
+        engine.dispose()
+    finally:
+        gate.set()
+        keys.close()
+        terminate([gateway, worker_a, *([worker_b] if worker_b else [])])
+        redis.stop()
+        relay_ctl.stop()
+        delivery_ctl.stop()
+        log.close()
+
+    duplicate_replies = sum(n - 1 for n in relay.header_counts("Message-ID").values() if n > 1)
+    figures = {
+        "stored": stored,
+        "a_held_its_work_seconds": round(held_seconds, 1),
+        "taken_over_from_living_a": taken_over,
+        "jobs_in_flight_at_kill": len(in_flight),
+        "their_in_progress_ttl_max_s": round(max(ttls) / 1000, 1),
+        "recovery_seconds": recovery_seconds and round(recovery_seconds, 1),
+        "replies_settled_seconds": settled_seconds and round(settled_seconds, 1),
+        "open_after": open_count,
+        "replies_sent": len(relay.header_counts("Message-ID")),
+        "replies_uncertain": reply_states.get("uncertain", 0),
+        "duplicate_replies": duplicate_replies,
+        "duplicate_deliveries": sum(n - 1 for n in delivery.header_counts("X-Channelshift-Id").values() if n > 1),
+        "database": clean_database.split(":", 1)[0],
+    }
+    print("redis-up kill figures:", figures)
+    assert stored == 60
+    assert taken_over == 0 and held_seconds > lease_ms / 1000  # A's leases held while A lived, past one lease
+    # the abandoned jobs' keys expire within a lease (arq alone: 3,610 s, the cron jobs' timeout plus 10 s)
+    assert max(ttls) <= lease_ms
+    assert open_count == 0, log_path.read_text(errors="replace")[-6000:]
+    assert recovery_seconds is not None and recovery_seconds <= RECOVERY_WITHIN
+    assert settled_seconds is not None and settled_seconds <= RECOVERY_WITHIN
+    assert duplicate_replies == 0
+    # sends cut off in A's hands: a delivery is repeated, a reply becomes uncertain, never sent twice
+    assert len(relay.header_counts("Message-ID")) + reply_states.get("uncertain", 0) == stored

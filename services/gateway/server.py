@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import ssl
 from collections import Counter
@@ -17,7 +18,7 @@ from aiosmtpd.smtp import SMTP
 
 from services.config import Settings, split_host_port
 from services.gateway.handler import GatewayHandler
-from services.gateway.replies import TEMPFAIL_TOO_MANY_CONNECTIONS
+from services.gateway.replies import TEMPFAIL_SHUTTING_DOWN, TEMPFAIL_TOO_MANY_CONNECTIONS
 
 log = structlog.get_logger(__name__)
 
@@ -50,14 +51,91 @@ class ConnectionLimiter:
             del self.open[peer]
 
 
-def _session_class(protocol: str, limiter: ConnectionLimiter, line_length: int) -> type[SMTP]:
+class OpenSessions:
+    """The sessions of a listener, so that a stop can refuse new ones and wait for open transactions.
+
+    Once `closing`, a new connection gets `421` instead of a greeting, and a session outside a transaction
+    gets `421` and is closed: at once if it is idle, else after its current transaction (DATA answered, RSET).
+    """
+
+    def __init__(self) -> None:
+        self.closing = False
+        self.sessions: set[SMTP] = set()
+        self._empty = asyncio.Event()
+        self._empty.set()
+
+    def opened(self, session: SMTP) -> None:
+        self.sessions.add(session)
+        self._empty.clear()
+
+    def closed(self, session: SMTP) -> None:
+        self.sessions.discard(session)
+        if not self.sessions:
+            self._empty.set()
+
+    async def close(self, grace: float) -> int:
+        """Refuse new sessions, end idle ones, wait up to `grace` s for open transactions; returns how many
+        were still open then (dropped without an answer to DATA, so their sender retries)."""
+        self.closing = True
+        for session in list(self.sessions):
+            if not in_transaction(session):
+                say_goodbye(session)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._empty.wait(), grace)
+        left = list(self.sessions)
+        for session in left:
+            if session.transport is not None:
+                session.transport.close()
+        return len(left)
+
+
+def in_transaction(session: SMTP) -> bool:
+    """Between MAIL FROM and the answer to DATA (aiosmtpd resets the envelope after that answer)."""
+    envelope = session.envelope
+    return envelope is not None and envelope.mail_from is not None
+
+
+def say_goodbye(session: SMTP) -> None:
+    transport: asyncio.Transport | None = session.transport  # type: ignore[assignment]
+    if transport is not None and not transport.is_closing():
+        transport.write((TEMPFAIL_SHUTTING_DOWN + "\r\n").encode())
+        transport.close()
+
+
+def _session_class(
+    protocol: str, limiter: ConnectionLimiter, line_length: int, open_sessions: OpenSessions
+) -> type[SMTP]:
     base: type[SMTP] = LMTP if protocol == "lmtp" else SMTP
 
     class LimitedSession(base):  # type: ignore[misc, valid-type]
         line_length_limit = line_length
         _admitted_peer: str | None = None
+        _smtp_methods: dict[str, Any]
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            # every command but QUIT first checks for a stop; inside a transaction the command goes on
+            self._smtp_methods = {
+                name: method if name == "QUIT" else self._unless_closing(method)
+                for name, method in self._smtp_methods.items()
+            }
+
+        def _unless_closing(self, method: Any) -> Any:
+            async def command(arg: str | None) -> None:
+                if open_sessions.closing and not in_transaction(self):
+                    say_goodbye(self)
+                    return
+                await method(arg)
+                if open_sessions.closing and not in_transaction(self):
+                    say_goodbye(self)  # the transaction it was in is answered: no need to wait for the next command
+
+            return command
 
         def connection_made(self, transport: Any) -> None:
+            if open_sessions.closing:
+                transport.write((TEMPFAIL_SHUTTING_DOWN + "\r\n").encode())
+                transport.close()
+                return
             peer = transport.get_extra_info("peername")
             host = str(peer[0]) if peer else "?"
             if not limiter.admit(host):
@@ -66,12 +144,14 @@ def _session_class(protocol: str, limiter: ConnectionLimiter, line_length: int) 
                 log.warning("gateway.too_many_connections")
                 return
             self._admitted_peer = host
+            open_sessions.opened(self)
             super().connection_made(transport)
 
         def connection_lost(self, error: Exception | None) -> None:
             if self._admitted_peer is not None:
                 limiter.release(self._admitted_peer)
                 self._admitted_peer = None
+                open_sessions.closed(self)
                 super().connection_lost(error)
 
         def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
@@ -123,10 +203,17 @@ async def start_listener(
     tls: ssl.SSLContext | None = None,
     max_line_length: int = 100_000,
     max_connections_per_client: int = 20,
+    open_sessions: OpenSessions | None = None,
 ) -> asyncio.Server:
+    """`open_sessions`: pass one to stop the listener gracefully later (OpenSessions.close)."""
     host, port = split_host_port(listen)
     loop = asyncio.get_running_loop()
-    session_class = _session_class(handler.protocol, ConnectionLimiter(max_connections_per_client), max_line_length)
+    session_class = _session_class(
+        handler.protocol,
+        ConnectionLimiter(max_connections_per_client),
+        max_line_length,
+        open_sessions or OpenSessions(),
+    )
 
     def factory() -> SMTP:
         # aiosmtpd enforces the size limit while reading DATA (552) and announces it with SIZE

@@ -10,7 +10,7 @@ from __future__ import annotations
 import collections
 import functools
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import BigInteger, Engine, Table, bindparam, case, event, func, insert, or_, select, update
@@ -321,6 +321,80 @@ def _claim_statement(model: type[Reply] | type[Delivery]) -> Any:
         .where(table.c.message_id == bindparam("target_id"))
         .where(or_(*claimable))
         .values(state=JobState.SENDING, claimed_at=bindparam("now"), attempts=table.c.attempts + 1)
+    )
+
+
+def held_for(
+    session: Session, model: type[Reply] | type[Delivery], message_id: str, stale_after: timedelta
+) -> float | None:
+    """Seconds until another job's claim on this send goes stale (unless renewed); None if it is not claimable.
+
+    None: finished, failed, pending (the claim failed for another reason), or a reply already transmitting,
+    which is never taken over.
+    """
+    table = model.__table__  # type: ignore[union-attr]
+    row = session.execute(
+        select(table.c.state, table.c.claimed_at).where(table.c.message_id == bindparam("target_id")),
+        {"target_id": message_id},
+    ).first()
+    if row is None or row.claimed_at is None:
+        return None
+    takeable = [JobState.SENDING] + ([JobState.TRANSMITTING] if model is Delivery else [])
+    if row.state not in takeable:
+        return None
+    claimed_at: datetime = row.claimed_at if row.claimed_at.tzinfo else row.claimed_at.replace(tzinfo=UTC)
+    return max((claimed_at + stale_after - utcnow()).total_seconds(), 0.0)
+
+
+def release_claim(session: Session, record: SendRecord) -> bool:
+    """Give back a claim whose transmission never started (a stopped job): pending again, the attempt uncounted.
+
+    Only the claim this worker took (same attempt number) and only while still `sending`: a reply that is
+    `transmitting` may have reached the relay and must stay where it is.
+    """
+    result = session.execute(
+        _release_statement(record.model), {"target_id": record.message_id, "claimed_attempt": record.attempts}
+    )
+    return bool(getattr(result, "rowcount", 0) == 1)
+
+
+@functools.cache
+def _release_statement(model: type[Reply] | type[Delivery]) -> Any:
+    table = model.__table__  # type: ignore[union-attr]
+    return (
+        update(table)
+        .where(
+            table.c.message_id == bindparam("target_id"),
+            table.c.state == JobState.SENDING,
+            table.c.attempts == bindparam("claimed_attempt"),
+        )
+        .values(state=JobState.PENDING, claimed_at=None, attempts=table.c.attempts - 1)
+    )
+
+
+def renew_claims(session: Session, records: list[SendRecord]) -> None:
+    """Claims this worker holds stay fresh, so only a stopped worker's go stale (same attempt: its own claim)."""
+    now = utcnow()
+    for model in (Reply, Delivery):
+        rows = [
+            {"target_id": r.message_id, "claimed_attempt": r.attempts, "now": now} for r in records if r.model is model
+        ]
+        if rows:
+            session.execute(_renew_statement(model), rows)
+
+
+@functools.cache
+def _renew_statement(model: type[Reply] | type[Delivery]) -> Any:
+    table = model.__table__  # type: ignore[union-attr]
+    return (
+        update(table)
+        .where(
+            table.c.message_id == bindparam("target_id"),
+            table.c.attempts == bindparam("claimed_attempt"),
+            # not in_(): an expanding IN cannot run as executemany
+            or_(table.c.state == JobState.SENDING, table.c.state == JobState.TRANSMITTING),
+        )
+        .values(claimed_at=bindparam("now"))
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from sqlalchemy import Engine
@@ -14,6 +14,7 @@ from services.reply.render import ReplyRenderer
 from services.reply.send import Sender, make_sender
 from services.store.batch import TransactionBatcher
 from services.store.db import make_engine
+from services.worker.claims import HeldClaims
 
 
 @dataclass
@@ -26,6 +27,7 @@ class Deps:
     delivery_sender: Sender
     policy: PolicyConfig
     batcher: TransactionBatcher
+    held: HeldClaims = field(default_factory=HeldClaims)  # renewed by the worker while its jobs send
 
     async def close(self) -> None:
         """Release what jobs hold between runs: relay connections and the batch writer."""

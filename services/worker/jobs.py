@@ -34,11 +34,13 @@ from services.store.queries import (
     bump_message_counter,
     claim,
     find_stuck,
+    held_for,
     load_decision,
     load_message,
     load_send,
     mark_transmitting,
     record_send_outcome,
+    release_claim,
     settle_uncertain_replies,
 )
 from services.store.records import DecisionRecord, SendRecord
@@ -89,11 +91,19 @@ class Loaded:
     row: SendRecord
 
 
+@dataclass(frozen=True)
+class Held:
+    """The send is claimed by another job, perhaps of a stopped worker: takeable in `seconds` unless renewed."""
+
+    seconds: float
+
+
 def _claim_and_load(
     session: Session, model: type[Reply] | type[Delivery], message_id: str, stale: timedelta
-) -> Loaded | None:
+) -> Loaded | Held | None:
     if not claim(session, model, message_id, stale):
-        return None
+        seconds = held_for(session, model, message_id, stale)
+        return None if seconds is None else Held(seconds)
     message = load_message(session, message_id)
     decision = load_decision(session, message_id)
     row = load_send(session, model, message_id)
@@ -107,7 +117,7 @@ async def _send_inline(ctx: dict[str, Any], loaded: Loaded, kind: str) -> None:
     job = queue.SEND_REPLY if kind == "reply" else queue.DELIVER
     with structlog.contextvars.bound_contextvars(job=kind), timed(JOB_SECONDS, kind):
         try:
-            await _transmit(ctx["deps"], loaded, kind)
+            await _transmit_or_release(ctx["deps"], loaded, kind)
         except Retry as retry:
             await queue.enqueue(ctx["redis"], job, loaded.message.id, defer=(retry.defer_score or 0) / 1000)
 
@@ -116,7 +126,27 @@ async def _send(deps: Deps, model: type[Reply] | type[Delivery], message_id: str
     loaded = await deps.batcher.run(lambda session: _claim_and_load(session, model, message_id, deps.stale_sending))
     if loaded is None:
         return "skipped"
-    return await _transmit(deps, loaded, kind)
+    if isinstance(loaded, Held):
+        # Come back when the claim would be stale: a live holder renews it (and settles the send meanwhile, so
+        # the next try is skipped), a stopped worker's is taken over then instead of at the next sweep.
+        raise Retry(defer=timedelta(seconds=loaded.seconds + 1))
+    return await _transmit_or_release(deps, loaded, kind)
+
+
+async def _transmit_or_release(deps: Deps, loaded: Loaded, kind: str) -> str:
+    """`_transmit`; a job stopped before it (shutdown deadline, job timeout) gives its claim back.
+
+    Released, the send is pending again and the next worker takes it at once instead of waiting for the
+    claim to go stale. A reply already transmitting is left alone (release_claim checks the state).
+    """
+    try:
+        with deps.held.holding(loaded.row):
+            return await _transmit(deps, loaded, kind)
+    except asyncio.CancelledError:
+        # shielded: a second cancellation must not cut the release short
+        released = await asyncio.shield(deps.batcher.run(lambda session: release_claim(session, loaded.row)))
+        log.info(f"{kind}.released" if released else f"{kind}.stopped")
+        raise
 
 
 async def _transmit(deps: Deps, loaded: Loaded, kind: str) -> str:
@@ -312,15 +342,18 @@ async def deliver_original(ctx: dict[str, Any], message_id: str) -> str:
         return await _send(ctx["deps"], Delivery, message_id, "delivery")
 
 
-async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
-    """Re-enqueue anything stuck: received but never processed, or replies/deliveries left pending."""
+async def sweep(ctx: dict[str, Any], *, everything: bool = False) -> dict[str, int]:
+    """Re-enqueue anything stuck: received but never processed, replies/deliveries left pending, stale claims.
+
+    `everything` (at worker start-up) takes unqueued work of any age: after a restart with an empty Redis (the
+    embedded one keeps nothing) there is no job to wait for. Work that has a job is skipped by its job id.
+    """
     deps: Deps = ctx["deps"]
     uncertain = await asyncio.to_thread(settle_uncertain_replies, deps.engine, deps.stale_sending)
     if uncertain:
         log.warning("sweep.uncertain_replies", count=uncertain)
-    stuck = await asyncio.to_thread(
-        find_stuck, deps.engine, timedelta(seconds=deps.settings.sweep_after_seconds), deps.stale_sending
-    )
+    older_than = timedelta(0) if everything else timedelta(seconds=deps.settings.sweep_after_seconds)
+    stuck = await asyncio.to_thread(find_stuck, deps.engine, older_than, deps.stale_sending)
     pool = ctx["redis"]
     await queue.enqueue_many(pool, queue.PROCESS, stuck.received)
     await queue.enqueue_many(pool, queue.SEND_REPLY, stuck.replies)
