@@ -93,7 +93,12 @@ BROKEN = [
         "rules[0].when",
         "unknown list 'nosuch_list'",
     ),
-    ("rules:\n  - id: Bad Id\n    then: {category: general, channel: overview}\n", 2, "rules[0].id", "use only lowercase letters"),
+    (
+        "rules:\n  - id: Bad Id\n    then: {category: general, channel: overview}\n",
+        2,
+        "rules[0].id",
+        "use only lowercase letters",
+    ),
     (
         "rules:\n  - id: a\n    when:\n      language: [fr]\n    then: {category: general, channel: overview}\n",
         4,
