@@ -22,10 +22,12 @@ import pytest
 import redis as redis_client
 from aiosmtpd.controller import Controller
 from sqlalchemy import text
+from sqlmodel import Session
 
 from services.config import Settings
 from services.embedded_redis import EmbeddedRedis, start_embedded_redis
 from services.store.db import make_engine
+from services.store.queries import opened_messages
 from tests.support import SERVED, clean_env, make_mail, smtp_send, start_role, terminate, wait_for_smtp
 from tests.test_serve import free_port
 
@@ -179,8 +181,9 @@ def test_kill_9_gateway_worker_and_redis_under_load(tmp_path: Path, clean_databa
             if open_count == 0 or time.monotonic() > deadline:
                 break
             time.sleep(1)
+        with Session(engine) as session:  # stored mail is sealed at rest: read it opened
+            rows = [(m.id, m.raw, m.state, m.size) for m in opened_messages(session)]
         with engine.connect() as connection:
-            rows = connection.execute(text("SELECT id, raw, state, size FROM message")).all()
             reply_states = Counter(r[0] for r in connection.execute(text("SELECT state FROM reply")).all())
         engine.dispose()
     finally:

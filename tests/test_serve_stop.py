@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 from sqlalchemy import text
+from sqlmodel import Session
 
 from services.store.db import make_engine
+from services.store.queries import opened_messages
 from tests.support import SERVED, clean_env, make_mail, start_role, wait_until_ready
 from tests.test_crash import Recorder
 from tests.test_serve import free_port
@@ -131,8 +133,9 @@ def test_sigterm_mid_stream_then_restart(tmp_path: Path) -> None:
                 break
             time.sleep(0.5)
         final_seconds = time.monotonic() - restarted
+        with Session(engine) as session:  # stored mail is sealed at rest: read it opened
+            rows = [(m.raw, m.state) for m in opened_messages(session)]
         with engine.connect() as connection:
-            rows = connection.execute(text("SELECT raw, state FROM message")).all()
             reply_states = Counter(r[0] for r in connection.execute(text("SELECT state FROM reply")).all())
         engine.dispose()
     finally:
