@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
+import tempfile
 from collections import Counter
 from email._header_value_parser import get_addr_spec, get_angle_addr
 from email.errors import HeaderParseError
@@ -18,6 +19,7 @@ from aiosmtpd.smtp import SMTP
 from services.config import Settings, split_host_port
 from services.gateway.handler import GatewayHandler
 from services.gateway.replies import TEMPFAIL_TOO_MANY_CONNECTIONS
+from services.gateway.spool import DataLimits, return_large_blocks_to_the_system, shared_limits, with_spooled_data
 
 log = structlog.get_logger(__name__)
 
@@ -123,10 +125,14 @@ async def start_listener(
     tls: ssl.SSLContext | None = None,
     max_line_length: int = 100_000,
     max_connections_per_client: int = 20,
+    data_limits: DataLimits | None = None,
 ) -> asyncio.Server:
     host, port = split_host_port(listen)
     loop = asyncio.get_running_loop()
     session_class = _session_class(handler.protocol, ConnectionLimiter(max_connections_per_client), max_line_length)
+    # DATA read with bounded memory (services/gateway/spool.py); without limits given, the defaults in /tmp
+    session_class = with_spooled_data(session_class, data_limits or DataLimits(Path(tempfile.gettempdir())))
+    return_large_blocks_to_the_system()
 
     def factory() -> SMTP:
         # aiosmtpd enforces the size limit while reading DATA (552) and announces it with SIZE
@@ -152,4 +158,11 @@ def listener_options(settings: Settings) -> dict[str, Any]:
         "tls": tls_context(settings.tls_cert_file, settings.tls_key_file),
         "max_line_length": settings.max_line_length,
         "max_connections_per_client": settings.max_connections_per_client,
+        "data_limits": shared_limits(
+            settings.var_dir / "spool",
+            settings.spool_threshold_bytes,
+            settings.max_inflight_bytes,
+            settings.max_commit_bytes,
+            settings.smtp_transaction_timeout,
+        ),
     }
