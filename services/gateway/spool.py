@@ -221,7 +221,10 @@ class _Receiving:
         self.deadline = self.started + session.data_limits.transaction_timeout
 
     def tick(self) -> bool:
-        """Restart the idle timer (at most once a second); False once the transaction ceiling has passed."""
+        """Restart the idle timer (at most once a second); False once the transaction ceiling has passed.
+
+        The idle timer is set to fire at the ceiling at the latest, so a sender gone quiet is caught too.
+        """
         now = self.loop.time()
         if now - self.last_reset < _TIMER_RESET_EVERY:
             return True
@@ -312,6 +315,13 @@ def with_spooled_data(base: type[SMTP], limits: DataLimits) -> type[SMTP]:
 
     class SpoolingSession(base):  # type: ignore[misc, valid-type]
         data_limits = limits
+        _receiving: _Receiving | None = None
+
+        def data_received(self, data: bytes) -> None:
+            # every arrival during DATA restarts the idle timer; readuntil returns only at a dot line or a chunk
+            if self._receiving is not None and not self._receiving.tick() and self.transport is not None:
+                self.transport.close()
+            super().data_received(data)
 
         async def smtp_DATA(self, arg: str) -> None:
             if await self.check_helo_needed():
@@ -362,11 +372,9 @@ def with_spooled_data(base: type[SMTP], limits: DataLimits) -> type[SMTP]:
             reader = self._reader
             line_start = True  # the last byte read ended a CRLF (or nothing is read yet)
             after_cr = False
+            self._receiving = receiving
             try:
                 while self.transport is not None:
-                    if not receiving.tick():
-                        self.transport.close()
-                        continue  # connection_lost cancels this coroutine
                     if line_start or after_cr:
                         byte = await reader.readexactly(1)
                         if not (line_start and byte == b"."):
@@ -394,6 +402,8 @@ def with_spooled_data(base: type[SMTP], limits: DataLimits) -> type[SMTP]:
             except asyncio.CancelledError:
                 self._writer.close()
                 raise
+            finally:
+                self._receiving = None
             return False
 
         async def _read_line(self, receiving: _Receiving) -> bytes:
