@@ -28,7 +28,7 @@ from tests.test_serve import free_port
 MIB = 1024 * 1024
 SESSIONS = 40
 MAIL_SIZE = 24 * MIB
-RSS_BOUND_MIB = 400
+RSS_BOUND_MIB = 350
 
 
 class Client:

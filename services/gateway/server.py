@@ -131,7 +131,10 @@ async def start_listener(
     loop = asyncio.get_running_loop()
     session_class = _session_class(handler.protocol, ConnectionLimiter(max_connections_per_client), max_line_length)
     # DATA read with bounded memory (services/gateway/spool.py); without limits given, the defaults in /tmp
-    session_class = with_spooled_data(session_class, data_limits or DataLimits(Path(tempfile.gettempdir())))
+    limits = data_limits or DataLimits(Path(tempfile.gettempdir()))
+    if limits.max_inflight_bytes < handler.max_message_size:
+        raise ValueError("CHANNELSHIFT_MAX_INFLIGHT_BYTES must be at least CHANNELSHIFT_MAX_MESSAGE_SIZE")
+    session_class = with_spooled_data(session_class, limits)
     return_large_blocks_to_the_system()
 
     def factory() -> SMTP:

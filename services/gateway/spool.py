@@ -74,14 +74,17 @@ class DataLimits:
     transaction_timeout: float = 1800.0
     inflight: ByteBudget = field(init=False)
     commit_gate: ByteGate | None = field(init=False, default=None)
+    _gate_loop: asyncio.AbstractEventLoop | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.inflight = ByteBudget(self.max_inflight_bytes)
 
     def gate(self) -> ByteGate:
-        # created on first use: an asyncio.Condition belongs to the loop that first waits on it
-        if self.commit_gate is None:
+        # an asyncio.Condition belongs to one event loop: a new loop (tests, a restarted runtime) gets its own
+        loop = asyncio.get_running_loop()
+        if self.commit_gate is None or self._gate_loop is not loop:
             self.commit_gate = ByteGate(self.max_commit_bytes)
+            self._gate_loop = loop
         return self.commit_gate
 
 
