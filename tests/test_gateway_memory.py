@@ -1,4 +1,4 @@
-"""The `gateway` process under large concurrent DATA: bounded RSS, 452 when full, nothing lost; slow senders get in."""
+"""Gateway memory bound: DATA spooled and capped (452), nothing lost, slow senders get in, read as aiosmtpd reads it."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import random
 import re
+import smtplib
 import socket
 import subprocess
 import threading
@@ -19,10 +20,21 @@ from typing import Any
 import pytest
 from aiosmtpd.smtp import SMTP
 
+from services.gateway.server import start_listener
 from services.gateway.spool import DataLimits, Spool, with_spooled_data
 from services.store.db import make_engine, session_scope
-from services.store.queries import load_message
-from tests.support import SERVED, clean_env, start_role, terminate, wait_for_smtp, wait_until_ready
+from services.store.queries import load_message, opened_messages
+from tests.support import (
+    SERVED,
+    Pipeline,
+    clean_env,
+    make_mail,
+    send,
+    start_role,
+    terminate,
+    wait_for_smtp,
+    wait_until_ready,
+)
 from tests.test_serve import free_port
 
 MIB = 1024 * 1024
@@ -318,4 +330,28 @@ async def test_spooled_data_reads_what_aiosmtpd_reads(tmp_path: Path) -> None:
     finally:
         for server in servers:
             server.close()
+    assert limits.inflight.used == 0
+
+
+async def test_spool_failure_answers_452_and_stores_nothing(pipeline: Pipeline, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_bytes(b"")
+    limits = DataLimits(blocker / "spool", spool_threshold=64 * 1024)
+    server = await start_listener(
+        pipeline.handlers[0], "127.0.0.1:0", hostname="t", session_timeout=30, data_limits=limits
+    )
+    port = server.sockets[0].getsockname()[1]
+    try:
+        big = make_mail(body="Anlage\n" + "x" * 76 * 2000)  # past the threshold: needs the spool
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            await send(port, "citizen@example.org", [SERVED], big)
+        assert refused.value.smtp_code == 452 and refused.value.smtp_error.startswith(b"4.3.1")
+        # a mail under the threshold never touches the disk and gets in
+        answers = await send(port, "citizen@example.org", [SERVED], make_mail(body="kurz"))
+        assert answers == {}
+    finally:
+        server.close()
+    with session_scope(pipeline.deps.engine) as session:
+        stored = opened_messages(session)
+    assert [message.size for message in stored] == [len(make_mail(body="kurz"))]
     assert limits.inflight.used == 0

@@ -131,10 +131,6 @@ class Spool:
         self._file: IO[bytes] | None = None
         self.size = 0
 
-    @property
-    def spooled(self) -> bool:
-        return self._file is not None
-
     def write(self, data: bytes | memoryview) -> None:
         """Blocking only when writing a chunk to the file (page cache; a failure raises OSError)."""
         self._buffer += data
@@ -148,7 +144,6 @@ class Spool:
     def _flush(self) -> None:
         assert self._file is not None
         self._file.write(self._buffer)
-        # a fresh buffer, not clear(): clear() keeps nothing, so the next chunk would grow it again piecewise
         self._buffer = bytearray()
 
     def in_memory(self) -> bytes | None:
