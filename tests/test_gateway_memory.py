@@ -316,16 +316,22 @@ async def test_spooled_data_reads_what_aiosmtpd_reads(tmp_path: Path) -> None:
     ports = [server.sockets[0].getsockname()[1] for server in servers]
     rng = random.Random(19)
     codes: Counter[bytes] = Counter()
+    exact = 0
     try:
         for case in range(300):
             body = stuffed(random_content(rng))
             seed = rng.random()
             answers = [await exchange(port, body, random.Random(seed + index)) for index, port in enumerate(ports)]
-            assert answers[0].split(b" ")[0] == answers[1].split(b" ")[0], (case, answers)
+            # a mail both too big and with a too-long line gets 552 or 500 depending on which aiosmtpd sees
+            # first, and it sees a line by line what this reader sees a chunk at a time: both refuse for good
+            outcomes = [b"5xx" if answer[:3] in (b"500", b"552") else answer[:3] for answer in answers]
+            assert outcomes[0] == outcomes[1], (case, answers)
             assert recorders[0].contents == recorders[1].contents, case
             codes[answers[1][:3]] += 1
+            exact += answers[0][:3] == answers[1][:3]
         # the cases reached every outcome: accepted (some of them spooled), line too long, too much data
         assert set(codes) == {b"250", b"500", b"552"}, codes
+        assert exact >= 0.95 * sum(codes.values()), exact
         assert any(len(content) > limits.spool_threshold for content in recorders[1].contents)
     finally:
         for server in servers:
