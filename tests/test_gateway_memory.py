@@ -361,3 +361,29 @@ async def test_spool_failure_answers_452_and_stores_nothing(pipeline: Pipeline, 
         stored = opened_messages(session)
     assert [message.size for message in stored] == [len(make_mail(body="kurz"))]
     assert limits.inflight.used == 0
+
+
+async def test_spooled_lmtp_mail_is_stored_once_and_answered_per_recipient(pipeline: Pipeline) -> None:
+    """LMTP goes through the same DATA reader: a mail past the spool threshold, two recipients, two answers."""
+    data = make_mail(body="Anlage\n" + "y" * 76 * 30_000)  # about 2.3 MB, past the 1 MiB default threshold
+    reader, writer = await asyncio.open_connection("127.0.0.1", pipeline.lmtp_port)
+    try:
+        await reader.readline()
+        writer.write(b"LHLO client.test\r\n")
+        while not (await reader.readline()).startswith(b"250 "):
+            pass
+        for line in (b"MAIL FROM:<citizen@example.org>", b"RCPT TO:<" + SERVED.encode() + b">"):
+            writer.write(line + b"\r\n")
+            assert (await reader.readline()).startswith(b"250")
+        writer.write(b"RCPT TO:<leistung@jobcenter-musterstadt.example>\r\nDATA\r\n")
+        assert (await reader.readline()).startswith(b"250")
+        assert (await reader.readline()).startswith(b"354")
+        writer.write(data + b".\r\n")
+        first, second = await reader.readline(), await reader.readline()
+        assert first.startswith(b"250 2.0.0") and second == first
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    with session_scope(pipeline.deps.engine) as session:
+        [stored] = opened_messages(session)
+    assert stored.raw == data and stored.protocol == "lmtp" and len(stored.rcpt_tos) == 2
