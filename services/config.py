@@ -69,6 +69,21 @@ class Settings(BaseSettings):
     )
     max_connections_per_client: int = Field(default=20, description="concurrent sessions per client IP; more get 421")
     smtp_timeout: float = Field(default=300.0, description="idle seconds before a session is dropped")
+    # gateway memory bound (docs/reliability.md): what DATA may hold in RAM and on disk while it is received
+    spool_threshold_bytes: int = Field(
+        default=1024 * 1024, ge=0, description="DATA past this size goes to a temporary file under var_dir/spool"
+    )
+    max_inflight_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1, description="bytes of unfinished DATA across all sessions; beyond: 452 4.3.1"
+    )
+    max_commit_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1,
+        description="spooled mail read back into RAM for its durable write at once; a larger mail goes alone",
+    )
+    smtp_transaction_timeout: float = Field(
+        default=1800.0, gt=0, description="longest DATA transfer; the idle timeout restarts with every line received"
+    )
     tls_cert_file: Path | None = Field(default=None, description="PEM certificate for STARTTLS")
     tls_key_file: Path | None = Field(default=None, description="PEM private key for STARTTLS")
     retry_base_seconds: float = Field(default=15.0, description="first retry delay of a transient send failure")

@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 from services.classify.reload import RuleSetHolder
 from services.gateway import replies
 from services.gateway.commit import EnqueueBatch, GroupCommitter
+from services.gateway.spool import Spool
 from services.metrics import STORE_SECONDS
 from services.store.db import session_scope
 from services.store.models import MessageState, utcnow
@@ -160,7 +161,17 @@ class GatewayHandler:
             log.warning("gateway.count_failed")
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        content: bytes = envelope.original_content or b""
+        spool: Spool | None = getattr(envelope, "spool", None)
+        if spool is None:  # a session class without services.gateway.spool (aiosmtpd's own DATA)
+            return await self._store(session, envelope, envelope.original_content or b"")
+        try:
+            async with spool.loaded() as content:
+                return await self._store(session, envelope, content)
+        except Exception as exc:  # reading the spool file back; the store's own failures are answered in _store
+            log.error("gateway.spool_read_failed", protocol=self.protocol, error=type(exc).__name__)
+            return self._answer(replies.TEMPFAIL_STORAGE, list(envelope.rcpt_tos))
+
+    async def _store(self, session: Any, envelope: Any, content: bytes) -> str:
         recipients = list(envelope.rcpt_tos)
         if len(content) > self.max_message_size:
             return self._answer(replies.REJECT_TOO_BIG.format(limit=self.max_message_size), recipients)

@@ -13,6 +13,7 @@ REJECT_RECIPIENT_CONTROL = "553 5.1.3 recipient address contains a control chara
 REJECT_RECIPIENT_UTF8 = "553 5.1.3 recipient address is not valid UTF-8"
 OK_SENDER = "250 2.1.0 OK"
 TEMPFAIL_STORAGE = "451 4.3.0 temporary storage failure, try again later"
+TEMPFAIL_INSUFFICIENT_STORAGE = "452 4.3.1 Insufficient system storage, try again later"
 TEMPFAIL_RULES = "451 4.3.0 rules not loaded, try again later"
 TEMPFAIL_TOO_MANY_CONNECTIONS = "421 4.7.0 too many connections from your host, try again later"
 TEMPFAIL_SHUTTING_DOWN = "421 4.3.2 service shutting down, try again later"

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import re
 import ssl
+import tempfile
 from collections import Counter
 from email._header_value_parser import get_addr_spec, get_angle_addr
 from email.errors import HeaderParseError
@@ -19,6 +20,7 @@ from aiosmtpd.smtp import SMTP
 from services.config import Settings, split_host_port
 from services.gateway.handler import GatewayHandler
 from services.gateway.replies import TEMPFAIL_SHUTTING_DOWN, TEMPFAIL_TOO_MANY_CONNECTIONS
+from services.gateway.spool import DataLimits, return_large_blocks_to_the_system, shared_limits, with_spooled_data
 
 log = structlog.get_logger(__name__)
 
@@ -204,6 +206,7 @@ async def start_listener(
     max_line_length: int = 100_000,
     max_connections_per_client: int = 20,
     open_sessions: OpenSessions | None = None,
+    data_limits: DataLimits | None = None,
 ) -> asyncio.Server:
     """`open_sessions`: pass one to stop the listener gracefully later (OpenSessions.close)."""
     host, port = split_host_port(listen)
@@ -214,6 +217,12 @@ async def start_listener(
         max_line_length,
         open_sessions or OpenSessions(),
     )
+    # DATA read with bounded memory (services/gateway/spool.py); without limits given, the defaults in /tmp
+    limits = data_limits or DataLimits(Path(tempfile.gettempdir()))
+    if limits.max_inflight_bytes < handler.max_message_size:
+        raise ValueError("CHANNELSHIFT_MAX_INFLIGHT_BYTES must be at least CHANNELSHIFT_MAX_MESSAGE_SIZE")
+    session_class = with_spooled_data(session_class, limits)
+    return_large_blocks_to_the_system()
 
     def factory() -> SMTP:
         # aiosmtpd enforces the size limit while reading DATA (552) and announces it with SIZE
@@ -239,4 +248,11 @@ def listener_options(settings: Settings) -> dict[str, Any]:
         "tls": tls_context(settings.tls_cert_file, settings.tls_key_file),
         "max_line_length": settings.max_line_length,
         "max_connections_per_client": settings.max_connections_per_client,
+        "data_limits": shared_limits(
+            settings.var_dir / "spool",
+            settings.spool_threshold_bytes,
+            settings.max_inflight_bytes,
+            settings.max_commit_bytes,
+            settings.smtp_transaction_timeout,
+        ),
     }

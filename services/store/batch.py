@@ -65,6 +65,8 @@ class BatchWriter(Generic[Item, Result]):
                     future.set_exception(outcome)
                 else:
                     future.set_result(outcome)
+            # not kept while waiting for the next item: a batch can hold megabytes (the gateway's raw mails)
+            del batch, outcomes
 
     async def close(self) -> None:
         if self._writer is not None and self._writer.get_loop() is asyncio.get_running_loop():
