@@ -12,7 +12,7 @@ from sqlmodel import Session, select
 from services import queue
 from services.links import read_token
 from services.store.models import Decision, Delivery, JobState, Message, MessageState, Reply
-from services.store.queries import opened_messages
+from services.store.queries import mark_transmitting, opened_messages
 from services.worker.jobs import deliver_original, process_message, send_reply, sweep
 from tests.support import SERVED, Pipeline, make_mail
 
@@ -335,3 +335,23 @@ async def test_a_delivery_report_quoting_an_emergency_is_still_held(pipeline: Pi
     assert original.message["X-Channelshift-Priority"] == "normal"
     [message] = _messages(pipeline)
     assert message.state == MessageState.DELIVERED
+
+
+async def test_a_reply_whose_claim_was_taken_over_is_not_transmitted(pipeline: Pipeline) -> None:
+    """A worker that stalled past its lease finds its claim taken (the next attempt): it must not send."""
+    await pipeline.send(make_mail(subject="Frage", body="Wann haben Sie geöffnet?"))
+    await pipeline.work()
+    [message] = opened_messages(Session(pipeline.deps.engine))
+    with Session(pipeline.deps.engine) as session:
+        reply = session.get(Reply, message.id)
+        assert reply is not None
+        reply.state, reply.attempts = JobState.SENDING, 3  # another worker's claim, attempt 3
+        session.add(reply)
+        session.commit()
+    with Session(pipeline.deps.engine) as session:
+        assert not mark_transmitting(session, Reply, message.id, 2)  # the stalled worker held attempt 2
+        session.commit()
+        assert session.get(Reply, message.id).state == JobState.SENDING  # type: ignore[union-attr]
+        assert mark_transmitting(session, Reply, message.id, 3)
+        session.commit()
+        assert session.get(Reply, message.id).state == JobState.TRANSMITTING  # type: ignore[union-attr]

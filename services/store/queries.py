@@ -405,8 +405,16 @@ class StuckWork:
     deliveries: list[str]
 
 
-def mark_transmitting(session: Session, model: type[Reply] | type[Delivery], message_id: str) -> None:
-    session.execute(_transmitting_statement(model), {"target_id": message_id, "now": utcnow()})
+def mark_transmitting(session: Session, model: type[Reply] | type[Delivery], message_id: str, attempt: int) -> bool:
+    """SENDING -> TRANSMITTING for this claim only; False when the claim is no longer ours.
+
+    A worker that stalled past its lease may find its claim taken over (the taker's claim has the next
+    attempt number): it must not transmit, or the citizen could get the reply twice.
+    """
+    result = session.execute(
+        _transmitting_statement(model), {"target_id": message_id, "attempt": attempt, "now": utcnow()}
+    )
+    return bool(getattr(result, "rowcount", 0) == 1)
 
 
 @functools.cache
@@ -414,7 +422,11 @@ def _transmitting_statement(model: type[Reply] | type[Delivery]) -> Any:
     table = model.__table__  # type: ignore[union-attr]
     return (
         update(table)
-        .where(table.c.message_id == bindparam("target_id"), table.c.state == JobState.SENDING)
+        .where(
+            table.c.message_id == bindparam("target_id"),
+            table.c.state == JobState.SENDING,
+            table.c.attempts == bindparam("attempt"),
+        )
         .values(state=JobState.TRANSMITTING, claimed_at=bindparam("now"))
     )
 

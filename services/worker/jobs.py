@@ -162,7 +162,10 @@ async def _transmit(deps: Deps, loaded: Loaded, kind: str) -> str:
         if model is Reply:
             data = _reply_bytes(deps, message, decision, row)
             # from here on, a crash leaves the reply "transmitting": settled as uncertain, never resent
-            await deps.batcher.run(lambda session: mark_transmitting(session, Reply, message_id))
+            ours = await deps.batcher.run(lambda session: mark_transmitting(session, Reply, message_id, row.attempts))
+            if not ours:
+                log.warning("reply.claim_taken_over", attempt=row.attempts)
+                return "skipped"
             await deps.reply_sender.send(f"{message.id}.reply", "", [message.mail_from], data)
         else:
             note = await _deliver(deps, message, decision)
