@@ -341,8 +341,8 @@ async def test_a_reply_whose_claim_was_taken_over_is_not_transmitted(pipeline: P
     """A worker that stalled past its lease finds its claim taken (the next attempt): it must not send."""
     await pipeline.send(make_mail(subject="Frage", body="Wann haben Sie geöffnet?"))
     await pipeline.work()
-    [message] = opened_messages(Session(pipeline.deps.engine))
     with Session(pipeline.deps.engine) as session:
+        [message] = opened_messages(session)
         reply = session.get(Reply, message.id)
         assert reply is not None
         reply.state, reply.attempts = JobState.SENDING, 3  # another worker's claim, attempt 3
