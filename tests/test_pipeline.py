@@ -13,6 +13,7 @@ from services import queue
 from services.links import read_token
 from services.store.models import Decision, Delivery, JobState, Message, MessageState, Reply
 from services.store.queries import mark_transmitting, opened_messages
+from services.store.records import SendRecord
 from services.worker.jobs import deliver_original, process_message, send_reply, sweep
 from tests.support import SERVED, Pipeline, make_mail
 
@@ -349,9 +350,9 @@ async def test_a_reply_whose_claim_was_taken_over_is_not_transmitted(pipeline: P
         session.add(reply)
         session.commit()
     with Session(pipeline.deps.engine) as session:
-        assert not mark_transmitting(session, Reply, message.id, 2)  # the stalled worker held attempt 2
+        assert not mark_transmitting(session, SendRecord(Reply, message.id, 2))  # the stalled worker held attempt 2
         session.commit()
         assert session.get(Reply, message.id).state == JobState.SENDING  # type: ignore[union-attr]
-        assert mark_transmitting(session, Reply, message.id, 3)
+        assert mark_transmitting(session, SendRecord(Reply, message.id, 3))
         session.commit()
         assert session.get(Reply, message.id).state == JobState.TRANSMITTING  # type: ignore[union-attr]

@@ -361,14 +361,15 @@ def release_claim(session: Session, record: SendRecord) -> bool:
 @functools.cache
 def _release_statement(model: type[Reply] | type[Delivery]) -> Any:
     table = model.__table__  # type: ignore[union-attr]
-    return (
-        update(table)
-        .where(
-            table.c.message_id == bindparam("target_id"),
-            table.c.state == JobState.SENDING,
-            table.c.attempts == bindparam("claimed_attempt"),
-        )
-        .values(state=JobState.PENDING, claimed_at=None, attempts=table.c.attempts - 1)
+    return _own_sending_claim(table).values(state=JobState.PENDING, claimed_at=None, attempts=table.c.attempts - 1)
+
+
+def _own_sending_claim(table: Table) -> Any:
+    """UPDATE of one send still `sending` under the claim this worker took (same attempt number)."""
+    return update(table).where(
+        table.c.message_id == bindparam("target_id"),
+        table.c.state == JobState.SENDING,
+        table.c.attempts == bindparam("claimed_attempt"),
     )
 
 
@@ -405,14 +406,15 @@ class StuckWork:
     deliveries: list[str]
 
 
-def mark_transmitting(session: Session, model: type[Reply] | type[Delivery], message_id: str, attempt: int) -> bool:
+def mark_transmitting(session: Session, record: SendRecord) -> bool:
     """SENDING -> TRANSMITTING for this claim only; False when the claim is no longer ours.
 
     A worker that stalled past its lease may find its claim taken over (the taker's claim has the next
     attempt number): it must not transmit, or the citizen could get the reply twice.
     """
     result = session.execute(
-        _transmitting_statement(model), {"target_id": message_id, "attempt": attempt, "now": utcnow()}
+        _transmitting_statement(record.model),
+        {"target_id": record.message_id, "claimed_attempt": record.attempts, "now": utcnow()},
     )
     return bool(getattr(result, "rowcount", 0) == 1)
 
@@ -420,15 +422,7 @@ def mark_transmitting(session: Session, model: type[Reply] | type[Delivery], mes
 @functools.cache
 def _transmitting_statement(model: type[Reply] | type[Delivery]) -> Any:
     table = model.__table__  # type: ignore[union-attr]
-    return (
-        update(table)
-        .where(
-            table.c.message_id == bindparam("target_id"),
-            table.c.state == JobState.SENDING,
-            table.c.attempts == bindparam("attempt"),
-        )
-        .values(state=JobState.TRANSMITTING, claimed_at=bindparam("now"))
-    )
+    return _own_sending_claim(table).values(state=JobState.TRANSMITTING, claimed_at=bindparam("now"))
 
 
 def record_send_outcome(

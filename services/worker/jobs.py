@@ -156,13 +156,12 @@ async def _transmit(deps: Deps, loaded: Loaded, kind: str) -> str:
     """
     message, decision, row = loaded.message, loaded.decision, loaded.row
     model = row.model
-    message_id = message.id
     note: str | None = None
     try:
         if model is Reply:
             data = _reply_bytes(deps, message, decision, row)
             # from here on, a crash leaves the reply "transmitting": settled as uncertain, never resent
-            ours = await deps.batcher.run(lambda session: mark_transmitting(session, Reply, message_id, row.attempts))
+            ours = await deps.batcher.run(lambda session: mark_transmitting(session, row))
             if not ours:
                 log.warning("reply.claim_taken_over", attempt=row.attempts)
                 return "skipped"
