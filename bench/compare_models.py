@@ -14,9 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from services.classify.evaluate import evaluate
 from services.classify.loader import load_rules
 from services.config import PROJECT_ROOT
+from services.tools.evaluate import evaluate
 
 RULES = PROJECT_ROOT / "routing_rules"
 TEMPLATES = PROJECT_ROOT / "templates"

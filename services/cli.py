@@ -122,8 +122,8 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 
 
 def cmd_rules_explain(args: argparse.Namespace) -> int:
-    from services.classify.explain import explain, format_explain
     from services.reply.policy import policy_config
+    from services.tools.explain import explain, format_explain
 
     settings = _settings()
     ruleset = _ruleset(settings, args.rules)
@@ -142,9 +142,9 @@ def cmd_preview(args: argparse.Namespace) -> int:
     """The worker's verdict for a mail file and the exact reply it would send; sends and stores nothing."""
     from zoneinfo import ZoneInfo
 
-    from services.preview import format_preview, preview
     from services.reply.policy import PolicyConfig
     from services.reply.render import ReplyRenderer
+    from services.tools.preview import format_preview, preview
 
     settings = _settings()
     try:
@@ -192,7 +192,7 @@ def _add_preview(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def cmd_rules_eval(args: argparse.Namespace) -> int:
-    from services.classify.evaluate import evaluate
+    from services.tools.evaluate import evaluate
 
     settings = _settings()
     ruleset = _ruleset(settings, args.rules)
@@ -240,8 +240,8 @@ def _date(value: str) -> datetime:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from services.classify.loader import RuleSetInvalid
-    from services.classify.replay import replay
     from services.store.db import make_engine
+    from services.tools.replay import replay
 
     settings = _settings()
     try:

@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     reply_daily_cap: int = 3
     # Stopping and recovering (docs/reliability.md): a running worker renews its claims and its jobs'
     # in-progress keys; work whose worker stopped renewing is taken over after stale_after_seconds.
+    classify_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="a mail classified for longer goes to staff flagged (limit:classify-timeout), unanswered",
+    )
     shutdown_timeout_seconds: float = Field(
         default=20.0, ge=0, description="SIGTERM/SIGINT: how long jobs in flight and open SMTP transactions may finish"
     )

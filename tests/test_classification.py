@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from services.classify.evaluate import evaluate
 from services.classify.examples import add_example
-from services.classify.explain import explain
 from services.classify.keywords import KeywordIndex
 from services.classify.loader import RuleSetInvalid, load_rules
 from services.classify.reload import RuleSetHolder
 from services.config import PROJECT_ROOT
+from services.tools.evaluate import evaluate
+from services.tools.explain import explain
 from tests.support import make_mail
 
 RULES = PROJECT_ROOT / "routing_rules"
@@ -166,7 +166,7 @@ def test_the_safety_floor_is_the_same_in_explain_and_in_the_worker(tmp_path: Pat
     from services.config import Settings
     from services.reply.policy import PolicyConfig
     from services.store.models import Message
-    from services.worker.decide import classify_message
+    from services.worker.decide import verdict_for
 
     rules = _rule_copy(tmp_path)
     safety = rules / "30-safety.yaml"
@@ -183,5 +183,5 @@ def test_the_safety_floor_is_the_same_in_explain_and_in_the_worker(tmp_path: Pat
         mailbox="info@jobcenter-musterstadt.example", size=len(raw), raw=raw,
     )  # fmt: skip
     deps = SimpleNamespace(rules=SimpleNamespace(current=ruleset), settings=Settings(), policy=PolicyConfig())
-    found = classify_message(deps, message)  # type: ignore[arg-type]
-    assert (found.category, found.priority, found.deliver) == ("emergency", "urgent", True)
+    found = verdict_for(deps, message)  # type: ignore[arg-type]
+    assert (found.category, found.priority, found.held, found.deliver_to) == ("emergency", "urgent", False, "staff")

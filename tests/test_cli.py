@@ -71,8 +71,8 @@ async def test_replay_shows_shift_and_changes_nothing(pipeline: Pipeline, tmp_pa
     from sqlmodel import Session, select
 
     from services.classify.loader import load_rules
-    from services.classify.replay import replay
     from services.store.models import Decision
+    from services.tools.replay import replay
 
     await pipeline.send(make_mail(subject="Zauberwort", body="Nur eine Frage."))
     await pipeline.send(make_mail(subject="Termin", body="Ich muss den Termin absagen.", sender="b@example.org"))

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from services.classify.evaluate import evaluate
-from services.classify.explain import explain
 from services.classify.loader import load_rules
 from services.config import PROJECT_ROOT
 from services.mail import parse_mail
 from services.reply.policy import PolicyConfig
+from services.tools.evaluate import evaluate
+from services.tools.explain import explain
 
 RULESET = load_rules(PROJECT_ROOT / "routing_rules", PROJECT_ROOT / "templates")
 CORPUS_MX = "mx01.jobcenter-musterstadt.example"  # the authserv-id the citizen mails' Authentication-Results carry

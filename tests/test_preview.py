@@ -12,12 +12,12 @@ from datetime import UTC, datetime
 from email.policy import default as default_policy
 from pathlib import Path
 
-from services.classify.explain import explain
 from services.classify.loader import load_rules
 from services.config import PROJECT_ROOT
-from services.preview import format_preview, preview
 from services.reply.render import ReplyRenderer
 from services.store.queries import opened_messages
+from services.tools.explain import explain
+from services.tools.preview import format_preview, preview
 from tests.support import SERVED, Pipeline, make_mail
 
 RULESET = load_rules(
@@ -46,7 +46,7 @@ def test_every_citizen_mail_previews_with_the_verdict_explain_gives(corpus_dir: 
         result = preview(RULESET, RENDERER, raw, received_at=TUESDAY_1930, hostname="gateway.test")
         explained = explain(RULESET, raw, received_at=TUESDAY_1930)
         verdict = result.verdict
-        assert (verdict.category, verdict.channel, verdict.template, verdict.reason, verdict.priority) == (
+        assert (verdict.category, verdict.channel, verdict.template, verdict.suppressed, verdict.priority) == (
             explained["category"],
             explained["channel"],
             explained["template"],
@@ -64,10 +64,10 @@ def test_every_citizen_mail_previews_with_the_verdict_explain_gives(corpus_dir: 
         else:
             assert result.reply is None, row["file"]
             assert "Auto-Submitted" not in shown
-            if verdict.reason is None:  # partner mail: no reply template, nothing suppressed
+            if verdict.suppressed is None:  # partner mail: no reply template, nothing suppressed
                 assert verdict.template is None and "reply:      no (no reply template for this category)" in shown
             else:
-                assert f"reply:      no - suppressed: {verdict.reason}\n" in shown
+                assert f"reply:      no - suppressed: {verdict.suppressed}\n" in shown
     assert replies > 100
 
 
@@ -77,10 +77,10 @@ def test_every_thirdparty_mail_previews_as_suppressed_without_a_reply(corpus_dir
     reasons: set[str] = set()
     for path in files:
         result = preview(RULESET, RENDERER, path.read_bytes(), received_at=TUESDAY_1930, hostname="gateway.test")
-        assert result.reply is None and result.verdict.reason is not None, path.name
+        assert result.reply is None and result.verdict.suppressed is not None, path.name
         shown = format_preview(result, "Europe/Berlin")
-        assert f"reply:      no - suppressed: {result.verdict.reason}" in shown
-        reasons.add(result.verdict.reason)
+        assert f"reply:      no - suppressed: {result.verdict.suppressed}" in shown
+        reasons.add(result.verdict.suppressed)
     # bounces and auto-replies are recognised as such, not only as mail nobody addressed to us
     assert {"null-sender", "automated-sender"} & reasons or any("auto" in r for r in reasons), reasons
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from services.classify.explain import explain
 from services.classify.loader import load_rules
 from services.config import PROJECT_ROOT
+from services.tools.explain import explain
 
 HERE = Path(__file__).resolve().parent
 RULESET = load_rules(PROJECT_ROOT / "routing_rules", PROJECT_ROOT / "templates")

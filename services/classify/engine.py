@@ -18,7 +18,7 @@ from services.classify.patterns import RegexTimeout, SafePattern
 from services.classify.prefilter import filter_fold, required_words
 from services.classify.schema import PRIORITIES, Action, AddressMatch, Condition, Rule, RuleSettings, TextMatch
 from services.classify.text import as_written, fold
-from services.domain_constants import SAFETY_CATEGORIES, SAFETY_PRIORITY
+from services.domain import SAFETY_CATEGORIES, SAFETY_PRIORITY
 from services.mail import InboundMail, is_machine_report
 
 if TYPE_CHECKING:
@@ -397,10 +397,10 @@ class RuleSet:
 
     def classify_file_by_rules(self, mail: InboundMail) -> Classification:
         """The rules' decision for a mail read from a file, with the envelope `explain` assumes; no model."""
-        from services.classify.explain import default_envelope
+        from services.classify.envelope import assumed_envelope
 
-        sender, recipients = default_envelope(self, mail, None, None)
-        return self.classify_by_rules(MailFacts.of(mail, sender, recipients, datetime.now(UTC)))
+        envelope = assumed_envelope(self, mail)
+        return self.classify_by_rules(MailFacts.of(mail, envelope.mail_from, envelope.rcpt_tos, envelope.received_at))
 
     def certain_category(self, mail: InboundMail) -> str | None:
         """The category a rule other than the catch-all gives a mail, else None (left to the model)."""

@@ -11,7 +11,7 @@ from services.classify.embedding import enabled as embedding_enabled
 from services.classify.features import own_part
 from services.classify.intent import IntentModel, IntentScores, SemanticModel, combine
 from services.classify.schema import ModelSettings
-from services.domain_constants import SAFETY_CATEGORIES
+from services.domain import SAFETY_CATEGORIES
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from services.classify.features import OWN_CHARS, QUOTED_CHARS, model_text, own_
 from services.classify.hybrid import IntentClassifier, decide_intent, safety_kept, should_escalate
 from services.classify.intent import SCORE_SCALE, IntentModel, IntentScores, SemanticModel, combine
 from services.classify.schema import ModelSettings
-from services.domain_constants import SAFETY_CATEGORIES
+from services.domain import SAFETY_CATEGORIES
 from services.mail import InboundMail
 
 log = structlog.get_logger(__name__)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from services.domain import Priority, Verdict
+
 _HEADER_END = re.compile(rb"(\r?\n)\r?\n")
 _OURS = re.compile(rb"^x-channelshift-", re.IGNORECASE)
 
@@ -29,3 +31,25 @@ def strip_our_headers(raw: bytes) -> bytes:
 def with_routing_headers(raw: bytes, headers: dict[str, str]) -> bytes:
     lines = b"".join(f"{name}: {value}\r\n".encode("ascii", "replace") for name, value in headers.items())
     return lines + strip_our_headers(raw)
+
+
+def routing_headers(message_id: str, verdict: Verdict) -> dict[str, str]:
+    """What staff read at a glance on a delivered original: the stored verdict as X-Channelshift-* headers."""
+    reply = "sent" if verdict.reply else f"suppressed ({verdict.suppressed or 'no template'})"
+    headers = {
+        "X-Channelshift-Category": verdict.category,
+        "X-Channelshift-Channel": verdict.channel,
+        "X-Channelshift-Rule": verdict.rule_id,
+        "X-Channelshift-Priority": verdict.priority,
+        "X-Channelshift-Language": verdict.language,
+        "X-Channelshift-Reply": reply,
+        "X-Channelshift-Ruleset": verdict.ruleset_version,
+        "X-Channelshift-Confidence": verdict.confidence,
+        "X-Channelshift-Id": message_id,
+    }
+    if verdict.defects:
+        headers["X-Channelshift-Flags"] = "parse-problems: " + ", ".join(verdict.defects)[:300]
+    if verdict.priority in (Priority.HIGH, Priority.URGENT):
+        headers["X-Priority"] = "1 (Highest)" if verdict.priority == Priority.URGENT else "2 (High)"
+        headers["Importance"] = "high"
+    return headers

@@ -20,6 +20,7 @@ from sqlalchemy.sql.dml import Insert
 from sqlmodel import Session, SQLModel, col
 from sqlmodel import select as model_select
 
+from services.domain import Verdict
 from services.privacy import mask_addresses
 from services.store.db import session_scope
 from services.store.models import (
@@ -35,7 +36,7 @@ from services.store.models import (
     ReplyLedger,
     utcnow,
 )
-from services.store.records import DecisionRecord, SendRecord
+from services.store.records import SendRecord
 from services.store.vault import open_message, seal_message_rows
 from services.store.writelock import write_lock
 
@@ -154,9 +155,9 @@ def opened_messages(session: Session, *conditions: Any, limit: int | None = None
     return [open_message(row._mapping) for row in rows]
 
 
-def load_decision(session: Session, message_id: str) -> DecisionRecord | None:
+def load_decision(session: Session, message_id: str) -> Verdict | None:
     row = session.execute(_DECISION_BY_ID, {"target_id": message_id}).one_or_none()
-    return None if row is None else DecisionRecord.of(row._mapping)
+    return None if row is None else Verdict.of_row(row._mapping)
 
 
 def load_send(session: Session, model: type[Reply] | type[Delivery], message_id: str) -> SendRecord | None:
@@ -204,7 +205,7 @@ def _insert_into(table: Table) -> Insert:
     return insert(table)
 
 
-def bump_message_counter(session: Session, message: Message, decision: Decision | DecisionRecord, outcome: str) -> None:
+def bump_message_counter(session: Session, message: Message, decision: Decision | Verdict, outcome: str) -> None:
     """Count an outcome in the hour the message arrived, under its mailbox, category and channel."""
     bump_counter(
         session,

@@ -1,4 +1,4 @@
-"""Plain read-only values of a decision and of a claimed send that a worker passes from step to step."""
+"""Plain read-only values of a claimed send that a worker passes from step to step."""
 
 from __future__ import annotations
 
@@ -9,45 +9,7 @@ from typing import Any
 from services.store.models import Delivery, Reply
 
 # Building a table-model object costs 25-45 microseconds (validation and change tracking the worker never
-# uses) and a decision took four of them per mail; these dataclasses cost about 1.
-
-
-@dataclass(frozen=True, slots=True)
-class DecisionRecord:
-    """The columns of a `decision` row that sending and counting read."""
-
-    message_id: str
-    category: str
-    channel: str
-    rule_id: str
-    ruleset_version: str
-    template: str | None
-    priority: str
-    deliver_to: str | None
-    language: str
-    reply: bool
-    suppressed: str | None
-    defects: tuple[str, ...]
-    confidence: str = "high"
-
-    @classmethod
-    def of(cls, values: Mapping[Any, Any]) -> DecisionRecord:
-        """From a `decision` row's values (column name to value; other columns are ignored)."""
-        return cls(
-            message_id=values["message_id"],
-            category=values["category"],
-            channel=values["channel"],
-            rule_id=values["rule_id"],
-            ruleset_version=values["ruleset_version"],
-            template=values["template"],
-            priority=values["priority"],
-            deliver_to=values["deliver_to"],
-            language=values["language"],
-            reply=bool(values["reply"]),
-            suppressed=values["suppressed"],
-            defects=tuple(values["defects"] or ()),
-            confidence=values.get("confidence") or "high",
-        )
+# uses) and a decision took four of them per mail; these dataclasses (and the Verdict) cost about 1.
 
 
 @dataclass(frozen=True, slots=True)

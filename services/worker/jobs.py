@@ -14,11 +14,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from services import queue
+from services.domain import Verdict
 from services.mail import parse_mail
 from services.metrics import DELIVERY_ATTEMPTS, JOB_SECONDS, timed
 from services.reply.build import ReplyUnbuildable, build_reply, tracked_links
 from services.reply.compose import threading_headers
-from services.reply.original import with_routing_headers
+from services.reply.original import routing_headers, with_routing_headers
 from services.reply.send import (
     MaildirSender,
     PermanentSendError,
@@ -28,6 +29,7 @@ from services.reply.send import (
     send_failure,
 )
 from services.reply.wrapper import build_wrapper
+from services.store.decisions import Pending
 from services.store.models import Delivery, JobState, Message, Reply
 from services.store.purge import purge
 from services.store.queries import (
@@ -43,9 +45,9 @@ from services.store.queries import (
     release_claim,
     settle_uncertain_replies,
 )
-from services.store.records import DecisionRecord, SendRecord
+from services.store.records import SendRecord
 from services.store.rollup import refresh_daily_rollup
-from services.worker.decide import Pending, decide
+from services.worker.decide import decide_message
 from services.worker.deps import Deps
 
 log = structlog.get_logger(__name__)
@@ -63,7 +65,7 @@ async def process_message(ctx: dict[str, Any], message_id: str) -> str:
     deps: Deps = ctx["deps"]
     structlog.contextvars.bind_contextvars(message_id=message_id, job="process")
     with timed(JOB_SECONDS, "process"):
-        decided = await decide(deps, message_id)
+        decided = await decide_message(deps, message_id)
     if decided is None:
         return "skipped"
     if isinstance(decided, Pending):
@@ -75,9 +77,9 @@ async def process_message(ctx: dict[str, Any], message_id: str) -> str:
         return "decided"
     sends = []
     if decided.reply is not None:
-        sends.append(_send_inline(ctx, Loaded(decided.message, decided.decision, decided.reply), "reply"))
+        sends.append(_send_inline(ctx, Loaded(decided.message, decided.verdict, decided.reply), "reply"))
     if decided.delivery is not None:
-        sends.append(_send_inline(ctx, Loaded(decided.message, decided.decision, decided.delivery), "delivery"))
+        sends.append(_send_inline(ctx, Loaded(decided.message, decided.verdict, decided.delivery), "delivery"))
     await asyncio.gather(*sends)
     return "decided"
 
@@ -87,7 +89,7 @@ class Loaded:
     """A claimed reply or delivery with its message and decision."""
 
     message: Message
-    decision: DecisionRecord
+    decision: Verdict
     row: SendRecord
 
 
@@ -198,7 +200,7 @@ def _finish(
     session: Session,
     model: type[Reply] | type[Delivery],
     message: Message,
-    decision: DecisionRecord,
+    decision: Verdict,
     state: str,
     error: str | None,
     *outcomes: str,
@@ -208,7 +210,7 @@ def _finish(
         bump_message_counter(session, message, decision, outcome)
 
 
-def _reply_bytes(deps: Deps, message: Message, decision: DecisionRecord, reply: SendRecord) -> bytes:
+def _reply_bytes(deps: Deps, message: Message, decision: Verdict, reply: SendRecord) -> bytes:
     """The reply's bytes; a template or address that cannot make a reply is a permanent (counted) failure."""
     assert decision.template is not None and reply.reply_message_id is not None
     ruleset = deps.rules.current  # one set for settings and templates, even if a reload lands meanwhile
@@ -240,27 +242,7 @@ def _reply_bytes(deps: Deps, message: Message, decision: DecisionRecord, reply: 
         raise PermanentSendError(str(exc) if isinstance(exc, ReplyUnbuildable) else type(exc).__name__) from exc
 
 
-def _routing_headers(message: Message, decision: DecisionRecord) -> dict[str, str]:
-    headers = {
-        "X-Channelshift-Category": decision.category,
-        "X-Channelshift-Channel": decision.channel,
-        "X-Channelshift-Rule": decision.rule_id,
-        "X-Channelshift-Priority": decision.priority,
-        "X-Channelshift-Language": decision.language,
-        "X-Channelshift-Reply": "sent" if decision.reply else f"suppressed ({decision.suppressed or 'no template'})",
-        "X-Channelshift-Ruleset": decision.ruleset_version,
-        "X-Channelshift-Confidence": decision.confidence,
-        "X-Channelshift-Id": message.id,
-    }
-    if decision.defects:
-        headers["X-Channelshift-Flags"] = "parse-problems: " + ", ".join(decision.defects)[:300]
-    if decision.priority in ("high", "urgent"):
-        headers["X-Priority"] = "1 (Highest)" if decision.priority == "urgent" else "2 (High)"
-        headers["Importance"] = "high"
-    return headers
-
-
-async def _deliver(deps: Deps, message: Message, decision: DecisionRecord) -> str | None:
+async def _deliver(deps: Deps, message: Message, decision: Verdict) -> str | None:
     """Hand the original to staff; if the relay refuses it for good, a wrapper carrying it instead.
 
     Returns None when the original went through, else a note on the wrapper (stored with the delivery).
@@ -270,7 +252,7 @@ async def _deliver(deps: Deps, message: Message, decision: DecisionRecord) -> st
         raise PermanentSendError("raw message already purged")
     target = decision.deliver_to or "staff"
     target_address = deps.rules.current.settings.targets.get(target)
-    headers = _routing_headers(message, decision)
+    headers = routing_headers(message.id, decision)
     data = with_routing_headers(message.raw, headers)
     recipients = [target_address] if target_address else list(message.rcpt_tos)
     sender = deps.delivery_sender

@@ -11,8 +11,11 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from services.classify.engine import MailFacts, RuleSet
+from services.classify.engine import RuleSet
+from services.domain import Envelope
 from services.mail import parse_mail
+from services.reply.decide import decide
+from services.reply.policy import PolicyConfig
 from services.store.models import Decision, Message
 from services.store.queries import opened_messages
 
@@ -99,23 +102,32 @@ def _batches(engine: Engine, since: datetime, until: datetime | None) -> Iterato
         last_time, last_id = messages[-1].received_at, messages[-1].id
 
 
-def replay(engine: Engine, ruleset: RuleSet, since: datetime, until: datetime | None = None) -> ReplayReport:
-    """Nothing is written or sent: the stored decisions stay as they are."""
+# replay compares categories and channels, never pseudonyms: any key does
+_REPLAY_KEY = b"channelshift-replay"
+
+
+def replay(
+    engine: Engine,
+    ruleset: RuleSet,
+    since: datetime,
+    until: datetime | None = None,
+    policy: PolicyConfig | None = None,
+) -> ReplayReport:
+    """Nothing is written or sent: the stored decisions stay as they are. Decides with the worker's `decide()`."""
+    policy = policy or PolicyConfig()
     report = ReplayReport(candidate_version=ruleset.version)
     for rows in _batches(engine, since, until):
         for message, decision in rows:
             if message.raw is None:
                 report.purged += 1
                 continue
-            facts = MailFacts.of(
-                parse_mail(message.raw), message.mail_from, tuple(message.rcpt_tos), message.received_at
-            )
-            result = ruleset.classify(facts)
+            envelope = Envelope(message.mail_from, tuple(message.rcpt_tos), message.received_at)
+            verdict = decide(parse_mail(message.raw), envelope, ruleset, policy, _REPLAY_KEY)
             report.total += 1
-            report.categories[(decision.category, result.action.category)] += 1
-            report.channels[(decision.channel, result.action.channel)] += 1
-            report.new_rules[result.rule_id] += 1
-            if (decision.category, decision.channel) != (result.action.category, result.action.channel):
+            report.categories[(decision.category, verdict.category)] += 1
+            report.channels[(decision.channel, verdict.channel)] += 1
+            report.new_rules[verdict.rule_id] += 1
+            if (decision.category, decision.channel) != (verdict.category, verdict.channel):
                 report.changed += 1
                 report.changed_ids.append(message.id)
     return report

@@ -11,13 +11,13 @@ from email.policy import default as default_policy
 from zoneinfo import ZoneInfo
 
 from services.classify.engine import RuleSet
-from services.classify.explain import default_envelope
+from services.classify.envelope import assumed_envelope
+from services.domain import Verdict
 from services.mail import parse_mail
 from services.reply.build import ReplyUnbuildable, build_reply, tracked_links
+from services.reply.decide import decide
 from services.reply.policy import PolicyConfig
 from services.reply.render import ReplyRenderer
-from services.store.models import Message
-from services.worker.decide import Classified, classify_stored
 
 # the pseudonym only feeds the dedup window, which a preview cannot check; no key file is created for it
 _PREVIEW_KEY = b"channelshift-preview"
@@ -27,12 +27,12 @@ _PREVIEW_KEY = b"channelshift-preview"
 class Preview:
     """What the worker would decide for a mail, and the reply it would send (None when it sends none)."""
 
-    verdict: Classified
+    verdict: Verdict
     received_at: datetime
     reply_language: str | None
     reply: EmailMessage | None
     reply_error: str | None
-    delivery: str | None
+    delivery: str
 
 
 def preview(
@@ -53,28 +53,18 @@ def preview(
     turns links into click-tracking redirects as the worker's are (their tokens name this preview's id).
     """
     mail = parse_mail(raw)
-    envelope_from, envelope_to = default_envelope(ruleset, mail, mail_from, rcpt_to)
-    served = [address for address in envelope_to if ruleset.is_served(address)]
+    envelope = assumed_envelope(ruleset, mail, mail_from, rcpt_to, received_at)
+    served = [address for address in envelope.rcpt_tos if ruleset.is_served(address)]
+    mailbox = (served or list(envelope.rcpt_tos) or [""])[0]
     # a stable id per file, so two previews of one mail print the same reference
     message_id = hashlib.sha256(raw).hexdigest()[:32]
-    row = Message(
-        id=message_id,
-        received_at=received_at,
-        protocol="smtp",
-        mail_from=envelope_from,
-        rcpt_tos=list(envelope_to),
-        mailbox=(served or list(envelope_to) or [""])[0],
-        size=len(raw),
-        raw=raw,
-    )
-    verdict = classify_stored(ruleset, policy or PolicyConfig(), _PREVIEW_KEY, row)
+    verdict = decide(mail, envelope, ruleset, policy or PolicyConfig(), _PREVIEW_KEY)
     settings = ruleset.settings
     delivery = None
-    if verdict.deliver:
-        target = verdict.deliver_to or "staff"
-        delivery = f"{target}: {settings.targets.get(target) or 'the original recipients'}"
+    target = verdict.deliver_to
+    delivery = f"{target}: {settings.targets.get(target) or 'the original recipients'}"
     reply = error = language = None
-    if verdict.template is not None and verdict.reason is None:
+    if verdict.reply and verdict.template is not None:
         language = renderer.reply_language(verdict.template, verdict.language, settings)
         links = tracked_links(settings, public_url, _PREVIEW_KEY, message_id) if public_url else None
         try:
@@ -85,8 +75,8 @@ def preview(
                 language=verdict.language,
                 received_at=received_at,
                 message_id=message_id,
-                from_address=row.mailbox,
-                to_address=envelope_from,
+                from_address=mailbox,
+                to_address=envelope.mail_from,
                 reply_message_id=f"<reply.{message_id}@{hostname}>",
                 in_reply_to=verdict.in_reply_to,
                 references=verdict.references,
@@ -101,8 +91,8 @@ def format_preview(result: Preview, zone: str, *, html: bool = False, raw: bool 
     """The verdict as `key: value` lines, then the reply: headers as sent and every part decoded (or raw bytes)."""
     verdict = result.verdict
     local = result.received_at.astimezone(ZoneInfo(zone))
-    if verdict.reason is not None:
-        reply_line = f"no - suppressed: {verdict.reason}"
+    if verdict.suppressed is not None:
+        reply_line = f"no - suppressed: {verdict.suppressed}"
     elif verdict.template is None:
         reply_line = "no (no reply template for this category)"
     elif result.reply_error is not None:
@@ -117,10 +107,10 @@ def format_preview(result: Preview, zone: str, *, html: bool = False, raw: bool 
         f"rule:       {verdict.rule_id} (path {verdict.path}, confidence {verdict.confidence})",
         f"template:   {verdict.template or '-'}",
         f"language:   {verdict.language}" + (languages if result.reply_language else ""),
-        f"suppressed: {verdict.reason or '-'}",
+        f"suppressed: {verdict.suppressed or '-'}",
         f"reply:      {reply_line}",
         f"priority:   {verdict.priority}",
-        f"delivery:   {result.delivery or 'held (not delivered to staff)'}",
+        f"delivery:   {result.delivery}" + (" (held: the rule says deliver: false)" if verdict.held else ""),
         f"ruleset:    {verdict.ruleset_version}",
     ]
     if result.reply is None:

@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from services.classify.engine import RuleSet
-from services.classify.explain import explain
+from services.classify.envelope import assumed_envelope
 from services.mail import parse_mail
+from services.reply.decide import decide
+from services.reply.policy import PolicyConfig
 
 SAFETY_CATEGORIES = ("emergency", "objection")
 
@@ -118,6 +120,10 @@ def rules_alone(ruleset: RuleSet, raw: bytes) -> str:
     return ruleset.classify_file_by_rules(parse_mail(raw)).action.category
 
 
+# eval shows no pseudonyms: any key does
+_EVAL_KEY = b"channelshift-eval"
+
+
 def evaluate(ruleset: RuleSet, directory: Path, labels_file: Path | None = None) -> EvalReport:
     labels_path = labels_file or directory / "labels.csv"
     report = EvalReport()
@@ -128,20 +134,21 @@ def evaluate(ruleset: RuleSet, directory: Path, labels_file: Path | None = None)
                 report.missing_files.append(row["file"])
                 continue
             raw = path.read_bytes()
-            result = explain(ruleset, raw)
-            expected, predicted = row["category"].strip(), result["category"]
+            mail = parse_mail(raw)
+            verdict = decide(mail, assumed_envelope(ruleset, mail), ruleset, PolicyConfig(), _EVAL_KEY)
+            expected, predicted = row["category"].strip(), verdict.category
             report.total += 1
             report.confusion[(expected, predicted)] += 1
             hit = expected == predicted
-            report.count("path", result["path"], hit)
+            report.count("path", verdict.path, hit)
             report.count("language", (row.get("language") or "").strip(), hit)
             report.count("difficulty", (row.get("difficulty") or "").strip(), hit)
             report.rules_alone_correct += rules_alone(ruleset, raw) == expected
-            report.replies_to_automated += expected == "automated" and bool(result["reply"])
+            report.replies_to_automated += expected == "automated" and verdict.reply
             if hit:
                 report.correct += 1
             else:
                 report.misses.append(
-                    {"file": row["file"], "expected": expected, "predicted": predicted, "rule": result["rule"]}
+                    {"file": row["file"], "expected": expected, "predicted": predicted, "rule": verdict.rule_id}
                 )
     return report

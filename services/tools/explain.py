@@ -1,4 +1,4 @@
-"""Explain one mail offline: category, channel, rule, reply or suppression reason, language and the full trace."""
+"""Explain one mail offline: the worker's verdict, the rule trace, the model's scores, n-grams and nearest examples."""
 
 from __future__ import annotations
 
@@ -6,25 +6,14 @@ from datetime import datetime
 from typing import Any
 
 from services.classify.engine import MailFacts, RuleSet
+from services.classify.envelope import assumed_envelope
 from services.classify.features import model_text
-from services.mail import InboundMail, parse_mail
-from services.reply.policy import PolicyConfig, suppression_reason
-from services.store.models import utcnow
+from services.mail import parse_mail
+from services.reply.decide import verdict_of
+from services.reply.policy import PolicyConfig
 
-
-def default_envelope(
-    ruleset: RuleSet, mail: InboundMail, mail_from: str | None, rcpt_to: list[str] | None
-) -> tuple[str, tuple[str, ...]]:
-    """The envelope to assume for a file: the From header as sender, its served To/Cc as recipients."""
-    sender = mail_from if mail_from is not None else mail.from_address
-    recipients = (
-        tuple(rcpt_to)
-        if rcpt_to
-        else tuple(a for a in (*mail.to_addresses, *mail.cc_addresses) if ruleset.is_served(a))
-    )
-    if not recipients and ruleset.settings.served.domains:
-        recipients = (f"info@{ruleset.settings.served.domains[0].lstrip('*.')}",)
-    return sender, recipients
+# explain shows no pseudonyms, so any key does; it keeps `rules explain` free of the service's key file
+_EXPLAIN_KEY = b"channelshift-explain"
 
 
 def explain(
@@ -36,41 +25,29 @@ def explain(
     received_at: datetime | None = None,
     policy: PolicyConfig | None = None,
 ) -> dict[str, Any]:
-    """The DESIGN.md explain contract: category, channel, rule, reply, suppressed, language, trace (+ extras)."""
+    """The DESIGN.md explain contract (category, channel, rule, reply, suppressed, language, trace) and the
+    rest of the worker's verdict, from the same `decide()`; plus the model's n-grams and nearest examples."""
     mail = parse_mail(raw)
-    envelope_from, envelope_to = default_envelope(ruleset, mail, mail_from, rcpt_to)
-    facts = MailFacts.of(mail, envelope_from, envelope_to, received_at or utcnow())
-    language = facts.language
-    result = ruleset.classify(facts)
-    action = result.action
-    reason = suppression_reason(mail, envelope_from, envelope_to, ruleset, policy or PolicyConfig())
-    model: dict[str, Any] = {"path": result.path, "confidence": result.confidence, "escalated": result.escalated}
-    model["scores"] = [{"category": c, "score": score} for c, score in result.scores[:3]]
-    model["ngrams"], model["neighbours"] = [], []
-    if ruleset.intent is not None and result.scores:
+    envelope = assumed_envelope(ruleset, mail, mail_from, rcpt_to, received_at)
+    facts = MailFacts.of(mail, envelope.mail_from, envelope.rcpt_tos, envelope.received_at)
+    classification = ruleset.classify(facts)
+    verdict = verdict_of(classification, facts, envelope, ruleset, policy or PolicyConfig(), _EXPLAIN_KEY)
+    ngrams: list[dict[str, Any]] = []
+    neighbours: list[dict[str, Any]] = []
+    if ruleset.intent is not None and verdict.scores:
         fast = ruleset.intent.classifier.fast
         vector = fast.vectorize([model_text(mail)])
-        model["ngrams"] = [{"ngram": g, "weight": w} for g, w in fast.weightiest(vector, result.scores[0][0])]
-        model["neighbours"] = [
+        ngrams = [{"ngram": g, "weight": w} for g, w in fast.weightiest(vector, verdict.scores[0][0])]
+        neighbours = [
             {"file": n.file, "category": n.category, "similarity": n.similarity} for n in fast.neighbours(vector)
         ]
     return {
-        "category": action.category,
-        "channel": action.channel,
-        "rule": result.rule_id,
-        "reply": action.reply is not None and reason is None,
-        "template": action.reply,
-        "suppressed": reason,
-        "language": language,
-        "priority": action.priority,
+        **verdict.as_dict(),
+        "rule": verdict.rule_id,
         "deliver": True,  # held mail (deliver: false) goes to the postmaster target
-        "held": not action.deliver,
-        "deliver_to": ruleset.settings.delivery_target(action),
-        "tags": list(action.tags),
         "automated_signals": list(mail.automated_signals),
-        "defects": list(mail.defects),
-        "ruleset_version": ruleset.version,
-        **model,
+        "ngrams": ngrams,
+        "neighbours": neighbours,
         "trace": [
             {
                 "rule": trial.rule_id,
@@ -79,7 +56,7 @@ def explain(
                     {"condition": h.condition, "matched": h.matched, "detail": h.detail} for h in trial.hits
                 ],
             }
-            for trial in result.trials
+            for trial in classification.trials
         ],
     }
 

@@ -1,0 +1,142 @@
+"""The decision's vocabulary every layer shares: the Verdict, the envelope, priorities, paths, safety categories."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Priority(StrEnum):
+    NORMAL = "normal"
+    HIGH = "high"
+    URGENT = "urgent"
+
+
+class DecisionPath(StrEnum):
+    """Which layer decided a mail's category."""
+
+    RULE = "rule"
+    MODEL = "model"
+    SAFETY = "safety"
+    UNCERTAIN = "uncertain"
+    # classification did not finish within its time limit: delivered to staff flagged, never answered
+    LIMIT = "limit"
+
+
+# Non-negotiable 5: these always reach a human with a priority flag, whatever a rule file says. Order matters:
+# an emergency outranks an objection when both are likely.
+SAFETY_PRIORITY: dict[str, str] = {"emergency": Priority.URGENT, "objection": Priority.HIGH}
+SAFETY_CATEGORIES: tuple[str, ...] = tuple(SAFETY_PRIORITY)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """What the SMTP transaction said, apart from the message: sender, recipients, arrival time."""
+
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    received_at: datetime
+
+
+# the Verdict's fields that the `decision` table stores, in its column names
+STORED_FIELDS: tuple[str, ...] = (
+    "category",
+    "channel",
+    "rule_id",
+    "ruleset_version",
+    "template",
+    "priority",
+    "deliver_to",
+    "language",
+    "reply",
+    "suppressed",
+    "sender_pseudonym",
+    "tags",
+    "defects",
+    "path",
+    "confidence",
+    "scores",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Everything decided about one mail from its bytes, envelope and the rule set: the one decision shape.
+
+    `decide()` computes it without a database or network; the worker stores it (after the reply window and
+    the daily caps, which need the store, may turn `reply` off), and `rules explain`, `rules eval`, `replay`,
+    `preview` and the workbench show it.
+    """
+
+    category: str
+    channel: str
+    rule_id: str
+    ruleset_version: str
+    template: str | None  # the rule's reply template, even when the reply is suppressed
+    reply: bool  # a reply is due: a template and no suppression reason
+    suppressed: str | None
+    priority: str
+    deliver_to: str  # the target that gets the original (held mail: the postmaster target)
+    held: bool  # the rule said `deliver: false`: flagged, delivered to the postmaster target
+    language: str
+    tags: tuple[str, ...] = ()
+    defects: tuple[str, ...] = ()
+    path: str = DecisionPath.RULE
+    confidence: str = "high"
+    scores: tuple[tuple[str, float], ...] = ()  # the model's top three, best first
+    escalated: bool = False  # the embedding model was asked
+    sender_pseudonym: str | None = None  # the reply window's and caps' key (never the address)
+    domain_pseudonym: str | None = None  # an unauthenticated sender's domain: its replies share a daily cap
+    # threading headers of the reply; not stored (the citizen's Message-IDs stay sealed in the raw message)
+    in_reply_to: str | None = field(default=None, repr=False)
+    references: str | None = field(default=None, repr=False)
+
+    def with_allowance(self, reason: str | None) -> Verdict:
+        """The verdict after the store's reply window and caps: `reason` (or None) stops the reply."""
+        if reason is None or not self.reply:
+            return self
+        return replace(self, reply=False, suppressed=reason)
+
+    def columns(self) -> dict[str, Any]:
+        """The `decision` row's values (without message id, time and key id, which the store adds)."""
+        values = {name: getattr(self, name) for name in STORED_FIELDS}
+        values["tags"], values["defects"] = list(self.tags), list(self.defects)
+        values["scores"] = dict(self.scores) if self.scores else None
+        return values
+
+    @classmethod
+    def of_row(cls, values: Mapping[Any, Any]) -> Verdict:
+        """From a stored `decision` row's values (what the table does not keep gets its default)."""
+        scores = values.get("scores") or {}
+        return cls(
+            category=values["category"],
+            channel=values["channel"],
+            rule_id=values["rule_id"],
+            ruleset_version=values["ruleset_version"],
+            template=values["template"],
+            reply=bool(values["reply"]),
+            suppressed=values["suppressed"],
+            priority=values["priority"],
+            deliver_to=values["deliver_to"] or "staff",
+            held=False,
+            language=values["language"],
+            tags=tuple(values.get("tags") or ()),
+            defects=tuple(values.get("defects") or ()),
+            path=values.get("path") or DecisionPath.RULE,
+            confidence=values.get("confidence") or "high",
+            scores=tuple(sorted(scores.items(), key=lambda item: -item[1])),
+            sender_pseudonym=values.get("sender_pseudonym"),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready, for `rules explain --json`, preview and the workbench (pseudonyms left out)."""
+        data = asdict(self)
+        for private in ("sender_pseudonym", "domain_pseudonym", "in_reply_to", "references"):
+            data.pop(private)
+        data["tags"], data["defects"] = list(self.tags), list(self.defects)
+        data["scores"] = [{"category": c, "score": s} for c, s in self.scores]
+        data["path"] = str(self.path)
+        return data
