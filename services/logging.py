@@ -1,4 +1,4 @@
-"""structlog setup: JSON off a terminal, and a processor that drops personal-data keys."""
+"""structlog setup: one format for our lines and the libraries' (JSON off a terminal), personal data dropped."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
+
+from services.privacy import mask_addresses
 
 # Keys that would carry addresses, subjects or bodies; they never reach a log line.
 _PERSONAL_KEYS = frozenset(
@@ -21,24 +23,47 @@ def redact_personal_data(_logger: Any, _method: str, event_dict: MutableMapping[
     return event_dict
 
 
+def mask_foreign_addresses(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """A library's message is free text and may quote a peer's address (aiosmtpd's does): masked."""
+    event = event_dict.get("event")
+    if isinstance(event, str):
+        event_dict["event"] = mask_addresses(event)
+    return event_dict
+
+
 def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
+    """Our structlog lines and the stdlib lines of arq, aiosmtpd and aiohttp in one format, on stderr."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: Any = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_personal_data,
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            redact_personal_data,
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
-    # arq, aiosmtpd and aiohttp log through stdlib logging; keep them at WARNING so that
-    # their messages (which may include peer data) stay out of normal operation logs.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, mask_foreign_addresses],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    # arq, aiosmtpd and aiohttp log through stdlib logging; kept at WARNING so that their messages (which may
+    # include peer data) stay out of normal operation logs
+    root.setLevel(logging.WARNING)
     for noisy in ("mail.log", "arq", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -8,6 +8,7 @@ import os
 import re
 import time
 import unicodedata
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -123,6 +124,9 @@ class GatewayHandler:
         self.max_recipients = max_recipients
 
     async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]) -> str:
+        # every SMTP session is its own asyncio task, so this binding is the session's and no other's; a new
+        # MAIL starts a new transaction id for every line logged until the next one
+        structlog.contextvars.bind_contextvars(smtp_transaction=uuid.uuid4().hex[:12], protocol=self.protocol)
         problem = envelope_problem(address)
         if problem is not None:
             return replies.REJECT_SENDER_UTF8 if problem == "utf8" else replies.REJECT_SENDER_CONTROL
