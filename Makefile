@@ -23,6 +23,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy services
+	$(BIN)/lint-imports
 
 eval: $(STAMP)
 	$(BIN)/channelshift rules eval $${CHANNELSHIFT_CORPUS_DIR:-../shared/corpus}/citizen-mails

@@ -450,6 +450,11 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    # every command logs to stderr (the roles reconfigure from their settings): stdout is the command's own
+    # output, which `--json` callers parse; structlog's default would print e.g. `model.trained` there
+    configure_logging(
+        os.environ.get("CHANNELSHIFT_LOG_LEVEL", "INFO"), os.environ.get("CHANNELSHIFT_LOG_FORMAT", "auto")
+    )
     try:
         result: int = args.func(args)
     except RuleSetInvalid as exc:

@@ -13,9 +13,11 @@ import pytest
 import redis
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import text
+from sqlmodel import SQLModel
 
 from services.classify.loader import load_rules
 from services.embedded_redis import start_embedded_redis
+from services.store import models as _models  # noqa: F401  (registers every table in SQLModel.metadata)
 from services.store.db import make_engine
 from services.store.migrate import upgrade
 from services.web.app import create_app
@@ -31,18 +33,8 @@ load_rules(ROOT / "routing_rules", ROOT / "templates", cache_dir=Path(os.environ
 # The embedding model costs 0.1-0.3 s of CPU per unsure mail: the pipeline and reliability tests run the fast
 # model alone; tests/test_classification.py switches it on for the gate and the model's own tests.
 os.environ.setdefault("CHANNELSHIFT_EMBEDDINGS", "off")
-TABLES = (
-    "rollup_state",
-    "counter_day",
-    "counter_dirty_hour",
-    "counter",
-    "reply_ledger",
-    "reply",
-    "delivery",
-    "decision",
-    "message_key",
-    "message",
-)
+# every table of the schema, children before parents, so a DELETE never trips a foreign key
+TABLES = tuple(table.name for table in reversed(SQLModel.metadata.sorted_tables))
 
 
 @pytest.fixture(scope="session")

@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import email
 import os
+import re
 import signal
 import smtplib
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage, Message
@@ -255,3 +259,36 @@ async def start_pipeline(tmp_path: Path, database_url: str, redis_url: str, **ov
         handlers.append(handler)
         ports.append(server.sockets[0].getsockname()[1])
     return Pipeline(settings, deps, pool, ports[0], ports[1], relay, delivery, servers, handlers)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def envelope_sender_of(raw: bytes) -> str:
+    """What the sending MTA would have said in MAIL FROM: the archived Return-Path, else the From address."""
+    found = re.search(rb"^Return-Path:\s*<([^>\r\n]*)>", raw[:20000], re.MULTILINE | re.IGNORECASE)
+    if found:
+        return found.group(1).decode("latin-1")
+    sender = re.search(rb"^From:.*?([^\s<>\"]+@[^\s<>\"]+)", raw[:20000], re.MULTILINE | re.IGNORECASE)
+    return sender.group(1).decode("latin-1") if sender else ""
+
+
+class Recorder:
+    """An aiosmtpd sink in its own thread (it must outlive the processes we kill)."""
+
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+        self.lock = threading.Lock()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        with self.lock:
+            self.messages.append(envelope.original_content)
+        return "250 2.0.0 OK"
+
+    def header_counts(self, name: str) -> Counter[str]:
+        with self.lock:
+            values = [email.message_from_bytes(m, policy=default_policy)[name] for m in self.messages]
+        return Counter(str(v) for v in values if v)

@@ -15,6 +15,7 @@ from services.mail import parse_mail
 from services.reply.policy import PolicyConfig
 from services.tools.evaluate import evaluate
 from services.tools.explain import explain
+from tests.support import envelope_sender_of
 
 RULESET = load_rules(PROJECT_ROOT / "routing_rules", PROJECT_ROOT / "templates")
 CORPUS_MX = "mx01.jobcenter-musterstadt.example"  # the authserv-id the citizen mails' Authentication-Results carry
@@ -23,12 +24,6 @@ _SKIP = re.compile(r"(LICENSE|COPYING|SOURCE_COMMIT|README|INDEX)|\.(ref|md|rst|
 
 def _thirdparty_files(corpus: Path) -> list[Path]:
     return sorted(p for p in (corpus / "thirdparty").rglob("*") if p.is_file() and not _SKIP.search(p.name))
-
-
-def _envelope_sender(raw: bytes) -> str:
-    """What the sending MTA would have said in MAIL FROM: the archived Return-Path, else the From header."""
-    found = re.search(rb"^Return-Path:\s*<([^>\r\n]*)>", raw[:20000], re.MULTILINE | re.IGNORECASE)
-    return found.group(1).decode("latin-1") if found else parse_mail(raw).from_address
 
 
 def test_rule_set_accuracy_on_labelled_citizen_mails(corpus_dir: Path) -> None:
@@ -68,7 +63,9 @@ def test_thirdparty_never_gets_a_reply_and_never_crashes(corpus_dir: Path) -> No
     replied = []
     for path in files:
         raw = path.read_bytes()
-        result = explain(RULESET, raw, mail_from=_envelope_sender(raw), rcpt_to=["info@jobcenter-musterstadt.example"])
+        result = explain(
+            RULESET, raw, mail_from=envelope_sender_of(raw), rcpt_to=["info@jobcenter-musterstadt.example"]
+        )
         per_folder[path.relative_to(corpus_dir / "thirdparty").parts[0]] += 1
         if result["reply"]:
             replied.append(str(path.relative_to(corpus_dir)))
@@ -106,7 +103,11 @@ def test_thirdparty_stays_unanswered_with_authentication_on(corpus_dir: Path) ->
     for path in _thirdparty_files(corpus_dir):
         raw = path.read_bytes()
         result = explain(
-            RULESET, raw, mail_from=_envelope_sender(raw), rcpt_to=["info@jobcenter-musterstadt.example"], policy=policy
+            RULESET,
+            raw,
+            mail_from=envelope_sender_of(raw),
+            rcpt_to=["info@jobcenter-musterstadt.example"],
+            policy=policy,
         )
         if result["reply"]:
             replied.append(str(path.relative_to(corpus_dir)))

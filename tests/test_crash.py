@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email
 import os
 import re
 import smtplib
 import threading
 import time
 from collections import Counter
-from email.policy import default as default_policy
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +26,17 @@ from services.config import Settings
 from services.embedded_redis import EmbeddedRedis, start_embedded_redis
 from services.store.db import make_engine
 from services.store.queries import opened_messages
-from tests.support import SERVED, clean_env, make_mail, smtp_send, start_role, terminate, wait_for_smtp
-from tests.test_serve import free_port
+from tests.support import (
+    SERVED,
+    Recorder,
+    clean_env,
+    free_port,
+    make_mail,
+    smtp_send,
+    start_role,
+    terminate,
+    wait_for_smtp,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -40,24 +47,6 @@ FIGURES_FILE = (
     if os.environ.get("CHANNELSHIFT_RELIABILITY_FIGURES")
     else None
 )
-
-
-class Recorder:
-    """An aiosmtpd sink in its own thread (it must outlive the processes we kill)."""
-
-    def __init__(self) -> None:
-        self.messages: list[bytes] = []
-        self.lock = threading.Lock()
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        with self.lock:
-            self.messages.append(envelope.original_content)
-        return "250 2.0.0 OK"
-
-    def header_counts(self, name: str) -> Counter[str]:
-        with self.lock:
-            values = [email.message_from_bytes(m, policy=default_policy)[name] for m in self.messages]
-        return Counter(str(v) for v in values if v)
 
 
 class GatedRecorder(Recorder):

@@ -11,12 +11,11 @@ import pytest
 from sqlmodel import Session, select
 
 from services.domain import Verdict
-from services.mail import parse_mail
 from services.reply.decide import TIMEOUT_DEFECT
 from services.store.models import Decision
 from services.store.queries import opened_messages
 from services.tools.explain import explain
-from tests.support import SERVED, Pipeline, make_mail
+from tests.support import SERVED, Pipeline, envelope_sender_of, make_mail
 
 _SKIP = re.compile(r"(LICENSE|COPYING|SOURCE_COMMIT|README|INDEX)|\.(ref|md|rst|json|csv)$")
 # the store's part of the reply decision (reply window and caps), which explain cannot see
@@ -37,11 +36,6 @@ _COMPARED = (
 )
 
 
-def _envelope_sender(raw: bytes) -> str:
-    found = re.search(rb"^Return-Path:\s*<([^>\r\n]*)>", raw[:20000], re.MULTILINE | re.IGNORECASE)
-    return found.group(1).decode("latin-1") if found else parse_mail(raw).from_address
-
-
 def _corpus_mails(corpus: Path) -> list[Path]:
     citizen = sorted((corpus / "citizen-mails").glob("*.eml"))
     thirdparty = sorted(p for p in (corpus / "thirdparty").rglob("*") if p.is_file() and not _SKIP.search(p.name))
@@ -53,7 +47,7 @@ def _send_all(port: int, files: list[Path]) -> int:
     with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
         for path in files:
             raw = path.read_bytes()
-            sender = _envelope_sender(raw)
+            sender = envelope_sender_of(raw)
             if not sender.isascii():
                 sender = ""
             try:

@@ -20,8 +20,7 @@ from services.reply.wrapper import is_clean
 from services.store.models import Counter, Decision, Delivery, JobState, Message, MessageState
 from services.store.queries import opened_messages
 from tests.relays import use_staff_relay
-from tests.support import AUTH, SERVED, Pipeline, make_mail
-from tests.test_reliability import _envelope_sender
+from tests.support import AUTH, SERVED, Pipeline, envelope_sender_of, make_mail
 
 UTF8_MAILBOX = "bürgerbüro@jobcenter-musterstadt.example"
 FALLBACK = "poststelle@jobcenter-musterstadt.example"
@@ -291,7 +290,7 @@ async def test_every_thirdparty_file_reaches_a_strict_staff_relay(pipeline: Pipe
         accepted = 0
         for path in files:
             raw = re.sub(rb"\r\n|\r|\n", b"\r\n", path.read_bytes())
-            sender = _envelope_sender(raw)
+            sender = envelope_sender_of(raw)
             try:
                 with smtplib.SMTP("127.0.0.1", pipeline.smtp_port, timeout=30) as client:
                     client.sendmail(sender, [SERVED], raw, mail_options=[] if sender.isascii() else ["SMTPUTF8"])

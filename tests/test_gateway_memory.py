@@ -28,6 +28,7 @@ from tests.support import (
     SERVED,
     Pipeline,
     clean_env,
+    free_port,
     make_mail,
     send,
     start_role,
@@ -35,7 +36,6 @@ from tests.support import (
     wait_for_smtp,
     wait_until_ready,
 )
-from tests.test_serve import free_port
 
 MIB = 1024 * 1024
 SESSIONS = 40

@@ -19,8 +19,7 @@ from sqlmodel import Session
 from services.reply.send import SmtpSender
 from services.store.models import Message, MessageState
 from services.store.queries import opened_messages
-from tests.support import SERVED, Pipeline, make_mail, wait_for_smtp
-from tests.test_serve import free_port
+from tests.support import SERVED, Pipeline, free_port, make_mail, wait_for_smtp
 
 POSTFIX = shutil.which("postfix") or ("/usr/sbin/postfix" if Path("/usr/sbin/postfix").exists() else None)
 

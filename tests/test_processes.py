@@ -14,8 +14,7 @@ from email.policy import default as default_policy
 from pathlib import Path
 
 from services.config import PROJECT_ROOT
-from tests.support import SERVED, clean_env, make_mail, start_role, terminate, wait_until_ready
-from tests.test_serve import free_port
+from tests.support import SERVED, clean_env, free_port, make_mail, start_role, terminate, wait_until_ready
 
 
 def test_separate_processes_share_the_work(tmp_path: Path, clean_database: str, clean_redis: str) -> None:

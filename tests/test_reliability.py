@@ -24,13 +24,14 @@ from tests.support import (
     SERVED,
     Pipeline,
     clean_env,
+    envelope_sender_of,
+    free_port,
     make_mail,
     send,
     start_role,
     terminate,
     wait_for_smtp,
 )
-from tests.test_serve import free_port
 
 
 def _states(pipeline: Pipeline) -> Counter[str]:
@@ -321,14 +322,6 @@ async def test_crlf_in_addresses_never_reaches_the_relay(pipeline: Pipeline) -> 
     assert pipeline.relay.received == []
 
 
-def _envelope_sender(raw: bytes) -> str:
-    found = re.search(rb"^Return-Path:\s*<([^>\r\n]*)>", raw[:20000], re.MULTILINE | re.IGNORECASE)
-    if found:
-        return found.group(1).decode("latin-1")
-    sender = re.search(rb"^From:.*?([^\s<>\"]+@[^\s<>\"]+)", raw[:20000], re.MULTILINE | re.IGNORECASE)
-    return sender.group(1).decode("latin-1") if sender else ""
-
-
 @pytest.mark.slow
 async def test_every_thirdparty_file_through_the_real_gateway(pipeline: Pipeline, corpus_dir: Path) -> None:
     files = sorted(
@@ -343,7 +336,7 @@ async def test_every_thirdparty_file_through_the_real_gateway(pipeline: Pipeline
             folder = path.relative_to(corpus_dir / "thirdparty").parts[0]
             # on the wire SMTP lines end in CRLF; a sending MTA converts LF-only and CR-only files like these
             raw = re.sub(rb"\r\n|\r|\n", b"\r\n", path.read_bytes())
-            sender = _envelope_sender(raw)
+            sender = envelope_sender_of(raw)
             options = [] if sender.isascii() else ["SMTPUTF8"]
             try:
                 with smtplib.SMTP("127.0.0.1", pipeline.smtp_port, timeout=30) as client:

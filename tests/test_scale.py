@@ -13,9 +13,7 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import text
 
 from services.store.db import make_engine
-from tests.support import SERVED, clean_env, make_mail, start_role, terminate, wait_for_smtp
-from tests.test_crash import Recorder
-from tests.test_serve import free_port
+from tests.support import SERVED, Recorder, clean_env, free_port, make_mail, start_role, terminate, wait_for_smtp
 
 pytestmark = pytest.mark.slow
 MAILS = 400

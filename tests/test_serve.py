@@ -8,7 +8,6 @@ import re
 import shutil
 import signal
 import smtplib
-import socket
 import subprocess
 import time
 import urllib.request
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from services.config import PROJECT_ROOT
-from tests.support import SERVED, clean_env, make_mail, start_role, wait_until_ready
+from tests.support import SERVED, clean_env, free_port, make_mail, start_role, wait_until_ready
 
 PROBE_RULE = """rules:
   - id: probe
@@ -29,12 +28,6 @@ PROBE_RULE = """rules:
       subject: {keywords: [zauberwort]}
     then: {category: complaint, channel: feedback, reply: complaint}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -19,9 +19,7 @@ from sqlmodel import Session
 
 from services.store.db import make_engine
 from services.store.queries import opened_messages
-from tests.support import SERVED, clean_env, make_mail, start_role, wait_until_ready
-from tests.test_crash import Recorder
-from tests.test_serve import free_port
+from tests.support import SERVED, Recorder, clean_env, free_port, make_mail, start_role, wait_until_ready
 
 pytestmark = pytest.mark.slow
 

@@ -18,8 +18,7 @@ from services.web.app import create_app, create_health_app
 from services.web.auth import CSRF_FIELD, LOGIN_COOKIE, SESSION_COOKIE, FailureLimiter, Sessions
 from services.web.guard import is_loopback
 from tests.chromium import chromium_or_skip, chromium_page
-from tests.support import ADMIN_TOKEN, AUTH, Pipeline, clean_env, make_mail, terminate
-from tests.test_serve import free_port
+from tests.support import ADMIN_TOKEN, AUTH, Pipeline, clean_env, free_port, make_mail, terminate
 
 Client = TestClient[web.Request, web.Application]
 HOUR = 3600
