@@ -81,7 +81,8 @@ class Verdict:
     priority: str
     deliver_to: str  # the target that gets the original (held mail: the postmaster target)
     held: bool  # the rule said `deliver: false`: flagged, delivered to the postmaster target
-    language: str
+    language: str  # the detected language of the mail
+    reply_language: str | None = None  # the language the reply is written in beside German (None: no reply)
     tags: tuple[str, ...] = ()
     defects: tuple[str, ...] = ()
     path: str = DecisionPath.RULE
@@ -98,7 +99,7 @@ class Verdict:
         """The verdict after the store's reply window and caps: `reason` (or None) stops the reply."""
         if reason is None or not self.reply:
             return self
-        return replace(self, reply=False, suppressed=reason)
+        return replace(self, reply=False, suppressed=reason, reply_language=None)
 
     def columns(self) -> dict[str, Any]:
         """The `decision` row's values (without message id, time and key id, which the store adds)."""

@@ -33,6 +33,7 @@ def decide(
 
     The worker, `rules explain`, `rules eval`, `replay`, `preview` and the workbench all call this, so they
     cannot disagree. Only the reply window and the daily caps are left to the store (`Verdict.with_allowance`).
+    The clock is the envelope's arrival time (time conditions, and the office hours the reply will name);
     `identity_key` keys the sender pseudonyms; `facts` may be passed when the caller needs them too.
     """
     facts = facts or MailFacts.of(mail, envelope.mail_from, envelope.rcpt_tos, envelope.received_at)
@@ -57,18 +58,23 @@ def verdict_of(
     if envelope.mail_from and domain_capped(auth, policy):
         domain_pseudonym = pseudonymize("@" + reply_domain(envelope.mail_from), identity_key)
     in_reply_to, references = threading_headers(mail)
+    reply = action.reply is not None and reason is None
+    reply_language = None
+    if reply and action.reply is not None and ruleset.renderer is not None:
+        reply_language = ruleset.renderer.reply_language(action.reply, facts.language, ruleset.settings)
     return Verdict(
         category=action.category,
         channel=action.channel,
         rule_id=classification.rule_id,
         ruleset_version=ruleset.version,
         template=action.reply,
-        reply=action.reply is not None and reason is None,
+        reply=reply,
         suppressed=reason,
         priority=action.priority,
         deliver_to=ruleset.settings.delivery_target(action),
         held=not action.deliver,
         language=facts.language,
+        reply_language=reply_language,
         tags=tuple(action.tags),
         # a rule regex that ran out of time is flagged to staff like a parse limit (the pattern, not the text)
         defects=(*mail.defects, *(f"limit:regex-timeout {pattern[:60]}" for pattern in facts.timeouts)),
