@@ -7,13 +7,12 @@ from typing import Any
 
 from aiohttp import web
 from arq.connections import ArqRedis
-from sqlalchemy import Engine, func
-from sqlmodel import Session, col, select
+from sqlalchemy import Engine
 
 from services.classify.reload import RuleSetHolder
 from services.config import Settings
 from services.store.db import ping
-from services.store.models import Decision, Delivery, JobState, Message, Reply
+from services.store.inspect import failed_deliveries, message_view
 from services.web.api import ReportsApi
 from services.web.auth import Auth
 from services.web.clicks import ClickRecorder, make_redirect_handler
@@ -53,7 +52,7 @@ async def readyz(request: web.Request) -> web.Response:
         "warnings": list(holder.current.warnings[:20]),
     }
     try:
-        checks["deliveries"] = await asyncio.to_thread(_failed_deliveries, request.app[ENGINE])
+        checks["deliveries"] = await asyncio.to_thread(failed_deliveries, request.app[ENGINE])
     except Exception as exc:
         checks["deliveries"] = f"error: {type(exc).__name__}"
     # failed deliveries need a person, not a restart: they are shown here but leave the process ready
@@ -61,79 +60,11 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
 
 
-def _failed_deliveries(engine: Engine) -> dict[str, Any]:
-    """Originals the staff relay refused, wrapper included: how many, and the newest ids to look them up by."""
-    failed = col(Delivery.state) == JobState.FAILED
-    with Session(engine) as session:
-        count = session.exec(select(func.count()).select_from(Delivery).where(failed)).one()
-        newest = session.exec(
-            select(Delivery.message_id).where(failed).order_by(col(Delivery.created_at).desc()).limit(20)
-        ).all()
-    return {"failed": int(count), "failed_ids": list(newest)}
-
-
-def _iso(value: Any) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-def _message_view(engine: Engine, message_id: str) -> dict[str, Any] | None:
-    with Session(engine) as session:
-        message = session.get(Message, message_id)
-        if message is None:
-            return None
-        decision = session.get(Decision, message_id)
-        reply = session.get(Reply, message_id)
-        delivery = session.get(Delivery, message_id)
-        view: dict[str, Any] = {
-            "id": message.id,
-            "state": message.state,
-            "protocol": message.protocol,
-            "received_at": _iso(message.received_at),
-            "size": message.size,
-            "recipients": len(message.rcpt_tos),
-            "purged": message.raw is None,
-            "decision": None,
-            "reply": None,
-            "delivery": None,
-        }
-        if decision is not None:
-            view["decision"] = {
-                "category": decision.category,
-                "channel": decision.channel,
-                "rule": decision.rule_id,
-                "ruleset_version": decision.ruleset_version,
-                "template": decision.template,
-                "priority": decision.priority,
-                "language": decision.language,
-                "reply": decision.reply,
-                "suppressed": decision.suppressed,
-                "deliver_to": decision.deliver_to,
-                "tags": decision.tags,
-                "defects": decision.defects,
-                "decided_at": _iso(decision.decided_at),
-            }
-        if reply is not None:
-            view["reply"] = {
-                "state": reply.state,
-                "attempts": reply.attempts,
-                "sent_at": _iso(reply.sent_at),
-                "error": reply.error,
-            }
-        if delivery is not None:
-            view["delivery"] = {
-                "state": delivery.state,
-                "attempts": delivery.attempts,
-                "delivered_at": _iso(delivery.delivered_at),
-                "error": delivery.error,
-            }
-        return view
-
-
 async def message_detail(request: web.Request) -> web.Response:
     message_id = request.match_info["message_id"]
     if not message_id.isalnum() or len(message_id) > 32:
         return web.json_response({"error": "malformed message id"}, status=400)
-    view = await asyncio.to_thread(_message_view, request.app[ENGINE], message_id)
+    view = await asyncio.to_thread(message_view, request.app[ENGINE], message_id)
     if view is None:
         return web.json_response({"error": "no such message"}, status=404)
     return web.json_response(view)
