@@ -32,6 +32,7 @@ load_rules(ROOT / "routing_rules", ROOT / "templates", cache_dir=Path(os.environ
 # model alone; tests/test_classification.py switches it on for the gate and the model's own tests.
 os.environ.setdefault("CHANNELSHIFT_EMBEDDINGS", "off")
 TABLES = (
+    "staff_correction",
     "rollup_state",
     "counter_day",
     "counter_dirty_hour",
