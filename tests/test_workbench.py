@@ -210,8 +210,11 @@ async def upload(page: Page, path: Path) -> None:
     node = await page.call("DOM.querySelector", nodeId=document["root"]["nodeId"], selector="#try input[type=file]")
     await page.call("DOM.setFileInputFiles", files=[str(path)], nodeId=node["nodeId"])
     await page.evaluate(f"document.querySelector('#try input[name=at]').value = {AT!r}")
-    await page.evaluate("document.querySelector('#try form').submit()")
-    await page.wait_for("location.pathname === '/workbench/try' && document.readyState === 'complete'")
+    # the page before is already /workbench/try after the first mail: wait for a new document, not the old one
+    await page.evaluate("window.__submitted = true; document.querySelector('#try form').submit()")
+    await page.wait_for(
+        "!window.__submitted && location.pathname === '/workbench/try' && document.readyState === 'complete'"
+    )
 
 
 async def no_overflow(page: Page) -> None:
