@@ -124,6 +124,8 @@ async def test_workbench_page_lists_hits_and_the_rules_that_never_fired(pipeline
     assert never
     shipped = {compiled.rule.id for compiled in pipeline.deps.rules.current.rules}
     assert set(re.findall(r'data-rule="([^"]+)"', never.group(1))) == shipped - {"emergency"}
+    # decisions but no staff answer yet: no precision figure (it would read 100 %), a note instead
+    assert 'data-field="precision"' not in html and "Noch keine Rückmeldungen." in html
     # display names from settings.labels, German by default, English on request
     assert "Notlage" in html or "Notfall" in html
     english = await (await client.get("/workbench?lang=en", headers=AUTH)).text()
@@ -317,3 +319,16 @@ async def test_replay_without_an_allowed_folder_is_refused(client: Client) -> No
     assert "CHANNELSHIFT_WORKBENCH_CANDIDATES_DIR" in page
     response = await client.post("/workbench/replay", data={"candidate": "/etc", CSRF_FIELD: "x"}, headers=AUTH)
     assert response.status == 403
+
+
+async def test_an_invalid_candidate_is_refused_with_its_file_and_line(
+    pipeline: Pipeline, client: Client, tmp_path: Path
+) -> None:
+    folder = tmp_path / "candidates" / "broken"
+    folder.mkdir(parents=True)
+    (folder / "50-broken.yaml").write_text("rules:\n  - id: Bad Id\n    then: {category: general}\n")
+    pipeline.deps.settings.workbench_candidates_dir = folder.parent
+    response = await client.post("/workbench/replay", data={"candidate": "broken"}, headers=AUTH)
+    assert response.status == 422
+    html = await response.text()
+    assert 'id="replay-problem"' in html and "50-broken.yaml:" in html and 'id="replay-result"' not in html

@@ -323,8 +323,13 @@ class Workbench:
         async with self.replaying:
             try:
                 report = await asyncio.to_thread(run_replay, self.engine, self.settings, folder, since)
-            except RuleSetInvalid as exc:
-                errors = tuple(str(error) for error in exc.errors[:50])
+            except Exception as exc:
+                # whatever a broken candidate raises is a refused set, as for the running set's hot reload
+                errors = (
+                    tuple(str(error) for error in exc.errors[:50])
+                    if isinstance(exc, RuleSetInvalid)
+                    else (f"{folder.name}: {type(exc).__name__}: {exc}",)
+                )
                 return await self._render(
                     request, Form(problem="invalid_rules", problem_at="replay", errors=errors), 422
                 )
