@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import email
 import io
 import re
 import time
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from email.policy import default as default_policy
 from pathlib import Path
@@ -25,7 +27,19 @@ from services.store.corrections import (
 from services.web.app import create_app
 from services.web.auth import CSRF_FIELD
 from tests.chromium import chromium_or_skip, chromium_page
-from tests.support import ADMIN_TOKEN, AUTH, Pipeline, make_mail
+from tests.support import (
+    ADMIN_TOKEN,
+    AUTH,
+    SERVED,
+    Pipeline,
+    clean_env,
+    make_mail,
+    smtp_send,
+    start_role,
+    terminate,
+    wait_until_ready,
+)
+from tests.test_serve import free_port
 from tests.test_workbench import add_decision
 
 KEY = b"test-key"
@@ -219,3 +233,61 @@ async def test_the_feedback_page_needs_no_login_but_a_valid_link_csrf_and_keeps_
         limited = await client.get(link)
         assert limited.status == 429 and int(limited.headers["Retry-After"]) > 0
     assert correction_pairs(pipeline.deps.engine) == {("general", "documents"): 1}
+
+
+def _get(url: str, headers: dict[str, str] | None = None) -> str:
+    request = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return str(response.read().decode())
+
+
+def _delivered(var: Path, deadline: float) -> Path:
+    while time.monotonic() < deadline:
+        found = list((var / "delivered" / "new").glob("*.original.*"))
+        if found:
+            return found[0]
+        time.sleep(0.2)
+    raise AssertionError("no original delivered to the staff maildir")
+
+
+async def test_the_link_of_an_original_a_real_serve_run_delivered_records_a_correction(tmp_path: Path) -> None:
+    chromium_or_skip()
+    smtp_port, lmtp_port, web_port = free_port(), free_port(), free_port()
+    base = f"http://127.0.0.1:{web_port}"
+    env = {
+        **clean_env(),
+        "CHANNELSHIFT_SMTP_LISTEN": f"127.0.0.1:{smtp_port}",
+        "CHANNELSHIFT_LMTP_LISTEN": f"127.0.0.1:{lmtp_port}",
+        "CHANNELSHIFT_WEB_LISTEN": f"127.0.0.1:{web_port}",
+        "CHANNELSHIFT_FEEDBACK_BASE_URL": base,
+        "CHANNELSHIFT_ADMIN_TOKEN": ADMIN_TOKEN,
+        "CHANNELSHIFT_LOG_FORMAT": "json",
+    }
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log:
+        process = start_role("serve", env, log, tmp_path)
+        try:
+            await asyncio.to_thread(wait_until_ready, web_port, [process], log_path)
+            raw = make_mail(subject="Kontoauszüge", body="Anbei meine Kontoauszüge für März.")
+            await asyncio.to_thread(smtp_send, smtp_port, "citizen@example.org", [SERVED], raw)
+            path = await asyncio.to_thread(_delivered, tmp_path / "var", time.monotonic() + 60)
+            original = email.message_from_bytes(path.read_bytes(), policy=default_policy)
+            link, decided = original[FEEDBACK_HEADER], original["X-Channelshift-Category"]
+            assert link.startswith(f"{base}/f/") and list(original.iter_parts())[-1].get_content().endswith(link)
+            chosen = "change_notice" if decided != "change_notice" else "documents"
+            async with chromium_page(tmp_path / "profile") as page:
+                await page.call("Page.navigate", url=link)
+                await page.wait_for("document.readyState === 'complete' && !!document.getElementById('feedback-form')")
+                await page.evaluate(
+                    f"document.querySelector('select[name=category]').value = {chosen!r};"
+                    "document.getElementById('feedback-form').submit()"
+                )
+                await page.wait_for("document.readyState === 'complete' && !!document.getElementById('saved')")
+            metrics = await asyncio.to_thread(_get, f"{base}/metrics")
+            workbench = await asyncio.to_thread(_get, f"{base}/workbench", AUTH)
+        finally:
+            terminate([process])
+    assert metric(metrics, "channelshift_corrections_total", **{"from": decided, "to": chosen}) == 1.0
+    assert 'data-field="corrected_away">1<' in workbench
+    output = log_path.read_text()
+    assert "citizen@example.org" not in output and "Kontoausz" not in output  # no personal data in logs
