@@ -146,6 +146,21 @@ class Settings(BaseSettings):
     login_max_failures: int = Field(default=10, ge=1, description="failed logins per client and window before 429")
     login_window_seconds: int = Field(default=300, ge=1, description="window of login_max_failures")
     click_queue_size: int = Field(default=10_000, ge=1, description="clicks held in memory for the batch writer")
+    # the managers' workbench (/workbench) and staff feedback on misroutes (/f/<token>)
+    workbench_candidates_dir: Path | None = Field(
+        default=None, description="folder whose sub-folders the workbench may replay as candidate rule sets"
+    )
+    workbench_max_upload_bytes: int = Field(
+        default=5 * 1024 * 1024, ge=1024, description="largest .eml the workbench preview takes (upload or paste)"
+    )
+    feedback_links: bool = Field(default=True, description="originals for staff carry a signed misroute link")
+    feedback_days: int = Field(default=60, ge=1, description="how long a staff feedback link stays valid")
+    feedback_base_url: str | None = Field(
+        default=None, description="base URL of the web process as staff reach it; unset = public_url"
+    )
+    feedback_max_per_hour: int = Field(
+        default=60, ge=1, description="feedback submissions and bad feedback links per client and hour before 429"
+    )
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -161,7 +176,15 @@ class Settings(BaseSettings):
         return tuple(ipaddress.ip_network(part, strict=False) for part in parts if part)
 
     @field_validator(
-        "lmtp_listen", "relay_url", "delivery_url", "redis_url", "database_url", "health_listen", mode="before"
+        "lmtp_listen",
+        "relay_url",
+        "delivery_url",
+        "redis_url",
+        "database_url",
+        "health_listen",
+        "feedback_base_url",
+        "workbench_candidates_dir",
+        mode="before",
     )
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
@@ -188,6 +211,10 @@ class Settings(BaseSettings):
     @property
     def effective_model_cache_dir(self) -> Path:
         return self.model_cache_dir or self.var_dir / "model-cache"
+
+    @property
+    def effective_feedback_base_url(self) -> str:
+        return (self.feedback_base_url or self.public_url).rstrip("/")
 
     @property
     def outbox_dir(self) -> Path:

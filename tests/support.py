@@ -17,14 +17,17 @@ import urllib.request
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from email.message import EmailMessage, Message
 from email.policy import SMTP as SMTP_POLICY
 from email.policy import default as default_policy
 from pathlib import Path
 from typing import Any
 
+from aiohttp.test_utils import TestClient
 from aiosmtpd.smtp import SMTP
 from arq.connections import ArqRedis
+from sqlmodel import Session
 
 from services import queue
 from services.classify.reload import RuleSetHolder
@@ -32,6 +35,9 @@ from services.config import Settings
 from services.gateway.handler import GatewayHandler
 from services.gateway.server import start_listener
 from services.store.db import make_engine
+from services.store.models import Decision
+from services.store.models import Message as MessageRow
+from services.web.auth import CSRF_FIELD
 from services.worker.app import build_worker
 from services.worker.deps import Deps
 
@@ -292,3 +298,55 @@ class Recorder:
         with self.lock:
             values = [email.message_from_bytes(m, policy=default_policy)[name] for m in self.messages]
         return Counter(str(v) for v in values if v)
+
+
+async def login_form(client: TestClient[Any, Any], headers: dict[str, str] | None = None) -> str:
+    """GET the login page (sets the pre-login cookie in the client's jar); the form's CSRF token."""
+    response = await client.get("/dashboard/login", headers=headers or {})
+    assert response.status == 200
+    found = re.search(rf'name="{CSRF_FIELD}" value="([^"]+)"', await response.text())
+    assert found
+    return found.group(1)
+
+
+async def log_in(
+    client: TestClient[Any, Any], token: str = ADMIN_TOKEN, headers: dict[str, str] | None = None
+) -> object:
+    csrf = await login_form(client, headers)
+    return await client.post(
+        "/dashboard/login", data={"token": token, CSRF_FIELD: csrf}, allow_redirects=False, headers=headers or {}
+    )
+
+
+def add_decision(
+    session: Session, number: int, rule_id: str, decided_at: datetime, version: str, category: str = "general"
+) -> None:
+    """A stored decision (its message already purged: the hit counts need no mail content)."""
+    message_id = f"{number:032x}"
+    session.add(
+        MessageRow(
+            id=message_id,
+            received_at=decided_at,
+            protocol="smtp",
+            mail_from="",
+            rcpt_tos=[],
+            mailbox="info@jobcenter-musterstadt.example",
+            size=1,
+            raw=None,
+            state="delivered",
+            purged_at=decided_at,
+        )
+    )
+    session.flush()
+    session.add(
+        Decision(
+            message_id=message_id,
+            decided_at=decided_at,
+            category=category,
+            channel="phone",
+            rule_id=rule_id,
+            ruleset_version=version,
+            language="de",
+            reply=True,
+        )
+    )

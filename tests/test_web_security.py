@@ -18,7 +18,7 @@ from services.web.app import create_app, create_health_app
 from services.web.auth import CSRF_FIELD, LOGIN_COOKIE, SESSION_COOKIE, FailureLimiter, Sessions
 from services.web.guard import is_loopback
 from tests.chromium import chromium_or_skip, chromium_page
-from tests.support import ADMIN_TOKEN, AUTH, Pipeline, clean_env, free_port, make_mail, terminate
+from tests.support import ADMIN_TOKEN, AUTH, Pipeline, clean_env, free_port, log_in, login_form, make_mail, terminate
 
 Client = TestClient[web.Request, web.Application]
 HOUR = 3600
@@ -33,22 +33,6 @@ def set_cookies(response: object) -> dict[str, SimpleCookie]:
         for name in cookie:
             parsed[name] = cookie
     return parsed
-
-
-async def login_form(client: Client, headers: dict[str, str] | None = None) -> str:
-    """GET the login page (sets the pre-login cookie in the client's jar); the form's CSRF token."""
-    response = await client.get("/dashboard/login", headers=headers or {})
-    assert response.status == 200
-    found = re.search(rf'name="{CSRF_FIELD}" value="([^"]+)"', await response.text())
-    assert found
-    return found.group(1)
-
-
-async def log_in(client: Client, token: str = ADMIN_TOKEN, headers: dict[str, str] | None = None) -> object:
-    csrf = await login_form(client, headers)
-    return await client.post(
-        "/dashboard/login", data={"token": token, CSRF_FIELD: csrf}, allow_redirects=False, headers=headers or {}
-    )
 
 
 async def web_client(pipeline: Pipeline, **settings: object) -> Client:

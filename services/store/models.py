@@ -1,4 +1,4 @@
-"""SQLModel tables: messages, decisions, replies, deliveries, reply ledger, hourly and daily counters."""
+"""SQLModel tables: messages, decisions, replies, deliveries, reply ledger, counters, staff corrections."""
 
 from __future__ import annotations
 
@@ -212,3 +212,22 @@ class RollupState(SQLModel, table=True):
     id: int = Field(default=1, primary_key=True)
     zone: str = Field(max_length=64)
     built_at: datetime = Field(default_factory=utcnow)
+
+
+class StaffCorrection(SQLModel, table=True):
+    """A category a member of staff gave a delivered original through its feedback link; no mail content.
+
+    Append-only (a second submission for a message adds a row), so `channelshift_corrections_total` only grows;
+    the newest row per message is the correction that counts for precision and the export.
+    """
+
+    __tablename__ = "staff_correction"
+    __table_args__ = (Index("ix_staff_correction_message_time", "message_id", "corrected_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: str = Field(foreign_key="decision.message_id", max_length=32)
+    decided_category: str = Field(max_length=64, description="the decision's category when the link was made")
+    corrected_category: str = Field(max_length=64)
+    rule_id: str = Field(max_length=128)
+    ruleset_version: str = Field(max_length=64)
+    corrected_at: datetime = Field(default_factory=utcnow, index=True)

@@ -1,4 +1,4 @@
-"""create_app(settings): health, readiness, the JSON API, /metrics, /dashboard and the /r/ click redirect."""
+"""create_app(settings): health, readiness, the JSON API, /metrics, /dashboard, /workbench, /r/ and /f/ links."""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ from services.web.api import ReportsApi
 from services.web.auth import Auth
 from services.web.clicks import ClickRecorder, make_redirect_handler
 from services.web.dashboard import Dashboard
+from services.web.feedback import FeedbackPage
 from services.web.metrics import MetricsEndpoint
 from services.web.openapi import OPENAPI
 from services.web.security import security_headers_middleware
+from services.web.workbench import Workbench
 
 ENGINE = web.AppKey("engine", Engine)
 REDIS = web.AppKey("redis", ArqRedis)
@@ -89,7 +91,11 @@ def create_health_app(engine: Engine, redis: ArqRedis, rules: RuleSetHolder) -> 
 def create_app(settings: Settings, engine: Engine, redis: ArqRedis, rules: RuleSetHolder) -> web.Application:
     auth = Auth(settings)
     # the headers middleware is outermost, so the access checks' refusals carry the headers as well
-    app = web.Application(middlewares=[security_headers_middleware(auth.trusted), auth.middleware()])
+    # room for the workbench's largest .eml (pasted or uploaded) plus the form around it
+    max_body = max(1024**2, settings.workbench_max_upload_bytes + 256 * 1024)
+    app = web.Application(
+        middlewares=[security_headers_middleware(auth.trusted), auth.middleware()], client_max_size=max_body
+    )
     app[ENGINE] = engine
     app[REDIS] = redis
     app[RULES] = rules
@@ -101,6 +107,8 @@ def create_app(settings: Settings, engine: Engine, redis: ArqRedis, rules: RuleS
     app.router.add_get("/api/v1/messages/{message_id}", message_detail)
     ReportsApi(engine, rules).register(app)
     Dashboard(engine, rules, settings.templates_dir, auth).register(app)
+    Workbench(engine, rules, settings, auth, settings.templates_dir).register(app)
+    FeedbackPage(engine, rules, settings, auth, settings.templates_dir).register(app)
     app.router.add_get("/metrics", MetricsEndpoint(engine, rules, redis).handle)
     app.router.add_get("/r/{token}", make_redirect_handler(app[CLICKS], rules, settings.effective_pseudonym_key))
     return app

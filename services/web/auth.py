@@ -19,9 +19,13 @@ from aiohttp.typedefs import Middleware
 from services.config import Settings
 from services.web.security import Client, client_of
 
-OPEN_PREFIXES = ("/healthz", "/readyz", "/metrics", "/r/", "/static/", "/dashboard/login")
+# /f/ is the staff feedback page: staff hold only its signed link, which (with CSRF and a rate limit) guards it
+OPEN_PREFIXES = ("/healthz", "/readyz", "/metrics", "/r/", "/f/", "/static/", "/dashboard/login")
+PAGE_PREFIXES = ("/dashboard", "/workbench")  # browser pages: a missing session redirects to the login
 SESSION_COOKIE = "channelshift_session"
 LOGIN_COOKIE = "channelshift_login"  # the pre-login CSRF secret (double submit)
+FEEDBACK_COOKIE = "channelshift_feedback"  # the same for the staff feedback page, which has no session
+FEEDBACK_PREFIX = "/f/"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -95,6 +99,9 @@ class Sessions:
 
     def login_csrf_token(self, login_secret: str) -> str:
         return self._mac(f"login-csrf.{login_secret}")
+
+    def feedback_csrf_token(self, feedback_secret: str) -> str:
+        return self._mac(f"feedback-csrf.{feedback_secret}")
 
 
 class FailureLimiter:
@@ -195,21 +202,28 @@ class Auth:
     def clear_session_cookie(self, response: web.StreamResponse) -> None:
         response.del_cookie(SESSION_COOKIE, path="/")
 
-    def login_secret(self, request: web.Request) -> tuple[str, bool]:
+    def login_secret(self, request: web.Request, cookie: str = LOGIN_COOKIE) -> tuple[str, bool]:
         """This browser's pre-login CSRF secret, and whether it is new (then the caller sets the cookie)."""
-        current = request.cookies.get(LOGIN_COOKIE, "")
+        current = request.cookies.get(cookie, "")
         if _LOGIN_SECRET.fullmatch(current):
             return current, False
         return secrets.token_urlsafe(16), True
 
-    def set_login_cookie(self, request: web.Request, response: web.StreamResponse, secret: str) -> None:
+    def set_login_cookie(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        secret: str,
+        cookie: str = LOGIN_COOKIE,
+        path: str = "/dashboard/login",
+    ) -> None:
         response.set_cookie(
-            LOGIN_COOKIE,
+            cookie,
             secret,
             max_age=3600,
             httponly=True,
             samesite="Strict",
-            path="/dashboard/login",
+            path=path,
             secure=self.secure_cookies(request),
         )
 
@@ -224,6 +238,11 @@ class Auth:
             if not _LOGIN_SECRET.fullmatch(login_secret):
                 return False
             expected = self.sessions.login_csrf_token(login_secret)
+        elif request.path.startswith(FEEDBACK_PREFIX):
+            feedback_secret = request.cookies.get(FEEDBACK_COOKIE, "")
+            if not _LOGIN_SECRET.fullmatch(feedback_secret):
+                return False
+            expected = self.sessions.feedback_csrf_token(feedback_secret)
         elif info is not None:
             expected = self.sessions.csrf_token(info)
         else:
@@ -249,7 +268,7 @@ class Auth:
                     self.limiter.failed(self.client(request).limit_key)
             open_path = request.path.startswith(OPEN_PREFIXES)
             if self.token and not open_path and not bearer_ok and info is None:
-                if request.path.startswith("/dashboard"):
+                if request.path.startswith(PAGE_PREFIXES):
                     redirect = web.HTTPSeeOther("/dashboard/login")
                     if SESSION_COOKIE in request.cookies:
                         self.clear_session_cookie(redirect)  # expired or from an old token: let it go

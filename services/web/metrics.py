@@ -22,6 +22,7 @@ from services.classify.reload import RuleSetHolder
 from services.metrics import PROCESS_REGISTRY
 from services.store import reports
 from services.store.cohort import LINK_OPENED, REPLY_CLICKED
+from services.store.corrections import correction_pairs
 from services.store.models import Counter
 from services.web.replylinks import unlinked_categories
 
@@ -195,6 +196,31 @@ class CohortCollector(Collector):
         yield repeat
 
 
+class CorrectionsCollector(Collector):
+    """Staff corrections of misrouted mail by (decided, corrected) category, from the database."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._pairs: dict[tuple[str, str], int] = {}
+        self._cached_at: float | None = None
+
+    def refresh(self) -> None:
+        if self._cached_at is not None and time.monotonic() - self._cached_at < CACHE_SECONDS:
+            return
+        self._pairs = correction_pairs(self.engine)
+        self._cached_at = time.monotonic()
+
+    def collect(self) -> Iterable[Metric]:
+        corrections = CounterMetricFamily(
+            "channelshift_corrections",
+            "Staff feedback naming another category than the one decided (docs/metrics.md).",
+            labels=["from", "to"],
+        )
+        for (old, new), count in sorted(self._pairs.items()):
+            corrections.add_metric([old, new], count)
+        yield corrections
+
+
 class RulesCollector(Collector):
     def __init__(self, rules: RuleSetHolder) -> None:
         self.rules = rules
@@ -235,11 +261,13 @@ class MetricsEndpoint:
         self.rollup = RollupCollector(engine)
         self.cohort = CohortCollector(engine, rules)
         self.queue = QueueCollector()
+        self.corrections = CorrectionsCollector(engine)
         self.redis = redis
         self.registry.register(self.rollup)
         self.registry.register(self.cohort)
         self.registry.register(RulesCollector(rules))
         self.registry.register(self.queue)
+        self.registry.register(self.corrections)
 
     async def handle(self, _request: web.Request) -> web.Response:
         try:
@@ -248,5 +276,6 @@ class MetricsEndpoint:
             self.queue.depth = None
         await asyncio.to_thread(self.rollup.refresh)
         await asyncio.to_thread(self.cohort.refresh)
+        await asyncio.to_thread(self.corrections.refresh)
         body = generate_latest(self.registry) + generate_latest(PROCESS_REGISTRY)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -19,7 +19,8 @@ from services.mail import parse_mail
 from services.metrics import DELIVERY_ATTEMPTS, JOB_SECONDS, timed
 from services.reply.build import ReplyUnbuildable, build_reply, tracked_links
 from services.reply.compose import threading_headers
-from services.reply.original import routing_headers, with_routing_headers
+from services.reply.feedback import staff_original
+from services.reply.original import routing_headers
 from services.reply.send import (
     MaildirSender,
     PermanentSendError,
@@ -253,7 +254,7 @@ async def _deliver(deps: Deps, message: Message, decision: Verdict) -> str | Non
     target = decision.deliver_to or "staff"
     target_address = deps.rules.current.settings.targets.get(target)
     headers = routing_headers(message.id, decision)
-    data = with_routing_headers(message.raw, headers)
+    headers, data = staff_original(deps.settings, message.id, decision.category, message.raw, headers)
     recipients = [target_address] if target_address else list(message.rcpt_tos)
     sender = deps.delivery_sender
     if target != "staff" and not deps.settings.delivery_url:
