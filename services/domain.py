@@ -32,6 +32,17 @@ SAFETY_PRIORITY: dict[str, str] = {"emergency": Priority.URGENT, "objection": Pr
 SAFETY_CATEGORIES: tuple[str, ...] = tuple(SAFETY_PRIORITY)
 
 
+def safety_outranks(model_category: str | None, rule_category: str) -> bool:
+    """Whether the model's safety alarm overrides a rule's category: any non-safety rule, and an objection rule
+    when the alarm is an emergency (the labelling guide: an acute need wins over everything, the contested
+    decision included; the mail is urgent, not merely high)."""
+    if model_category not in SAFETY_CATEGORIES:
+        return False
+    if rule_category not in SAFETY_CATEGORIES:
+        return True
+    return SAFETY_CATEGORIES.index(model_category) < SAFETY_CATEGORIES.index(rule_category)
+
+
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """What the SMTP transaction said, apart from the message: sender, recipients, arrival time."""

@@ -18,7 +18,7 @@ from services.classify.patterns import RegexTimeout, SafePattern
 from services.classify.prefilter import filter_fold, required_words
 from services.classify.schema import PRIORITIES, Action, AddressMatch, Condition, Rule, RuleSettings, TextMatch
 from services.classify.text import as_written, fold
-from services.domain import SAFETY_CATEGORIES, SAFETY_PRIORITY
+from services.domain import SAFETY_CATEGORIES, SAFETY_PRIORITY, safety_outranks
 from services.mail import InboundMail, is_machine_report
 
 if TYPE_CHECKING:
@@ -360,11 +360,12 @@ class RuleSet:
         if self.intent is None or by_rules.action.category in RULE_ONLY_CATEGORIES:
             return by_rules
         is_catch_all = by_rules.rule.is_catch_all
-        if not is_catch_all and by_rules.action.category in SAFETY_CATEGORIES:
-            return by_rules
+        ruled = by_rules.action.category
+        if not is_catch_all and not any(safety_outranks(alarm, ruled) for alarm in SAFETY_CATEGORIES):
+            return by_rules  # an emergency rule: nothing outranks it, the model is not asked
         result = self.intent.classifier.classify(model_text(facts.mail))
         scores = result.scores.ranked[:5]
-        if result.category is not None and (is_catch_all or result.category in SAFETY_CATEGORIES):
+        if result.category is not None and (is_catch_all or safety_outranks(result.category, ruled)):
             action = self.settings.categories[result.category].action(result.category)
             return Classification(by_rules.rule, action, by_rules.trials, result.path, scores, result.escalated)
         if is_catch_all:

@@ -18,18 +18,18 @@ from sklearn.model_selection import StratifiedKFold
 
 from services.classify.embedding import CACHE_FILE, EMBED_CHARS, EmbeddingCache
 from services.classify.embedding import available as embedding_available
-from services.classify.examples import Example, ExampleSet
+from services.classify.examples import RULE_ONLY_CATEGORIES, Example, ExampleSet
 from services.classify.features import OWN_CHARS, QUOTED_CHARS, model_text, own_part
 from services.classify.hybrid import IntentClassifier, decide_intent, safety_kept, should_escalate
 from services.classify.intent import SCORE_SCALE, IntentModel, IntentScores, SemanticModel, combine
 from services.classify.schema import ModelSettings
-from services.domain import SAFETY_CATEGORIES
+from services.domain import SAFETY_CATEGORIES, safety_outranks
 from services.mail import InboundMail
 
 log = structlog.get_logger(__name__)
 
 FALLBACK_CATEGORY = "general"
-_FORMAT = 3  # bump when the pickled shape changes
+_FORMAT = 4  # bump when the pickled shape changes
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class CrossValidation:
     escalated_share: float
     uncertain_share: float
     confusion: dict[str, int] = field(default_factory=dict)  # "expected>predicted" -> count
+    missed_safety: tuple[tuple[int, str], ...] = ()  # (example index, decided category) of missed safety mails
 
     @property
     def accuracy(self) -> float:
@@ -62,6 +63,9 @@ class Trained:
     fold_fast: tuple[IntentScores | None, ...]
     fold_semantic: tuple[IntentScores | None, ...]
     seconds: float
+    # the trained models' own scores of every example: what the set decides for the mails it was given
+    fitted_fast: tuple[IntentScores | None, ...] = ()
+    fitted_semantic: tuple[IntentScores | None, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -152,8 +156,10 @@ def validate(
         result = decide_intent(scores, escalate, settings)
         category = result.category or FALLBACK_CATEGORY
         by_rule = rule_verdicts[i] if rule_verdicts is not None else None
-        if by_rule is not None and (by_rule in SAFETY_CATEGORIES or result.category not in SAFETY_CATEGORIES):
-            category = by_rule  # as RuleSet.classify: a rule decides, but yields to the model's safety layer
+        if by_rule is not None and (by_rule in RULE_ONLY_CATEGORIES or not safety_outranks(result.category, by_rule)):
+            # as RuleSet.classify: a rule decides, but yields to the model's safety layer (never for automated
+            # and partner mail, which the model does not decide)
+            category = by_rule
         else:
             uncertain += result.category is None
         predicted.append(category)
@@ -162,6 +168,9 @@ def validate(
             confusion[f"{labels[i]}>{category}"] += 1
     recall = {}
     false_safety = {}
+    missed = tuple(
+        (i, predicted[i]) for i, label in enumerate(labels) if label in SAFETY_CATEGORIES and predicted[i] != label
+    )
     for category in SAFETY_CATEGORIES:
         expected = [i for i, label in enumerate(labels) if label == category]
         recall[category] = sum(predicted[i] == category for i in expected) / len(expected) if expected else 1.0
@@ -175,6 +184,7 @@ def validate(
         escalated_share=round(escalated / total, 4) if total else 0.0,
         uncertain_share=round(uncertain / total, 4) if total else 0.0,
         confusion=dict(confusion.most_common()),
+        missed_safety=missed,
     )
 
 
@@ -218,7 +228,8 @@ def train_intent(
             _write_verdicts(cache_dir, verdict_key, verdicts)
         _verdicts[verdict_key] = verdicts
     validation = validate(trained.labels, trained.fold_fast, trained.fold_semantic, settings, verdicts)
-    problems = _acceptance(labels_file, validation, settings)
+    fitted = validate(trained.labels, trained.fitted_fast, trained.fitted_semantic, settings, verdicts)
+    problems = _acceptance(labels_file, validation, settings) + _unlearned_safety(labels_file, trainable, fitted)
     if problems:
         return problems
     return TrainedIntent(
@@ -253,8 +264,18 @@ def _train(
     fast_scores, semantic_scores = fold_scores(texts, labels, vectors, settings.folds)
     fast = IntentModel.train(texts, labels, [e.file for e in trainable])
     semantic = SemanticModel.train(vectors, labels) if vectors is not None else None
+    fitted_semantic: tuple[IntentScores | None, ...] = (None,) * len(texts)
+    if semantic is not None and vectors is not None:
+        fitted_semantic = tuple(semantic.scores_many(vectors))
     trained = Trained(
-        fast, semantic, tuple(labels), tuple(fast_scores), tuple(semantic_scores), time.monotonic() - started
+        fast,
+        semantic,
+        tuple(labels),
+        tuple(fast_scores),
+        tuple(semantic_scores),
+        time.monotonic() - started,
+        tuple(fast.scores_many(texts)),
+        fitted_semantic,
     )
     log.info("model.trained", examples=len(labels), semantic=semantic is not None, seconds=round(trained.seconds, 2))
     return trained
@@ -285,6 +306,21 @@ def _acceptance(labels_file: str, validation: CrossValidation, settings: ModelSe
                 )
             )
     return problems
+
+
+def _unlearned_safety(labels_file: str, trainable: Sequence[Example], fitted: CrossValidation) -> list[TrainingProblem]:
+    """Every emergency and objection among the examples must be caught by the set trained on them (issue 16:
+    safety recall 100 % there): one that is not contradicts a rule or similar examples with another label."""
+    return [
+        TrainingProblem(
+            labels_file,
+            trainable[index].line,
+            "model.safety",
+            f"{trainable[index].file} is labelled {trainable[index].category}, but the set trained on it decides "
+            f"{decided}: a rule or similar examples with another label outweigh it; relabel or add examples",
+        )
+        for index, decided in fitted.missed_safety[:20]
+    ]
 
 
 def _cache_path(cache_dir: Path, key: str) -> Path:
