@@ -1,4 +1,4 @@
-"""create_app(settings): health, readiness, the JSON API, /metrics, /dashboard and the /r/ click redirect."""
+"""create_app(settings): health, readiness, the JSON API, /metrics, /dashboard, rule-set history and /r/ redirects."""
 
 from __future__ import annotations
 
@@ -10,14 +10,16 @@ from arq.connections import ArqRedis
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
-from services.classify.reload import RuleSetHolder
+from services.classify.reload import RuleSetHolder, RulesNotLoaded
 from services.config import Settings
 from services.store.db import ping
 from services.store.models import Decision, Delivery, JobState, Message, Reply
+from services.store.rulesets import RuleSetStore
 from services.web.api import ReportsApi
 from services.web.auth import Auth
 from services.web.clicks import ClickRecorder, make_redirect_handler
 from services.web.dashboard import Dashboard
+from services.web.history import HistoryPage, RuleSetsApi
 from services.web.metrics import MetricsEndpoint
 from services.web.openapi import OPENAPI
 from services.web.security import security_headers_middleware
@@ -45,13 +47,7 @@ async def readyz(request: web.Request) -> web.Response:
     except Exception as exc:
         checks["redis"] = f"error: {type(exc).__name__}"
     # reloading is the watcher's job (every role runs it); a probe only reports, so "SIGHUP only" holds
-    holder = request.app[RULES]
-    checks["rules"] = {
-        "version": holder.current.version,
-        "rules": len(holder.current.rules),
-        "reload_errors": [str(e) for e in holder.errors[:20]],
-        "warnings": list(holder.current.warnings[:20]),
-    }
+    checks["rules"] = rules_check(request.app[RULES])
     try:
         checks["deliveries"] = await asyncio.to_thread(_failed_deliveries, request.app[ENGINE])
     except Exception as exc:
@@ -59,6 +55,49 @@ async def readyz(request: web.Request) -> web.Response:
     # failed deliveries need a person, not a restart: they are shown here but leave the process ready
     ready = checks["database"] == "ok" and checks["redis"] == "ok"
     return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+
+def rules_check(holder: RuleSetHolder) -> dict[str, Any]:
+    """The running set and where it came from; `errors` are the files' file:line problems (no mail content).
+
+    A process running on the last good set, or on none, stays ready: taken out of a load balancer, a gateway
+    would refuse connections, while running it answers 451 and the sending MTA keeps the mail queued.
+    """
+    errors = [str(e) for e in holder.errors[:20]]
+    if not holder.loaded:
+        return {
+            "version": None,
+            "source": None,
+            "rules": 0,
+            "reload_errors": errors,
+            "warnings": [],
+            "problem": "no rule set loaded: the rule files do not validate and no good set is recorded",
+        }
+    current = holder.current
+    check: dict[str, Any] = {
+        "version": current.version,
+        "source": holder.source,
+        "rules": len(current.rules),
+        "reload_errors": errors,
+        "warnings": list(current.warnings[:20]),
+    }
+    if holder.source == "last-good":
+        check["problem"] = "the rule files do not validate: running on the last good set from the database"
+    return check
+
+
+@web.middleware
+async def rules_required(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Pages and API answers that need the rule set say so while none is loaded, instead of a 500."""
+    try:
+        response: web.StreamResponse = await handler(request)
+    except RulesNotLoaded:
+        return web.json_response(
+            {"error": "no rule set loaded; see /readyz and `channelshift rules check`"},
+            status=503,
+            headers={"Retry-After": "10"},
+        )
+    return response
 
 
 def _failed_deliveries(engine: Engine) -> dict[str, Any]:
@@ -145,7 +184,7 @@ async def openapi(_request: web.Request) -> web.Response:
 
 def create_health_app(engine: Engine, redis: ArqRedis, rules: RuleSetHolder) -> web.Application:
     """Side listener of gateway and worker processes: probes and this process's metrics, nothing else."""
-    app = web.Application(middlewares=[security_headers_middleware(())])
+    app = web.Application(middlewares=[security_headers_middleware(()), rules_required])
     app[ENGINE] = engine
     app[REDIS] = redis
     app[RULES] = rules
@@ -158,7 +197,7 @@ def create_health_app(engine: Engine, redis: ArqRedis, rules: RuleSetHolder) -> 
 def create_app(settings: Settings, engine: Engine, redis: ArqRedis, rules: RuleSetHolder) -> web.Application:
     auth = Auth(settings)
     # the headers middleware is outermost, so the access checks' refusals carry the headers as well
-    app = web.Application(middlewares=[security_headers_middleware(auth.trusted), auth.middleware()])
+    app = web.Application(middlewares=[security_headers_middleware(auth.trusted), auth.middleware(), rules_required])
     app[ENGINE] = engine
     app[REDIS] = redis
     app[RULES] = rules
@@ -169,7 +208,9 @@ def create_app(settings: Settings, engine: Engine, redis: ArqRedis, rules: RuleS
     app.router.add_get("/api/v1/openapi.json", openapi)
     app.router.add_get("/api/v1/messages/{message_id}", message_detail)
     ReportsApi(engine, rules).register(app)
+    RuleSetsApi(RuleSetStore(engine)).register(app)
     Dashboard(engine, rules, settings.templates_dir, auth).register(app)
+    HistoryPage(RuleSetStore(engine), settings.templates_dir, auth).register(app)
     app.router.add_get("/metrics", MetricsEndpoint(engine, rules, redis).handle)
     app.router.add_get("/r/{token}", make_redirect_handler(app[CLICKS], rules, settings.effective_pseudonym_key))
     return app

@@ -249,7 +249,7 @@ class Auth:
                     self.limiter.failed(self.client(request).limit_key)
             open_path = request.path.startswith(OPEN_PREFIXES)
             if self.token and not open_path and not bearer_ok and info is None:
-                if request.path.startswith("/dashboard"):
+                if request.path.startswith(("/dashboard", "/workbench")):  # pages: to the login form
                     redirect = web.HTTPSeeOther("/dashboard/login")
                     if SESSION_COOKIE in request.cookies:
                         self.clear_session_cookie(redirect)  # expired or from an old token: let it go
