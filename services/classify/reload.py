@@ -132,11 +132,11 @@ class RuleSetHolder:
     def _install(self, ruleset: RuleSet, source: str, *, fingerprint_at_load: tuple[tuple[str, int, int], ...]) -> None:
         if self.with_model:
             ruleset.warm_up()
+        if source == FILES:  # recorded before it runs: a decision's version is always in the history
+            self._unrecorded = not self._record(ruleset, fingerprint_at_load)
         self._current = ruleset
         self.source = source
         self.loaded_at = time.time()
-        if source == FILES:
-            self._unrecorded = not self._record(ruleset, fingerprint_at_load)
 
     def _examples_of(self, ruleset: RuleSet) -> Path | None:
         if not ruleset.settings.model.enabled:
