@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import threading
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from sqlalchemy import Engine, func, text
 from sqlmodel import Session, select
@@ -20,7 +22,9 @@ from services.config import PROJECT_ROOT
 from services.store.db import make_engine
 from services.store.models import RuleSetBlob, RuleSetVersion
 from services.store.rulesets import RuleSetStore, diff_against_previous
-from tests.support import AUTH, Pipeline
+from services.web.app import create_app
+from tests.support import AUTH, Pipeline, make_mail
+from tests.test_reporting import _chromium_dom
 
 HISTORY_TABLES = ("ruleset_file", "ruleset_version", "ruleset_blob")
 
@@ -230,3 +234,32 @@ async def test_api_and_history_page(pipeline: Pipeline, client: TestClient[objec
     days = len(charts["daily"]["labels"])
     assert charts["daily"]["markers"] == [{"index": days - 1, "versions": ["a1", "b2"]}]
     assert charts["outcomes"]["markers"] == charts["daily"]["markers"]
+
+
+async def test_activation_markers_drawn_in_chromium(pipeline: Pipeline, tmp_path: Path) -> None:
+    if not (shutil.which("chromium") or shutil.which("chromium-browser")):
+        if os.environ.get("CI"):
+            pytest.fail("chromium missing in CI (.ci/run installs Debian's chromium)")
+        pytest.skip("chromium not installed")
+    clear_history(pipeline.deps.engine)
+    answers = await pipeline.send(make_mail(subject="Kontoauszüge", body="Anbei meine Kontoauszüge."))
+    assert answers == {}
+    await pipeline.work()
+    RuleSetStore(pipeline.deps.engine).record("c0ffee", lambda: {"rules/a.yaml": b"x"}, activated_by="serve")
+    pipeline.deps.settings.admin_token = None  # headless Chromium cannot send a bearer header
+    app = create_app(pipeline.deps.settings, pipeline.deps.engine, pipeline.pool, pipeline.deps.rules)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        shot = tmp_path / "markers.png"
+        dom = await _chromium_dom(f"http://127.0.0.1:{port}/dashboard", tmp_path / "profile", 1280, 2000, shot)
+    finally:
+        await runner.cleanup()
+    drawn = re.search(r'data-charts-drawn="(\d+)"', dom)
+    assert drawn and drawn.group(1) == "5"  # the marker plugin breaks no chart
+    assert 'data-ruleset-markers="1"' in dom
+    assert '<a href="/workbench/history">Versionen und Änderungen</a>' in dom
+    assert shot.stat().st_size > 10_000

@@ -75,6 +75,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "empty_text": "Sobald das Gateway E-Mails annimmt, erscheinen hier die Zahlen. Eine erste Mail senden:",
         "empty_demo": "Oder Beispielverkehr über 60 Tage erzeugen:",
         "ruleset_marker": "Regelwerk",
+        "markers_note": "Gestrichelte Linie: an diesem Tag wurde eine neue Regelwerk-Version aktiv.",
+        "markers_link": "Versionen und Änderungen",
         "no_cutover": "Kein Stichtag gesetzt: settings.cutover im Regelwerk eintragen, um vorher und nachher"
         " zu vergleichen.",
     },
@@ -125,6 +127,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "empty_text": "The numbers appear here as soon as the gateway accepts mail. Send a first mail:",
         "empty_demo": "Or create 60 days of sample traffic:",
         "ruleset_marker": "Rule set",
+        "markers_note": "Dashed line: a new rule-set version became active on that day.",
+        "markers_link": "Versions and changes",
         "no_cutover": "No cut-over set: add settings.cutover to the rule set to compare before and after.",
     },
 }

@@ -29,7 +29,10 @@
       ctx.strokeStyle = fourth; ctx.setLineDash([4, 3]); ctx.lineWidth = 1.5;
       ctx.beginPath(); ctx.moveTo(at, area.top); ctx.lineTo(at, area.bottom); ctx.stroke();
       ctx.setLineDash([]); ctx.fillStyle = fourth; ctx.font = "10px system-ui, sans-serif";
-      ctx.fillText(series.marker_label + " " + m.versions[m.versions.length - 1].slice(0, 7), at + 3, area.top + 10);
+      const label = series.marker_label + " " + m.versions[m.versions.length - 1].slice(0, 7);
+      const width = ctx.measureText(label).width;
+      // beside the line, on its left where the chart's right edge would cut the label
+      ctx.fillText(label, at + 3 + width > area.right ? at - 3 - width : at + 3, area.top + 10);
       ctx.restore();
     });
     document.body.dataset.rulesetMarkers = String((series.markers || []).length);
