@@ -16,14 +16,14 @@ from aiohttp.test_utils import TestClient
 from sqlalchemy import Engine, func, text
 from sqlmodel import Session, select
 
-from services.classify.reload import Fallback, RuleSetHolder
+from services.classify.reload import Fallback, RuleSetHolder, RulesNotLoaded
 from services.cli import main
 from services.config import PROJECT_ROOT
 from services.store.db import make_engine
 from services.store.models import RuleSetBlob, RuleSetVersion
 from services.store.rulesets import RuleSetStore, diff_against_previous
 from services.web.app import create_app
-from tests.support import AUTH, Pipeline, make_mail
+from tests.support import AUTH, SERVED, Pipeline, make_mail
 from tests.test_reporting import _chromium_dom
 
 HISTORY_TABLES = ("ruleset_file", "ruleset_version", "ruleset_blob")
@@ -126,6 +126,26 @@ def test_an_example_change_is_a_new_version_listed_without_content(
     newest = store.versions()[0]
     assert newest.changed == [{"path": f"examples/{example.name}", "change": "modified"}]
     assert diff_against_previous(store, newest) == ""
+
+
+def test_a_process_started_without_any_set_takes_one_recorded_later(
+    engine: Engine, rule_copy: tuple[Path, Path], tmp_path: Path
+) -> None:
+    rules, templates = rule_copy
+    broken = tmp_path / "broken"
+    shutil.copytree(rules, broken)
+    (broken / "35-probe.yaml").write_text("rules:\n  - id: [\n", encoding="utf-8")
+    waiting = _holder(broken, templates, engine, tmp_path / "waiting")
+    assert not waiting.loaded and waiting.source is None
+    assert any("35-probe.yaml:3" in str(e) for e in waiting.errors)
+    with pytest.raises(RulesNotLoaded):
+        waiting.current  # noqa: B018
+    assert not waiting.refresh()
+
+    good = _holder(rules, templates, engine, tmp_path / "good")  # another process, with files that validate
+    assert waiting.refresh() and waiting.source == "last-good"
+    assert waiting.current.version == good.current.version and waiting.errors  # the files are still broken
+    assert waiting.current.is_served(SERVED)
 
 
 def test_processes_activating_the_same_version_at_once_do_not_fail(engine: Engine) -> None:

@@ -170,16 +170,18 @@ class RuleSetHolder:
             log.info("rules.recorded", version=ruleset.version)
         return True
 
-    def _start_on_last_good(self, fallback: Fallback) -> None:
+    def _start_on_last_good(self, fallback: Fallback, *, again: bool = False) -> None:
         try:
             good = fallback.archive.latest_good(model_checked=self.with_model)
             if good is None:
-                log.error("rules.no_good_set", role=fallback.role)
+                if not again:
+                    log.error("rules.no_good_set", role=fallback.role)
                 return
             where = materialise(fallback.archive.files(good.version), fallback.directory / good.version)
             ruleset = self._load(where.rules_dir, where.templates_dir, where.examples_dir)
         except Exception as exc:
-            log.error("rules.last_good_failed", error=type(exc).__name__)
+            if not again:
+                log.error("rules.last_good_failed", error=type(exc).__name__)
             return
         log.warning("rules.started_on_last_good", version=ruleset.version, recorded=good.version)
         self._install(ruleset, LAST_GOOD, fingerprint_at_load=())
@@ -191,6 +193,11 @@ class RuleSetHolder:
             # the database was away when this set became active
             self._unrecorded = not self._record(self._current, self._fingerprint)
         if not force and current_fingerprint == self._fingerprint:
+            if self._current is None and self.fallback is not None:
+                # nothing runs yet: a good set may have been recorded since (another process, or the database
+                # was not reachable at start)
+                self._start_on_last_good(self.fallback, again=True)
+                return self._current is not None
             return False
         self._fingerprint = current_fingerprint
         try:
