@@ -128,8 +128,7 @@ def rule_holder(settings: Settings, engine: Engine, *, role: str, with_model: bo
 async def run(settings: Settings, *, gateway: bool, worker: bool, web_app: bool, redis_url: str) -> None:
     engine = make_engine(settings.effective_database_url, pool_size=settings.db_pool_size)
     role = role_name(gateway=gateway, worker=worker, web_app=web_app)
-    # loading may train the model (seconds): in a thread, so a slow start is not a blocked event loop
-    rules = await asyncio.to_thread(rule_holder, settings, engine, role=role, with_model=worker)
+    rules = rule_holder(settings, engine, role=role, with_model=worker)
     deps = Deps.build(settings, engine=engine, rules=rules, with_model=worker)
     log.info("runtime.started", event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0])
     pool = await _connect_redis(redis_url)
