@@ -121,6 +121,39 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rules_history(args: argparse.Namespace) -> int:
+    """Rule sets that became active, newest first; with --diff, one version's text diff against its predecessor."""
+    from services.classify.snapshot import summarise
+    from services.store.db import make_engine
+    from services.store.rulesets import RuleSetStore, diff_against_previous
+
+    settings = _settings()
+    engine = make_engine(settings.effective_database_url)
+    try:
+        store = RuleSetStore(engine)
+        if args.diff:
+            info = store.version(args.diff)
+            if info is None:
+                print(f"no recorded rule-set version {args.diff!r} (`channelshift rules history` lists them)")
+                return 1
+            sys.stdout.write(diff_against_previous(store, info))
+            return 0
+        versions = store.versions(args.limit)
+    finally:
+        engine.dispose()
+    if args.json:
+        print(json.dumps([v.as_dict() for v in versions], ensure_ascii=False, indent=2))
+        return 0
+    if not versions:
+        print("no rule set recorded yet: a service records the set it activates (serve, gateway, worker, web)")
+        return 0
+    for info in versions:
+        warnings = f", {len(info.warnings)} warning(s)" if info.warnings else ""
+        print(f"{info.version}  {info.activated_at:%Y-%m-%d %H:%M:%S} UTC  by {info.activated_by}{warnings}")
+        print(f"    changed: {summarise(info.changed)}")
+    return 0
+
+
 def cmd_rules_explain(args: argparse.Namespace) -> int:
     from services.reply.policy import policy_config
     from services.tools.explain import explain, format_explain
@@ -370,13 +403,23 @@ def build_parser() -> argparse.ArgumentParser:
     inject.add_argument("--server", help="HOST:PORT; default CHANNELSHIFT_SMTP_LISTEN")
     inject.set_defaults(func=cmd_inject)
 
-    rules = sub.add_parser("rules", help="check, explain and evaluate rule files")
+    rules = sub.add_parser("rules", help="check, explain and evaluate rule files; their history")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True)
     check = rules_sub.add_parser("check", help="validate a rule directory; prints file:line: field: message")
     check.add_argument("dir", nargs="?", help="rule directory (default CHANNELSHIFT_RULES_DIR)")
     check.add_argument("--templates", help="templates directory (default CHANNELSHIFT_TEMPLATES_DIR)")
     check.add_argument("--json", action="store_true", help="machine-readable output")
     check.set_defaults(func=cmd_rules_check)
+    history = rules_sub.add_parser(
+        "history",
+        help="rule sets that became active (version, first activation, changed files, warnings), newest first",
+        description="Every rule set a service activated is recorded in the database once per version. "
+        "With --diff VERSION: the unified diff of its rule and template files against the set active before it.",
+    )
+    history.add_argument("--diff", metavar="VERSION", help="show this version's diff against its predecessor")
+    history.add_argument("--limit", type=int, default=50, help="how many versions to list (default 50)")
+    history.add_argument("--json", action="store_true", help="machine-readable list")
+    history.set_defaults(func=cmd_rules_history)
     explain = rules_sub.add_parser("explain", help="why a mail gets its category, with the full rule trace")
     explain.add_argument("file")
     explain.add_argument("--json", action="store_true", help="one JSON object")

@@ -12,14 +12,17 @@ import structlog
 import uvloop
 from aiohttp import web
 from arq.connections import ArqRedis
+from sqlalchemy import Engine
 
 from services import queue
-from services.classify.reload import RuleSetHolder
+from services.classify.reload import Fallback, RuleSetHolder
 from services.config import Settings, split_host_port
 from services.embedded_redis import EmbeddedRedis, start_embedded_redis
 from services.gateway.handler import GatewayHandler
 from services.gateway.server import OpenSessions, listener_options, start_listener
+from services.store.db import make_engine
 from services.store.migrate import upgrade
+from services.store.rulesets import RuleSetStore
 from services.web.app import create_app, create_health_app
 from services.web.guard import refuse_open_bind
 from services.worker.app import LeasedWorker, build_worker
@@ -104,8 +107,29 @@ async def start_web(settings: Settings, deps: Deps, pool: ArqRedis, *, health_on
     return runner
 
 
+def role_name(*, gateway: bool, worker: bool, web_app: bool) -> str:
+    roles = [name for name, on in (("gateway", gateway), ("worker", worker), ("web", web_app)) if on]
+    return "serve" if len(roles) == 3 else "+".join(roles)
+
+
+def rule_holder(settings: Settings, engine: Engine, *, role: str, with_model: bool) -> RuleSetHolder:
+    """The running rule set of a service process: recorded in the database, started on the last good set
+    from there when the files do not validate, or on none (451 on RCPT, worker waiting) until they do."""
+    return RuleSetHolder(
+        settings.rules_dir,
+        settings.templates_dir,
+        settings.effective_model_cache_dir,
+        with_model=with_model,
+        examples_dir=settings.examples_dir,
+        fallback=Fallback(RuleSetStore(engine), settings.var_dir / "rules-last-good", role),
+    )
+
+
 async def run(settings: Settings, *, gateway: bool, worker: bool, web_app: bool, redis_url: str) -> None:
-    deps = Deps.build(settings, with_model=worker)
+    engine = make_engine(settings.effective_database_url, pool_size=settings.db_pool_size)
+    role = role_name(gateway=gateway, worker=worker, web_app=web_app)
+    rules = rule_holder(settings, engine, role=role, with_model=worker)
+    deps = Deps.build(settings, engine=engine, rules=rules, with_model=worker)
     log.info("runtime.started", event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0])
     pool = await _connect_redis(redis_url)
     smtp: Gateway | None = None
@@ -182,6 +206,14 @@ class WorkerLoop:
         self.worker: LeasedWorker | None = None
 
     async def run(self) -> None:
+        if not self.deps.rules.loaded:
+            # jobs need a rule set: mail stays stored and queued until the files are fixed (the watcher loads them)
+            log.warning("worker.waiting_for_rules")
+            # polled: the flag is set by a reload in a worker thread, and a thread waiting on an Event would
+            # hold up the loop's shutdown when the files are never fixed
+            while not self.deps.rules.loaded:  # noqa: ASYNC110
+                await asyncio.sleep(0.5)
+            log.info("worker.rules_loaded")
         delay = 1.0
         while True:
             worker = self.worker = build_worker(self.deps, self.pool, handle_signals=False)

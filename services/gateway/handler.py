@@ -136,6 +136,10 @@ class GatewayHandler:
         return replies.OK_SENDER
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]) -> str:
+        if not self.rules.loaded:
+            # started without any good rule set (services/classify/reload.py): the sending MTA keeps the mail
+            # queued and retries; never a 5xx, which would bounce it
+            return replies.TEMPFAIL_RULES
         if len(envelope.rcpt_tos) >= self.max_recipients:
             return replies.REJECT_TOO_MANY_RECIPIENTS
         problem = envelope_problem(address)

@@ -1,4 +1,5 @@
-"""SQLModel tables: messages, decisions, replies, deliveries, reply ledger, counters, staff corrections."""
+"""SQLModel tables: messages, decisions, replies, deliveries, reply ledger, counters, staff corrections and the
+rule-set history."""
 
 from __future__ import annotations
 
@@ -231,3 +232,40 @@ class StaffCorrection(SQLModel, table=True):
     rule_id: str = Field(max_length=128)
     ruleset_version: str = Field(max_length=64)
     corrected_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class RuleSetVersion(SQLModel, table=True):
+    """A rule set that became active in some process, recorded once per version hash (services/store/rulesets.py)."""
+
+    __tablename__ = "ruleset_version"
+
+    version: str = Field(primary_key=True, max_length=64)
+    activated_at: datetime = Field(default_factory=utcnow, index=True, description="first activation anywhere")
+    activated_by: str = Field(max_length=32, description="the role that activated it first: serve, gateway, ...")
+    previous_version: str | None = Field(default=None, max_length=64, description="the set active before it")
+    # True once a process that trains the intent model has loaded it: only such a set is a last good set
+    # for a worker (a gateway validates the examples but does not train)
+    model_checked: bool = False
+    file_count: int = 0
+    changed: list[dict[str, str]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    warnings: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+
+
+class RuleSetFile(SQLModel, table=True):
+    """One file of a recorded rule set: `rules/...`, `templates/...` or `examples/...`, its content by hash."""
+
+    __tablename__ = "ruleset_file"
+
+    version: str = Field(primary_key=True, foreign_key="ruleset_version.version", max_length=64)
+    path: str = Field(primary_key=True, max_length=512)
+    sha256: str = Field(foreign_key="ruleset_blob.sha256", max_length=64, index=True)
+    size: int
+
+
+class RuleSetBlob(SQLModel, table=True):
+    """File contents by SHA-256: an unchanged file costs nothing in the next version."""
+
+    __tablename__ = "ruleset_blob"
+
+    sha256: str = Field(primary_key=True, max_length=64)
+    content: bytes = Field(sa_column=Column(LargeBinary, nullable=False))

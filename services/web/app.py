@@ -1,4 +1,5 @@
-"""create_app(settings): health, readiness, the JSON API, /metrics, /dashboard, /workbench, /r/ and /f/ links."""
+"""create_app(settings): health, readiness, the JSON API, /metrics, /dashboard, /workbench (and its rule-set
+history), /r/ and /f/ links."""
 
 from __future__ import annotations
 
@@ -9,15 +10,17 @@ from aiohttp import web
 from arq.connections import ArqRedis
 from sqlalchemy import Engine
 
-from services.classify.reload import RuleSetHolder
+from services.classify.reload import RuleSetHolder, RulesNotLoaded
 from services.config import Settings
 from services.store.db import ping
 from services.store.inspect import failed_deliveries, message_view
+from services.store.rulesets import RuleSetStore
 from services.web.api import ReportsApi
 from services.web.auth import Auth
 from services.web.clicks import ClickRecorder, make_redirect_handler
 from services.web.dashboard import Dashboard
 from services.web.feedback import FeedbackPage
+from services.web.history import HistoryPage, RuleSetsApi
 from services.web.metrics import MetricsEndpoint
 from services.web.openapi import OPENAPI
 from services.web.security import security_headers_middleware
@@ -46,13 +49,7 @@ async def readyz(request: web.Request) -> web.Response:
     except Exception as exc:
         checks["redis"] = f"error: {type(exc).__name__}"
     # reloading is the watcher's job (every role runs it); a probe only reports, so "SIGHUP only" holds
-    holder = request.app[RULES]
-    checks["rules"] = {
-        "version": holder.current.version,
-        "rules": len(holder.current.rules),
-        "reload_errors": [str(e) for e in holder.errors[:20]],
-        "warnings": list(holder.current.warnings[:20]),
-    }
+    checks["rules"] = rules_check(request.app[RULES])
     try:
         checks["deliveries"] = await asyncio.to_thread(failed_deliveries, request.app[ENGINE])
     except Exception as exc:
@@ -60,6 +57,49 @@ async def readyz(request: web.Request) -> web.Response:
     # failed deliveries need a person, not a restart: they are shown here but leave the process ready
     ready = checks["database"] == "ok" and checks["redis"] == "ok"
     return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+
+def rules_check(holder: RuleSetHolder) -> dict[str, Any]:
+    """The running set and where it came from; `errors` are the files' file:line problems (no mail content).
+
+    A process running on the last good set, or on none, stays ready: taken out of a load balancer, a gateway
+    would refuse connections, while running it answers 451 and the sending MTA keeps the mail queued.
+    """
+    errors = [str(e) for e in holder.errors[:20]]
+    if not holder.loaded:
+        return {
+            "version": None,
+            "source": None,
+            "rules": 0,
+            "reload_errors": errors,
+            "warnings": [],
+            "problem": "no rule set loaded: the rule files do not validate and no good set is recorded",
+        }
+    current = holder.current
+    check: dict[str, Any] = {
+        "version": current.version,
+        "source": holder.source,
+        "rules": len(current.rules),
+        "reload_errors": errors,
+        "warnings": list(current.warnings[:20]),
+    }
+    if holder.source == "last-good":
+        check["problem"] = "the rule files do not validate: running on the last good set from the database"
+    return check
+
+
+@web.middleware
+async def rules_required(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Pages and API answers that need the rule set say so while none is loaded, instead of a 500."""
+    try:
+        response: web.StreamResponse = await handler(request)
+    except RulesNotLoaded:
+        return web.json_response(
+            {"error": "no rule set loaded; see /readyz and `channelshift rules check`"},
+            status=503,
+            headers={"Retry-After": "10"},
+        )
+    return response
 
 
 async def message_detail(request: web.Request) -> web.Response:
@@ -78,7 +118,7 @@ async def openapi(_request: web.Request) -> web.Response:
 
 def create_health_app(engine: Engine, redis: ArqRedis, rules: RuleSetHolder) -> web.Application:
     """Side listener of gateway and worker processes: probes and this process's metrics, nothing else."""
-    app = web.Application(middlewares=[security_headers_middleware(())])
+    app = web.Application(middlewares=[security_headers_middleware(()), rules_required])
     app[ENGINE] = engine
     app[REDIS] = redis
     app[RULES] = rules
@@ -94,7 +134,8 @@ def create_app(settings: Settings, engine: Engine, redis: ArqRedis, rules: RuleS
     # room for the workbench's largest .eml (pasted or uploaded) plus the form around it
     max_body = max(1024**2, settings.workbench_max_upload_bytes + 256 * 1024)
     app = web.Application(
-        middlewares=[security_headers_middleware(auth.trusted), auth.middleware()], client_max_size=max_body
+        middlewares=[security_headers_middleware(auth.trusted), auth.middleware(), rules_required],
+        client_max_size=max_body,
     )
     app[ENGINE] = engine
     app[REDIS] = redis
@@ -106,9 +147,11 @@ def create_app(settings: Settings, engine: Engine, redis: ArqRedis, rules: RuleS
     app.router.add_get("/api/v1/openapi.json", openapi)
     app.router.add_get("/api/v1/messages/{message_id}", message_detail)
     ReportsApi(engine, rules).register(app)
+    RuleSetsApi(RuleSetStore(engine)).register(app)
     Dashboard(engine, rules, settings.templates_dir, auth).register(app)
     Workbench(engine, rules, settings, auth, settings.templates_dir).register(app)
     FeedbackPage(engine, rules, settings, auth, settings.templates_dir).register(app)
+    HistoryPage(RuleSetStore(engine), settings.templates_dir, auth).register(app)
     app.router.add_get("/metrics", MetricsEndpoint(engine, rules, redis).handle)
     app.router.add_get("/r/{token}", make_redirect_handler(app[CLICKS], rules, settings.effective_pseudonym_key))
     return app

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -18,6 +18,7 @@ from services.classify.reload import RuleSetHolder
 from services.classify.schema import RuleSettings
 from services.store import reports
 from services.store.cohort import REPLY_CLICKED
+from services.store.rulesets import RuleSetStore
 from services.web.api import DEFAULT_DAYS, _date, around_cutover, period_from
 from services.web.auth import CSRF_FIELD, SESSION, Auth
 from services.web.locale import PageLocale
@@ -73,6 +74,9 @@ TEXTS: dict[str, dict[str, str]] = {
         "empty_title": "Noch keine E-Mails in diesem Zeitraum",
         "empty_text": "Sobald das Gateway E-Mails annimmt, erscheinen hier die Zahlen. Eine erste Mail senden:",
         "empty_demo": "Oder Beispielverkehr über 60 Tage erzeugen:",
+        "ruleset_marker": "Regelwerk",
+        "markers_note": "Gestrichelte Linie: an diesem Tag wurde eine neue Regelwerk-Version aktiv.",
+        "markers_link": "Versionen und Änderungen",
         "no_cutover": "Kein Stichtag gesetzt: settings.cutover im Regelwerk eintragen, um vorher und nachher"
         " zu vergleichen.",
     },
@@ -122,6 +126,9 @@ TEXTS: dict[str, dict[str, str]] = {
         "empty_title": "No mail in this period yet",
         "empty_text": "The numbers appear here as soon as the gateway accepts mail. Send a first mail:",
         "empty_demo": "Or create 60 days of sample traffic:",
+        "ruleset_marker": "Rule set",
+        "markers_note": "Dashed line: a new rule-set version became active on that day.",
+        "markers_link": "Versions and changes",
         "no_cutover": "No cut-over set: add settings.cutover to the rule set to compare before and after.",
     },
 }
@@ -197,6 +204,18 @@ def _buckets(view: View) -> list[tuple[date, date]]:
     return spans
 
 
+def activation_markers(engine: Engine, period: reports.Period, days: list[date]) -> list[dict[str, Any]]:
+    """Rule-set versions first activated in the period, as (day index, versions) for the time-series charts."""
+    since = datetime.combine(period.start, time(0), period.zone)
+    until = datetime.combine(period.end + timedelta(days=1), time(0), period.zone)
+    per_day: dict[int, list[str]] = defaultdict(list)
+    for info in RuleSetStore(engine).activations(since, until):
+        day = info.activated_at.astimezone(period.zone).date()
+        if day in days:
+            per_day[days.index(day)].append(info.version)
+    return [{"index": index, "versions": versions} for index, versions in sorted(per_day.items())]
+
+
 def dashboard_data(
     engine: Engine, view: View, settings: RuleSettings, language: str, unlinked: frozenset[str] = frozenset()
 ) -> dict[str, Any]:
@@ -212,6 +231,7 @@ def dashboard_data(
         return {key[0]: n for key, n in reports.counts_per_day(engine, period, (), outcome=outcome).items()}
 
     received, replied = daily("received"), daily("replied")
+    markers = activation_markers(engine, period, days)
     sent: dict[date, int] = defaultdict(int)  # the click-through's denominator: replies with a link
     for (day, category), n in reports.counts_per_day(engine, period, ("category",), outcome="reply-sent").items():
         if category not in unlinked:
@@ -310,6 +330,8 @@ def dashboard_data(
             "daily": {
                 "labels": [loc.short_day(d) for d in days],
                 "after_from": days.index(view.after.start) if view.after.start in days else len(days),
+                "markers": markers,
+                "marker_label": texts["ruleset_marker"],
                 "bars": {"label": texts["mails"], "data": [received.get(d, 0) for d in days]},
                 "lines": [
                     {"label": texts["click_through"], "data": click_line},
@@ -361,6 +383,8 @@ def dashboard_data(
             },
             "outcomes": {
                 "labels": [loc.short_day(d) for d in days],
+                "markers": markers,
+                "marker_label": texts["ruleset_marker"],
                 "datasets": [
                     {"label": texts["received"], "data": [received.get(d, 0) for d in days]},
                     {"label": texts["replied"], "data": [replied.get(d, 0) for d in days]},

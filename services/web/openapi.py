@@ -34,6 +34,29 @@ _VOLUME_PARAMS = [
     _query("category", "only this category", {"type": "string"}),
     _query("channel", "only this channel", {"type": "string"}),
 ]
+_RULESET_VERSION = {
+    "type": "object",
+    "properties": {
+        "version": {"type": "string", "description": "the rule-set version hash each decision stores"},
+        "activated_at": {"type": "string", "format": "date-time", "description": "first activation in any process"},
+        "activated_by": {"type": "string", "description": "role that activated it first: serve, gateway, ..."},
+        "previous_version": {"type": ["string", "null"], "description": "the set active before it"},
+        "model_checked": {"type": "boolean", "description": "a model-training process (worker) has loaded it"},
+        "file_count": {"type": "integer"},
+        "changed": {
+            "type": "array",
+            "description": "files changed against previous_version (rules/, templates/, examples/)",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "path": {"type": "string"},
+                    "change": {"type": "string", "enum": ["added", "removed", "modified"]},
+                },
+            },
+        },
+        "warnings": {"type": "array", "items": {"type": "string"}, "description": "validation warnings"},
+    },
+}
 _RESPONSES_COMMON = {
     "400": {"description": "bad parameter", "content": _JSON_ERROR},
     "401": {"description": "token missing or wrong", "content": _JSON_ERROR},
@@ -99,7 +122,7 @@ OPENAPI: dict[str, Any] = {
     },
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        "schemas": {"Error": _ERROR, "Figures": _FIGURES, "Summary": _SUMMARY},
+        "schemas": {"Error": _ERROR, "Figures": _FIGURES, "Summary": _SUMMARY, "RuleSetVersion": _RULESET_VERSION},
     },
     "security": [{"bearer": []}],
     "paths": {
@@ -108,6 +131,8 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "security": [],
                 "summary": "Database, Redis and rule set status",
+                "description": "checks.rules: version, source (files | last-good | null), reload_errors as "
+                "file:line: field: message, and `problem` when the files do not validate",
                 "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
             }
         },
@@ -144,6 +169,77 @@ OPENAPI: dict[str, Any] = {
                         },
                     },
                     "404": {"description": "unknown id", "content": _JSON_ERROR},
+                    **_RESPONSES_COMMON,
+                },
+            }
+        },
+        "/api/v1/rulesets": {
+            "get": {
+                "summary": "Rule sets that became active, newest first (at most 200)",
+                "responses": {
+                    "200": {
+                        "description": "versions",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "versions": {
+                                            "type": "array",
+                                            "items": {"$ref": "#/components/schemas/RuleSetVersion"},
+                                        }
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    **_RESPONSES_COMMON,
+                },
+            }
+        },
+        "/api/v1/rulesets/{version}": {
+            "get": {
+                "summary": "One rule-set version: its files and the text diff against its predecessor",
+                "description": "diff: unified diff of the rule and template files (example mails are not shown)",
+                "parameters": [
+                    {
+                        "name": "version",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": "^[0-9a-f]{1,64}$"},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the version",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "allOf": [
+                                        {"$ref": "#/components/schemas/RuleSetVersion"},
+                                        {
+                                            "type": "object",
+                                            "properties": {
+                                                "files": {
+                                                    "type": "array",
+                                                    "items": {
+                                                        "type": "object",
+                                                        "properties": {
+                                                            "path": {"type": "string"},
+                                                            "sha256": {"type": "string"},
+                                                            "size": {"type": "integer"},
+                                                        },
+                                                    },
+                                                },
+                                                "diff": {"type": "string"},
+                                            },
+                                        },
+                                    ]
+                                }
+                            }
+                        },
+                    },
+                    "404": {"description": "unknown version", "content": _JSON_ERROR},
                     **_RESPONSES_COMMON,
                 },
             }

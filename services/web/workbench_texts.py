@@ -6,6 +6,7 @@ TEXTS: dict[str, dict[str, str]] = {
     "de": {
         "title": "Werkbank für Regeln",
         "dashboard": "Zum Dashboard",
+        "history": "Regelwerk-Versionen",
         "other_language": "English",
         "running": "Laufendes Regelwerk",
         "rules": "Regeln und Treffer",
@@ -87,6 +88,7 @@ TEXTS: dict[str, dict[str, str]] = {
     "en": {
         "title": "Rule workbench",
         "dashboard": "To the dashboard",
+        "history": "Rule-set versions",
         "other_language": "Deutsch",
         "running": "Running rule set",
         "rules": "Rules and hits",

@@ -19,6 +19,25 @@
   const tooltip = asShare => ({ callbacks: { label: ctx => ctx.dataset.label + ": " +
     (ctx.raw === null ? "–" : asShare(ctx) ? percent.format(ctx.raw / 100) : number.format(ctx.raw)) } });
 
+  // a dashed vertical line on each day a new rule-set version became active, labelled with the version, so
+  // a shift in the curves can be traced to the change (the history page has the diff)
+  const markers = series => ({ id: "rulesetMarkers", afterDatasetsDraw(chart) {
+    const x = chart.scales.x, area = chart.chartArea, ctx = chart.ctx;
+    (series.markers || []).forEach(m => {
+      const at = x.getPixelForValue(m.index);
+      ctx.save();
+      ctx.strokeStyle = fourth; ctx.setLineDash([4, 3]); ctx.lineWidth = 1.5;
+      ctx.beginPath(); ctx.moveTo(at, area.top); ctx.lineTo(at, area.bottom); ctx.stroke();
+      ctx.setLineDash([]); ctx.fillStyle = fourth; ctx.font = "10px system-ui, sans-serif";
+      const label = series.marker_label + " " + m.versions[m.versions.length - 1].slice(0, 7);
+      const width = ctx.measureText(label).width;
+      // beside the line, on its left where the chart's right edge would cut the label
+      ctx.fillText(label, at + 3 + width > area.right ? at - 3 - width : at + 3, area.top + 10);
+      ctx.restore();
+    });
+    document.body.dataset.rulesetMarkers = String((series.markers || []).length);
+  } });
+
   function noteShares(datasets) {
     datasets.forEach(d => d.data.forEach(v => { if (v !== null && v > maxShare) maxShare = v; }));
   }
@@ -28,7 +47,7 @@
     if (!el) return;
     const colours = series.bars.data.map((_v, i) => (i < series.after_from ? before : accent));
     noteShares(series.lines);
-    new Chart(el, { type: "bar", plugins: [done], data: {
+    new Chart(el, { type: "bar", plugins: [done, markers(series)], data: {
       labels: series.labels,
       datasets: [
         { type: "bar", label: series.bars.label, data: series.bars.data, backgroundColor: colours, yAxisID: "y", order: 2 },
@@ -60,7 +79,7 @@
     const el = document.getElementById(id);
     if (!el) return;
     const colours = [accent, third, second, before];
-    new Chart(el, { type: "line", plugins: [done], data: {
+    new Chart(el, { type: "line", plugins: [done, markers(series)], data: {
       labels: series.labels,
       datasets: series.datasets.map((d, i) => ({ label: d.label, data: d.data, borderColor: colours[i % colours.length],
                                                   backgroundColor: colours[i % colours.length], pointRadius: 0, tension: 0.2 })),
