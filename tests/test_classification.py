@@ -25,6 +25,7 @@ from tests.support import make_mail
 RULES = PROJECT_ROOT / "routing_rules"
 TEMPLATES = PROJECT_ROOT / "templates"
 EVAL_SPLIT = PROJECT_ROOT / "tests" / "data" / "eval-split"
+FRESH_SPLIT = PROJECT_ROOT / "tests" / "data" / "fresh-split"
 RULESET = load_rules(RULES, TEMPLATES)
 
 # The gate of issue 16, on 440 mails written apart from the training examples and never trained on.
@@ -34,6 +35,11 @@ GATE_EMERGENCY_RECALL = 1.0
 # spam-flagged mail with an emergency phrase, which issue 17 wants delivered to staff as an emergency (without
 # a reply). This gate holds the measured level; the issue stays open on this point (docs/classification.md).
 GATE_FALSE_EMERGENCY_RATE = 0.016
+# The second held-out set (333 mails by another writer, never trained on), held at its measured level:
+# 322/333, emergency 40/40, objection 39/41, 6 false emergencies of 293 (docs/classification.md).
+FRESH_GATE_ACCURACY = 0.95
+FRESH_GATE_OBJECTION_RECALL = 39 / 41
+FRESH_GATE_FALSE_EMERGENCY_RATE = 0.021
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -64,6 +70,22 @@ def test_eval_split_false_emergencies_and_automated(eval_report) -> None:  # typ
     not_emergency = eval_report.total - eval_report.per_category()["emergency"]["support"]
     assert eval_report.false_alarms("emergency") <= GATE_FALSE_EMERGENCY_RATE * not_emergency
     assert eval_report.replies_to_automated == 0
+
+
+@pytest.fixture(scope="module")
+def fresh_report(embeddings_on: None):  # type: ignore[no-untyped-def]
+    return evaluate(RULESET, FRESH_SPLIT)
+
+
+def test_fresh_split_gate(fresh_report) -> None:  # type: ignore[no-untyped-def]
+    assert fresh_report.total >= 320 and not fresh_report.missing_files
+    assert fresh_report.accuracy >= FRESH_GATE_ACCURACY, fresh_report.format()
+    recall = fresh_report.per_category()
+    assert recall["emergency"]["recall"] == 1.0, fresh_report.missed_safety()
+    assert recall["objection"]["recall"] >= FRESH_GATE_OBJECTION_RECALL, fresh_report.missed_safety()
+    not_emergency = fresh_report.total - recall["emergency"]["support"]
+    assert fresh_report.false_alarms("emergency") <= FRESH_GATE_FALSE_EMERGENCY_RATE * not_emergency
+    assert fresh_report.replies_to_automated == 0
 
 
 def test_explain_json_carries_the_model_path_scores_and_neighbours() -> None:
