@@ -185,7 +185,21 @@ def figures(outcomes: dict[str, int]) -> dict[str, Any]:
     }
 
 
+# the keys figures() writes, and the per-day rates summary() adds to every group (the API schema reads both)
+FIGURE_NAMES: tuple[str, ...] = tuple(figures({}))
 PER_DAY_FIELDS = ("received_per_day", "received_per_working_day")
+# the numbers compare() gives a relative change for
+COMPARED: tuple[str, ...] = (
+    "received",
+    "received_per_day",
+    "received_per_working_day",
+    "replied",
+    "reply_rate",
+    "replies_sent",
+    "repeat_rate_7d",
+    "repeat_rate_30d",
+    "click_through",
+)
 
 
 def working_days(period: Period) -> list[date]:
@@ -248,18 +262,5 @@ def compare(engine: Engine, before: Period, after: Period, unlinked: frozenset[s
     return {
         "before": first,
         "after": second,
-        "change": {
-            key: change(key)
-            for key in (
-                "received",
-                "received_per_day",
-                "received_per_working_day",
-                "replied",
-                "reply_rate",
-                "replies_sent",
-                "repeat_rate_7d",
-                "repeat_rate_30d",
-                "click_through",
-            )
-        },
+        "change": {key: change(key) for key in COMPARED},
     }

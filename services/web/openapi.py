@@ -1,10 +1,11 @@
-"""The OpenAPI 3.1 document of /api/v1, kept beside the handlers it describes."""
+"""The OpenAPI 3.1 document of /api/v1: paths beside the handlers, answers generated from services.web.schemas."""
 
 from __future__ import annotations
 
 from typing import Any
 
-_ERROR = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
+from services.web.schemas import component_schemas
+
 _JSON_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
 _DATE = {"type": "string", "format": "date"}
 
@@ -61,58 +62,6 @@ _RESPONSES_COMMON = {
     "400": {"description": "bad parameter", "content": _JSON_ERROR},
     "401": {"description": "token missing or wrong", "content": _JSON_ERROR},
 }
-_FIGURES = {
-    "type": "object",
-    "properties": {
-        name: {"type": ["number", "null"]}
-        for name in (
-            "received",
-            "received_per_day",
-            "received_per_working_day",
-            "replied",
-            "reply_rate",
-            "suppressed",
-            "no_reply",
-            "held",
-            "replies_sent",
-            "replies_failed",
-            "replies_uncertain",
-            "delivered",
-            "deliveries_failed",
-            "repeat_7d",
-            "repeat_30d",
-            "repeat_rate_7d",
-            "repeat_rate_30d",
-            "replies_with_link",
-            "replies_clicked",
-            "click_through",
-            "links_opened",
-            "clicks",
-        )
-    },
-    "description": "one group's numbers; docs/metrics.md gives the formula of each (shares are 0..1 or null)",
-}
-_SUMMARY = {
-    "allOf": [
-        {"$ref": "#/components/schemas/Figures"},
-        {
-            "type": "object",
-            "properties": {
-                "period": {"type": "object"},
-                "working_days": {"type": "integer"},
-                "suppressed_by_reason": {"type": "object", "additionalProperties": {"type": "integer"}},
-                "rejected_at_smtp": {"type": "object", "additionalProperties": {"type": "integer"}},
-                "by_category": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/Figures"}},
-                "by_channel": {
-                    "type": "object",
-                    "description": "by the channel the reply steered to; links_opened by the channel clicked",
-                    "additionalProperties": {"$ref": "#/components/schemas/Figures"},
-                },
-            },
-        },
-    ]
-}
-
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
@@ -122,7 +71,7 @@ OPENAPI: dict[str, Any] = {
     },
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        "schemas": {"Error": _ERROR, "Figures": _FIGURES, "Summary": _SUMMARY, "RuleSetVersion": _RULESET_VERSION},
+        "schemas": {**component_schemas(), "RuleSetVersion": _RULESET_VERSION},
     },
     "security": [{"bearer": []}],
     "paths": {
@@ -150,23 +99,7 @@ OPENAPI: dict[str, Any] = {
                 "responses": {
                     "200": {
                         "description": "the message",
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {
-                                        "id": {"type": "string"},
-                                        "state": {
-                                            "type": "string",
-                                            "enum": ["received", "classified", "delivered", "held", "failed"],
-                                        },
-                                        "decision": {"type": ["object", "null"]},
-                                        "reply": {"type": ["object", "null"]},
-                                        "delivery": {"type": ["object", "null"]},
-                                    },
-                                }
-                            }
-                        },
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/MessageView"}}},
                     },
                     "404": {"description": "unknown id", "content": _JSON_ERROR},
                     **_RESPONSES_COMMON,
@@ -251,26 +184,7 @@ OPENAPI: dict[str, Any] = {
                 "responses": {
                     "200": {
                         "description": "series",
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {
-                                        "series": {
-                                            "type": "array",
-                                            "items": {
-                                                "type": "object",
-                                                "properties": {
-                                                    "period": {"type": "string"},
-                                                    "key": {"type": "string"},
-                                                    "count": {"type": "integer"},
-                                                },
-                                            },
-                                        }
-                                    },
-                                }
-                            }
-                        },
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Volumes"}}},
                     },
                     **_RESPONSES_COMMON,
                 },
@@ -324,22 +238,7 @@ OPENAPI: dict[str, Any] = {
                 "responses": {
                     "200": {
                         "description": "comparison",
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {
-                                        "before": {"$ref": "#/components/schemas/Summary"},
-                                        "after": {"$ref": "#/components/schemas/Summary"},
-                                        "change": {
-                                            "type": "object",
-                                            "description": "(after - before) / before; null if before is 0",
-                                            "additionalProperties": {"type": ["number", "null"]},
-                                        },
-                                    },
-                                }
-                            }
-                        },
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Compare"}}},
                     },
                     **_RESPONSES_COMMON,
                 },
