@@ -223,6 +223,8 @@ def test_the_numpy_ngram_features_are_scikit_learns_bit_for_bit() -> None:
         assert _same_matrix(fast.vectorize(batch), union.transform(batch)), f"batch at {start}"
     for text in texts[:50]:
         assert _same_matrix(fast.vectorize([text]), union.transform([text]))
+    matrix = fast.vectorize(texts)
+    assert np.array_equal(fast.decisions(matrix), fast._classifier.decision_function(union.transform(texts)))
 
 
 _AWKWARD = st.text(

@@ -132,10 +132,17 @@ class IntentModel:
     def vectorize(self, texts: Sequence[str]) -> sparse.csr_matrix:
         return self._fast.transform(list(texts))
 
+    def decisions(self, matrix: sparse.csr_matrix) -> np.ndarray:
+        """`LinearSVC.decision_function` without its input checks (a third of the cost of one mail): the same
+        product and sum, so the same values."""
+        coef = self._classifier.coef_
+        scores: np.ndarray = np.asarray(matrix @ coef.T) + self._classifier.intercept_
+        return scores.reshape(-1) if scores.shape[1] == 1 else scores
+
     def scores_many(self, texts: Sequence[str]) -> list[IntentScores]:
         if not texts:
             return []
-        decisions = np.atleast_2d(self._classifier.decision_function(self.vectorize(texts)))
+        decisions = np.atleast_2d(self.decisions(self.vectorize(texts)))
         return [self._scores(row) for row in decisions]
 
     def scores(self, text: str) -> IntentScores:

@@ -18,6 +18,7 @@ from scipy import sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.pipeline import FeatureUnion
 from sklearn.preprocessing import normalize
+from sklearn.utils.sparsefuncs_fast import inplace_csr_row_normalize_l2
 
 _UNKNOWN = 0  # code of a character no vocabulary n-gram contains, and of the gap between two documents
 _GAP = "\x00"
@@ -65,8 +66,8 @@ class CharNgramCounter:
             keys += codes[offset : offset + count]
         return keys
 
-    def counts(self, documents: Sequence[str]) -> sparse.csr_matrix | None:
-        """The count matrix, or None when a document holds the gap character (the caller uses scikit-learn)."""
+    def counts(self, documents: Sequence[str]) -> Cells | None:
+        """The counts, or None when a document holds the gap character (the caller uses scikit-learn)."""
         parts = []
         for document in documents:
             if _GAP in document:
@@ -99,11 +100,7 @@ class CharNgramCounter:
             found_columns.append(columns[slots[hit]])
         rows = np.concatenate(found_rows) if found_rows else np.zeros(0, np.int64)
         cells, tally = np.unique(rows * self.size + np.concatenate(found_columns or [rows]), return_counts=True)
-        matrix = sparse.csr_matrix(
-            (tally.astype(self.dtype), (cells // self.size, cells % self.size)), shape=(len(documents), self.size)
-        )
-        matrix.sort_indices()
-        return matrix
+        return cells, tally
 
 
 class WordNgramCounter:
@@ -117,7 +114,7 @@ class WordNgramCounter:
         self.size = len(self._vocabulary)
         self.dtype = vectorizer.dtype
 
-    def counts(self, documents: Sequence[str]) -> sparse.csr_matrix:
+    def counts(self, documents: Sequence[str]) -> Cells:
         get = self._vocabulary.get
         rows: list[int] = []
         columns: list[int] = []
@@ -129,11 +126,7 @@ class WordNgramCounter:
         cells, tally = np.unique(
             np.array(rows, dtype=np.int64) * self.size + np.array(columns, dtype=np.int64), return_counts=True
         )
-        matrix = sparse.csr_matrix(
-            (tally.astype(self.dtype), (cells // self.size, cells % self.size)), shape=(len(documents), self.size)
-        )
-        matrix.sort_indices()
-        return matrix
+        return cells, tally
 
     def _ngrams(self, tokens: list[str]) -> list[str]:
         grams = list(tokens) if self.low == 1 else []
@@ -142,19 +135,39 @@ class WordNgramCounter:
         return grams
 
 
-def _tfidf(vectorizer: TfidfVectorizer, counts: sparse.csr_matrix) -> sparse.csr_matrix:
-    """What `TfidfTransformer.transform` does to a count matrix, in its order of operations."""
-    matrix = counts.astype(np.float64) if counts.dtype not in (np.float64, np.float32) else counts
+def _tfidf(vectorizer: TfidfVectorizer, cells: np.ndarray, tally: np.ndarray, rows: int) -> sparse.csr_matrix:
+    """What `TfidfVectorizer.transform` makes of the counts: a CSR matrix with sorted indices, sublinear tf,
+    idf, then each row divided by its l2 norm with scikit-learn's own kernel (the same sums in the same order)."""
+    size = len(vectorizer.idf_)
+    columns = (cells % size).astype(np.int32)
+    data = tally.astype(np.float64)
     if vectorizer.sublinear_tf:
-        np.log(matrix.data, matrix.data)
-        matrix.data += 1.0
+        np.log(data, data)
+        data += 1.0
     if vectorizer.use_idf:
-        matrix.data *= vectorizer.idf_[matrix.indices]
-    if vectorizer.norm is not None:
+        data *= vectorizer.idf_[columns]
+    indptr = np.searchsorted(cells // size, np.arange(rows + 1)).astype(np.int32)
+    matrix = sparse.csr_matrix((data, columns, indptr), shape=(rows, size))
+    if vectorizer.norm == "l2":
+        inplace_csr_row_normalize_l2(matrix)
+    elif vectorizer.norm is not None:
         matrix = normalize(matrix, norm=vectorizer.norm, copy=False)
-    return sparse.csr_matrix(matrix)
+    return matrix
 
 
+def _hstack(blocks: list[sparse.csr_matrix]) -> sparse.csr_matrix:
+    """`scipy.sparse.hstack(blocks).tocsr()` for CSR blocks with sorted indices: row by row, block by block."""
+    rows = blocks[0].shape[0]
+    offsets = np.cumsum([0] + [block.shape[1] for block in blocks])
+    row_of = np.concatenate([np.repeat(np.arange(rows), np.diff(block.indptr)) for block in blocks])
+    order = np.argsort(row_of, kind="stable")
+    data = np.concatenate([block.data for block in blocks])[order]
+    columns = np.concatenate([block.indices + offset for block, offset in zip(blocks, offsets, strict=False)])
+    indptr = np.searchsorted(row_of[order], np.arange(rows + 1)).astype(np.int32)
+    return sparse.csr_matrix((data, columns[order].astype(np.int32), indptr), shape=(rows, int(offsets[-1])))
+
+
+Cells = tuple[np.ndarray, np.ndarray]  # sorted row * size + column of every non-zero count, and the counts
 Counter = CharNgramCounter | WordNgramCounter
 
 
@@ -183,9 +196,15 @@ class FastFeatures:
             counts = None
             if counter is not None:
                 counts = counter.counts([preprocessor(text) if preprocessor else text for text in texts])
-            block = vectorizer.transform(texts) if counts is None else _tfidf(vectorizer, counts)
-            blocks.append(block * weight if weight != 1.0 else block)
-        return sparse.hstack(blocks).tocsr()
+            if counts is None:
+                block = sparse.csr_matrix(vectorizer.transform(texts))
+                block.sort_indices()
+            else:
+                block = _tfidf(vectorizer, *counts, len(texts))
+            if weight != 1.0:
+                block.data *= weight  # what FeatureUnion's `result * weight` does to each value
+            blocks.append(block)
+        return _hstack(blocks)
 
 
 def _plain(vectorizer: Any) -> bool:
