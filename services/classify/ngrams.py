@@ -25,6 +25,54 @@ _GAP = "\x00"
 _MAX_CODE_POINT = 0x10FFFF
 
 
+_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: the top bits of key * 2**64 / golden ratio
+
+
+class KeyTable:
+    """An open-addressing hash table from n-gram keys (all > 0) to columns, looked up for a whole array at once:
+    one or two probes per key instead of the sixteen steps of a binary search over 50,000 keys."""
+
+    def __init__(self, keys: np.ndarray, columns: np.ndarray) -> None:
+        bits = max(4, int(len(keys) * 4 - 1).bit_length())  # at most a quarter full
+        self._shift = np.uint64(64 - bits)
+        self._mask = np.uint64((1 << bits) - 1)
+        self._keys = np.zeros(1 << bits, dtype=np.uint64)  # 0: empty (a key has no unknown character, so > 0)
+        self._columns = np.full(1 << bits, -1, dtype=np.int64)
+        home = self._home(keys)
+        pending = np.arange(len(keys))
+        self._probes = 0
+        # linear probing, every pending key at once: in probe round r a key tries home + r; of several keys
+        # that want the same free slot the first wins, the others go on, so every slot before a key's own is
+        # taken, as a lookup expects
+        while len(pending):
+            slots = (home[pending] + np.uint64(self._probes)) & self._mask
+            free = self._keys[slots] == 0
+            candidates, slots = pending[free], slots[free]
+            slots, first = np.unique(slots, return_index=True)
+            placed = candidates[first]
+            self._keys[slots], self._columns[slots] = keys[placed], columns[placed]
+            pending = np.setdiff1d(pending, placed, assume_unique=True)
+            self._probes += 1
+
+    def _home(self, keys: np.ndarray) -> np.ndarray:
+        return (keys * _MULTIPLIER) >> self._shift
+
+    def find(self, keys: np.ndarray) -> np.ndarray:
+        """The column of each key, -1 for a key not in the table."""
+        found = np.full(len(keys), -1, dtype=np.int64)
+        home = self._home(keys)
+        pending = np.arange(len(keys))
+        for probe in range(self._probes):
+            slots = (home[pending] + np.uint64(probe)) & self._mask
+            stored = self._keys[slots]
+            match = stored == keys[pending]
+            found[pending[match]] = self._columns[slots[match]]
+            pending = pending[~match & (stored != 0)]
+            if not len(pending):
+                break
+        return found
+
+
 class CharNgramCounter:
     """Counts of a fitted `analyzer="char_wb"` vectorizer's vocabulary n-grams in a batch of documents."""
 
@@ -45,13 +93,12 @@ class CharNgramCounter:
         self._codes = np.zeros(_MAX_CODE_POINT + 1, dtype=np.uint16)
         self._codes[[ord(char) for char in alphabet]] = np.arange(1, self.base, dtype=np.uint16)
         self._space = int(self._codes[ord(" ")])
-        self._keys: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._tables: dict[int, KeyTable] = {}
         for n in range(self.low, self.high + 1):
             grams = [gram for gram in vocabulary if len(gram) == n]
             columns = np.array([vocabulary[gram] for gram in grams], dtype=np.int64)
             keys = self._window_keys(self._encode("".join(grams)), n)[::n] if grams else np.zeros(0, np.uint64)
-            order = np.argsort(keys)
-            self._keys[n] = (keys[order], columns[order])
+            self._tables[n] = KeyTable(keys, columns)
 
     def _encode(self, text: str) -> np.ndarray:
         points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
@@ -91,13 +138,10 @@ class CharNgramCounter:
                 spaces[n - 1 : n - 1 + count] == spaces[1 : count + 1]
             )
             positions = np.flatnonzero(valid)
-            keys = self._window_keys(codes, n)[positions]
-            vocabulary_keys, columns = self._keys[n]
-            slots = np.searchsorted(vocabulary_keys, keys)
-            slots[slots == len(vocabulary_keys)] = 0
-            hit = vocabulary_keys[slots] == keys if len(vocabulary_keys) else np.zeros(len(keys), dtype=bool)
+            columns = self._tables[n].find(self._window_keys(codes, n)[positions])
+            hit = columns >= 0
             found_rows.append(np.searchsorted(starts, positions[hit], side="right") - 1)
-            found_columns.append(columns[slots[hit]])
+            found_columns.append(columns[hit])
         rows = np.concatenate(found_rows) if found_rows else np.zeros(0, np.int64)
         cells, tally = np.unique(rows * self.size + np.concatenate(found_columns or [rows]), return_counts=True)
         return cells, tally
