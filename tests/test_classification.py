@@ -280,3 +280,15 @@ def test_language_detection_on_the_eval_split_holds_its_measured_level() -> None
     wrong = sorted(row["file"] for row in rows if detected[row["file"]] != row["language"])
     assert len(wrong) <= 2, wrong
     assert detected["e0300-documents.eml"] == "en"
+
+
+def test_a_cached_model_rebuilds_its_numpy_features_instead_of_pickling_them() -> None:
+    """The model cache pickles the intent model; the derived tables are rebuilt on load, and agree."""
+    import pickle
+
+    assert RULESET.intent is not None
+    fast = RULESET.intent.classifier.fast
+    restored = pickle.loads(pickle.dumps(fast))
+    assert "_fast" not in fast.__getstate__()
+    texts = _labelled_texts()[:40]
+    assert _same_matrix(restored.vectorize(texts), fast._features.transform(texts))
