@@ -83,7 +83,7 @@ class CharNgramCounter:
         self.dtype = vectorizer.dtype
         alphabet = sorted({char for gram in vocabulary for char in gram} - {_GAP})
         self.base = len(alphabet) + 1
-        if self.base**self.high >= 2**63 or self.base >= 2**16:
+        if self.base**self.high >= 2**60 or self.base >= 2**16:
             raise ValueError("too many distinct characters for exact 64-bit n-gram keys")
         if self.low > 3:
             # a padded word shorter than the lowest n is one n-gram of its own in scikit-learn; never with n <= 3
@@ -93,12 +93,14 @@ class CharNgramCounter:
         self._codes = np.zeros(_MAX_CODE_POINT + 1, dtype=np.uint16)
         self._codes[[ord(char) for char in alphabet]] = np.arange(1, self.base, dtype=np.uint16)
         self._space = int(self._codes[ord(" ")])
-        self._tables: dict[int, KeyTable] = {}
+        all_keys, all_columns = [], []
         for n in range(self.low, self.high + 1):
             grams = [gram for gram in vocabulary if len(gram) == n]
-            columns = np.array([vocabulary[gram] for gram in grams], dtype=np.int64)
+            all_columns.append(np.array([vocabulary[gram] for gram in grams], dtype=np.int64))
             keys = self._window_keys(self._encode("".join(grams)), n)[::n] if grams else np.zeros(0, np.uint64)
-            self._tables[n] = KeyTable(keys, columns)
+            all_keys.append(self._tagged(keys, n))
+        # one table for every n (the key carries n), so a batch needs one look-up, not one per n
+        self._table = KeyTable(np.concatenate(all_keys), np.concatenate(all_columns))
 
     def _encode(self, text: str) -> np.ndarray:
         points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
@@ -112,6 +114,11 @@ class CharNgramCounter:
             keys *= np.uint64(self.base)
             keys += codes[offset : offset + count]
         return keys
+
+    @staticmethod
+    def _tagged(keys: np.ndarray, n: int) -> np.ndarray:
+        """Keys of windows of different lengths made distinct: the length in the lowest three bits."""
+        return keys * np.uint64(8) + np.uint64(n)
 
     def counts(self, documents: Sequence[str]) -> Cells | None:
         """The counts, or None when a document holds the gap character (the caller uses scikit-learn)."""
@@ -128,22 +135,20 @@ class CharNgramCounter:
         starts = np.cumsum([0] + [len(part) + 1 for part in parts])
         unknown = np.concatenate(([0], np.cumsum(codes == _UNKNOWN)))
         spaces = np.concatenate(([0], np.cumsum(codes == self._space)))
-        found_rows, found_columns = [], []
-        for n in range(self.low, self.high + 1):
-            if len(codes) < n:
-                continue
+        window_positions, window_keys = [np.zeros(0, np.int64)], [np.zeros(0, np.uint64)]
+        for n in range(self.low, min(self.high, len(codes)) + 1):
             count = len(codes) - n + 1
             # a window belongs to one padded word: no unknown code in it, no space but at its two ends
             valid = (unknown[n : n + count] == unknown[:count]) & (
                 spaces[n - 1 : n - 1 + count] == spaces[1 : count + 1]
             )
             positions = np.flatnonzero(valid)
-            columns = self._tables[n].find(self._window_keys(codes, n)[positions])
-            hit = columns >= 0
-            found_rows.append(np.searchsorted(starts, positions[hit], side="right") - 1)
-            found_columns.append(columns[hit])
-        rows = np.concatenate(found_rows) if found_rows else np.zeros(0, np.int64)
-        cells, tally = np.unique(rows * self.size + np.concatenate(found_columns or [rows]), return_counts=True)
+            window_positions.append(positions)
+            window_keys.append(self._tagged(self._window_keys(codes, n)[positions], n))
+        columns = self._table.find(np.concatenate(window_keys))
+        hit = columns >= 0
+        rows = np.searchsorted(starts, np.concatenate(window_positions)[hit], side="right") - 1
+        cells, tally = np.unique(rows * self.size + columns[hit], return_counts=True)
         return cells, tally
 
 
