@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -22,6 +22,7 @@ from services.domain import SAFETY_CATEGORIES, SAFETY_PRIORITY, safety_outranks
 from services.mail import InboundMail, is_machine_report
 
 if TYPE_CHECKING:
+    from services.classify.hybrid import IntentResult
     from services.classify.training import TrainedIntent
     from services.reply.render import ReplyRenderer
 
@@ -305,6 +306,25 @@ class CompiledRule:
 
 
 @dataclass(frozen=True)
+class _AskModel:
+    """A rules' decision the intent model is still to confirm or replace."""
+
+    by_rules: Classification
+
+
+def _with_safety_floor(decided: Classification) -> Classification:
+    floor = SAFETY_PRIORITY.get(decided.action.category)
+    if floor is None:
+        return decided
+    action = decided.action
+    if PRIORITIES.index(action.priority) < PRIORITIES.index(floor) or not action.deliver:
+        raised = max(action.priority, floor, key=PRIORITIES.index)
+        action = action.model_copy(update={"priority": raised, "deliver": True})
+        return replace(decided, action=action)
+    return decided
+
+
+@dataclass(frozen=True)
 class RuleSet:
     """A validated, compiled rule set. `version` is the content hash stored with every decision."""
 
@@ -335,18 +355,23 @@ class RuleSet:
         The one place it is applied: the worker, explain, eval and replay all read this, so a rule file that
         gives `emergency` `priority: normal, deliver: false` shows the same urgent delivery everywhere.
         """
-        decided = self._classify(facts)
-        floor = SAFETY_PRIORITY.get(decided.action.category)
-        if floor is None:
-            return decided
-        action = decided.action
-        if PRIORITIES.index(action.priority) < PRIORITIES.index(floor) or not action.deliver:
-            raised = max(action.priority, floor, key=PRIORITIES.index)
-            action = action.model_copy(update={"priority": raised, "deliver": True})
-            return replace(decided, action=action)
-        return decided
+        return self.classify_many([facts])[0]
 
-    def _classify(self, facts: MailFacts) -> Classification:
+    def classify_many(self, batch: Sequence[MailFacts]) -> list[Classification]:
+        """`classify` of each mail, with one call of the intent model for all of them (the n-gram features of a
+        batch cost little more than those of one mail, and the embedding model takes every unsure mail at once)."""
+        by_rules = [self._classify_by_rules_first(facts) for facts in batch]
+        asking = [i for i, decided in enumerate(by_rules) if isinstance(decided, _AskModel)]
+        if asking:
+            assert self.intent is not None  # _AskModel is only returned when there is a model
+            texts = [model_text(batch[i].mail) for i in asking]
+            for i, result in zip(asking, self.intent.classifier.classify_many(texts), strict=True):
+                pending = by_rules[i]
+                assert isinstance(pending, _AskModel)
+                by_rules[i] = self._with_model(pending.by_rules, result)
+        return [_with_safety_floor(decided) for decided in by_rules if isinstance(decided, Classification)]
+
+    def _classify_by_rules_first(self, facts: MailFacts) -> Classification | _AskModel:
         """Rules first (certain things: automated, partners, explicit rules); the catch-all asks the model.
 
         A rule-decided citizen category still yields to the model's safety layer; automated and partner
@@ -359,11 +384,14 @@ class RuleSet:
             return self._safety_in_automated(facts, by_rules) or by_rules
         if self.intent is None or by_rules.action.category in RULE_ONLY_CATEGORIES:
             return by_rules
+        ruled = by_rules.action.category
+        if not by_rules.rule.is_catch_all and not any(safety_outranks(a, ruled) for a in SAFETY_CATEGORIES):
+            return by_rules  # an emergency rule: nothing outranks it, the model is not asked
+        return _AskModel(by_rules)
+
+    def _with_model(self, by_rules: Classification, result: IntentResult) -> Classification:
         is_catch_all = by_rules.rule.is_catch_all
         ruled = by_rules.action.category
-        if not is_catch_all and not any(safety_outranks(alarm, ruled) for alarm in SAFETY_CATEGORIES):
-            return by_rules  # an emergency rule: nothing outranks it, the model is not asked
-        result = self.intent.classifier.classify(model_text(facts.mail))
         scores = result.scores.ranked[:5]
         if result.category is not None and (is_catch_all or safety_outranks(result.category, ruled)):
             action = self.settings.categories[result.category].action(result.category)
