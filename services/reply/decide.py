@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from services.classify.engine import Classification, MailFacts, RuleSet
 from services.domain import DecisionPath, Envelope, Priority, Verdict
 from services.mail import InboundMail
@@ -38,6 +40,21 @@ def decide(
     """
     facts = facts or MailFacts.of(mail, envelope.mail_from, envelope.rcpt_tos, envelope.received_at)
     return verdict_of(ruleset.classify(facts), facts, envelope, ruleset, policy, identity_key)
+
+
+def decide_many(
+    items: Sequence[tuple[InboundMail, Envelope]],
+    ruleset: RuleSet,
+    policy: PolicyConfig,
+    identity_key: bytes,
+) -> list[Verdict]:
+    """`decide` of each mail, with one call of the intent model for the whole batch (as the worker batches)."""
+    facts = [MailFacts.of(mail, env.mail_from, env.rcpt_tos, env.received_at) for mail, env in items]
+    classified = ruleset.classify_many(facts)
+    return [
+        verdict_of(classification, mail_facts, envelope, ruleset, policy, identity_key)
+        for classification, mail_facts, (_mail, envelope) in zip(classified, facts, items, strict=True)
+    ]
 
 
 def verdict_of(

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import structlog
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from services.domain import Envelope, Verdict
 from services.mail import parse_mail
-from services.reply.decide import decide, timed_out_verdict
+from services.reply.decide import decide
 from services.store.decisions import Decided, Pending, message_to_decide, record_verdict
 from services.store.models import Message
 from services.worker.deps import Deps
@@ -19,26 +17,10 @@ log = structlog.get_logger(__name__)
 
 
 def verdict_for(deps: Deps, message: Message) -> Verdict:
-    """The decision core on a stored message, with the rule set current when the job started."""
+    """The decision core on one stored message, as the worker's batches decide it (services/worker/verdicts.py)."""
     envelope = Envelope(message.mail_from, tuple(message.rcpt_tos), message.received_at)
     key = deps.settings.effective_pseudonym_key
     return decide(parse_mail(message.raw or b""), envelope, deps.rules.current, deps.policy, key)
-
-
-async def decide_within_limit(deps: Deps, message: Message) -> Verdict:
-    """Off the event loop, and bounded: a mail that takes longer than the limit goes to staff, flagged.
-
-    Parsing is linear, regexes have their own timeout and the embedding model about 0.1 s of C code that
-    releases the GIL, so other jobs wait on the relay and Redis meanwhile. Whatever still runs past the
-    limit (a thread cannot be stopped) finishes in the background and its result is dropped: the mail is not
-    retried ten times against the same wall.
-    """
-    limit = deps.settings.classify_timeout_seconds
-    try:
-        return await asyncio.wait_for(asyncio.to_thread(verdict_for, deps, message), timeout=limit)
-    except TimeoutError:
-        log.warning("process.classify_timeout", limit_seconds=limit, size=message.size)
-        return timed_out_verdict(deps.rules.current)
 
 
 async def decide_message(deps: Deps, message_id: str) -> Decided | Pending | None:
@@ -51,7 +33,7 @@ async def decide_message(deps: Deps, message_id: str) -> Decided | Pending | Non
     if isinstance(read, Pending):
         return read
     message = read
-    verdict = await decide_within_limit(deps, message)
+    verdict = await deps.verdicts.verdict(message)
     try:
         decided = await deps.batcher.run(lambda session: record_verdict(session, deps.settings, message, verdict))
     except IntegrityError:

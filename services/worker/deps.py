@@ -15,6 +15,7 @@ from services.reply.send import Sender, make_sender
 from services.store.batch import TransactionBatcher
 from services.store.db import make_engine
 from services.worker.claims import HeldClaims
+from services.worker.verdicts import VerdictBatcher
 
 
 @dataclass
@@ -28,12 +29,22 @@ class Deps:
     policy: PolicyConfig
     batcher: TransactionBatcher
     held: HeldClaims = field(default_factory=HeldClaims)  # renewed by the worker while its jobs send
+    verdicts: VerdictBatcher = field(init=False)  # concurrent jobs' mails classified together
+
+    def __post_init__(self) -> None:
+        self.verdicts = VerdictBatcher(
+            lambda: self.rules.current,
+            self.policy,
+            self.settings.effective_pseudonym_key,
+            lambda: self.settings.classify_timeout_seconds,
+        )
 
     async def close(self) -> None:
         """Release what jobs hold between runs: relay connections and the batch writer."""
         await self.reply_sender.close()
         await self.delivery_sender.close()
         await self.batcher.close()
+        await self.verdicts.close()
 
     @property
     def stale_sending(self) -> timedelta:
