@@ -61,8 +61,8 @@ def measure(tree: Path, corpus: Path, cache: Path, batch: int, repeat: int) -> d
     from services.classify.features import model_text
     from services.classify.hybrid import should_escalate
     from services.classify.language import detect_language
-    from services.classify.loader import load_rules
     from services.mail import parse_mail
+    from services.ruleset.loader import load_rules
     from services.store.models import utcnow
 
     assert Path(sys.modules["services"].__file__ or "").resolve().is_relative_to(tree.resolve()), "wrong tree"
@@ -120,8 +120,8 @@ def embedding_cost(corpus: Path, cache: Path) -> float:
     from services.classify.embedding import embed
     from services.classify.features import model_text, own_part
     from services.classify.hybrid import should_escalate
-    from services.classify.loader import load_rules
     from services.mail import parse_mail
+    from services.ruleset.loader import load_rules
 
     ruleset = load_rules(ROOT / "routing_rules", ROOT / "templates", cache_dir=cache)
     assert ruleset.intent is not None
@@ -137,8 +137,8 @@ def embedding_cost(corpus: Path, cache: Path) -> float:
 
 def scaling(facts_corpus: Path, repeat: int) -> list[dict[str, Any]]:
     from services.classify.engine import MailFacts
-    from services.classify.loader import load_rules
     from services.mail import parse_mail
+    from services.ruleset.loader import load_rules
     from services.store.models import utcnow
 
     mails = [parse_mail(p.read_bytes()) for p in sorted(facts_corpus.glob("*.eml"))]
@@ -188,7 +188,7 @@ def main() -> None:
         sys.path.insert(0, str(args.tree))
         if args.child == "cold":
             started = time.perf_counter()
-            from services.classify.loader import load_rules
+            from services.ruleset.loader import load_rules
 
             load_rules(args.tree / "routing_rules", args.tree / "templates", cache_dir=args.cache)
             out: Any = {"load_cold_s": round(time.perf_counter() - started, 1)}

@@ -14,8 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from services.classify.loader import load_rules
 from services.config import PROJECT_ROOT
+from services.ruleset.loader import load_rules
 from services.tools.evaluate import evaluate
 
 RULES = PROJECT_ROOT / "routing_rules"

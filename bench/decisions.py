@@ -30,10 +30,11 @@ RECEIVED_AT = datetime(2026, 12, 2, 10, 30, tzinfo=UTC)
 
 
 def decisions(directories: list[Path], cache_dir: Path) -> dict[str, dict[str, Any]]:
-    from services.classify.engine import MailFacts
     from services.classify.explain import default_envelope
-    from services.classify.loader import load_rules
+
+    from services.classify.engine import MailFacts
     from services.mail import parse_mail
+    from services.ruleset.loader import load_rules
 
     ruleset = load_rules(ROOT / "routing_rules", ROOT / "templates", cache_dir=cache_dir)
     found: dict[str, dict[str, Any]] = {}

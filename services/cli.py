@@ -26,7 +26,7 @@ def _ruleset(
     settings: Settings, rules_dir: str | None = None, *, with_model: bool = True, templates_dir: Path | None = None
 ) -> RuleSet:
     """The rule set a command works on: `rules_dir` or the configured one, with the configured examples."""
-    from services.classify.loader import load_rules
+    from services.ruleset.loader import load_rules
 
     return load_rules(
         Path(rules_dir) if rules_dir else settings.rules_dir,
@@ -94,7 +94,7 @@ def cmd_inject(args: argparse.Namespace) -> int:
 
 
 def cmd_rules_check(args: argparse.Namespace) -> int:
-    from services.classify.loader import RuleSetInvalid
+    from services.ruleset.loader import RuleSetInvalid
 
     settings = _settings()
     directory = Path(args.dir) if args.dir else settings.rules_dir
@@ -123,7 +123,7 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 
 def cmd_rules_history(args: argparse.Namespace) -> int:
     """Rule sets that became active, newest first; with --diff, one version's text diff against its predecessor."""
-    from services.classify.snapshot import summarise
+    from services.filediff import summarise
     from services.store.db import make_engine
     from services.store.rulesets import RuleSetStore, diff_against_previous
 
@@ -272,7 +272,7 @@ def _date(value: str) -> datetime:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from services.classify.loader import RuleSetInvalid
+    from services.ruleset.loader import RuleSetInvalid
     from services.store.db import make_engine
     from services.tools.replay import replay
 
@@ -489,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; expected failures are one clear line on stderr and exit 1, never a traceback."""
-    from services.classify.loader import RuleSetInvalid
+    from services.ruleset.loader import RuleSetInvalid
 
     parser = build_parser()
     args = parser.parse_args(argv)

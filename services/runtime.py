@@ -15,11 +15,11 @@ from arq.connections import ArqRedis
 from sqlalchemy import Engine
 
 from services import queue
-from services.classify.reload import Fallback, RuleSetHolder
 from services.config import Settings, split_host_port
 from services.embedded_redis import EmbeddedRedis, start_embedded_redis
 from services.gateway.handler import GatewayHandler
 from services.gateway.server import OpenSessions, listener_options, start_listener
+from services.ruleset.reload import Fallback, RuleSetHolder
 from services.store.db import make_engine
 from services.store.migrate import upgrade
 from services.store.rulesets import RuleSetStore

@@ -15,8 +15,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import text
 from sqlmodel import SQLModel
 
-from services.classify.loader import load_rules
 from services.embedded_redis import start_embedded_redis
+from services.ruleset.loader import load_rules
 from services.store import models as _models  # noqa: F401  (registers every table in SQLModel.metadata)
 from services.store.db import make_engine
 from services.store.migrate import upgrade

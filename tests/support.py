@@ -30,10 +30,10 @@ from arq.connections import ArqRedis
 from sqlmodel import Session
 
 from services import queue
-from services.classify.reload import RuleSetHolder
 from services.config import Settings
 from services.gateway.handler import GatewayHandler
 from services.gateway.server import start_listener
+from services.ruleset.reload import RuleSetHolder
 from services.store.db import make_engine
 from services.store.models import Decision
 from services.store.models import Message as MessageRow

@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 
 from services.classify.examples import add_example
 from services.classify.keywords import KeywordIndex
-from services.classify.loader import RuleSetInvalid, load_rules
-from services.classify.reload import RuleSetHolder
 from services.config import PROJECT_ROOT
+from services.ruleset.loader import RuleSetInvalid, load_rules
+from services.ruleset.reload import RuleSetHolder
 from services.tools.evaluate import evaluate
 from services.tools.explain import explain
 from tests.support import make_mail

@@ -70,7 +70,7 @@ async def test_replay_shows_shift_and_changes_nothing(pipeline: Pipeline, tmp_pa
 
     from sqlmodel import Session, select
 
-    from services.classify.loader import load_rules
+    from services.ruleset.loader import load_rules
     from services.store.models import Decision
     from services.tools.replay import replay
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from services.classify.loader import load_rules
 from services.config import PROJECT_ROOT
 from services.mail import parse_mail
 from services.reply.policy import PolicyConfig
+from services.ruleset.loader import load_rules
 from services.tools.evaluate import evaluate
 from services.tools.explain import explain
 from tests.support import envelope_sender_of

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from aiohttp.test_utils import make_mocked_request
 
-from services.classify.loader import load_rules
+from services.ruleset.loader import load_rules
 from services.web.dashboard import Dashboard, _buckets, default_view
 from services.web.locale import PageLocale
 

@@ -160,8 +160,8 @@ def test_templates_configmap_is_current_and_loadable(tmp_path: Path) -> None:
         (tmp_path / key).write_text(content, encoding="utf-8")
     from datetime import UTC, datetime
 
-    from services.classify.loader import load_rules
     from services.reply.render import ReplyRenderer
+    from services.ruleset.loader import load_rules
 
     ruleset = load_rules(PROJECT_ROOT / "routing_rules", tmp_path)
     rendered = ReplyRenderer(tmp_path).render("objection", "ar", ruleset.settings, datetime.now(UTC), "r")

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from services.classify.loader import RuleSetInvalid, load_rules
 from services.classify.patterns import RegexTimeout, SafePattern, catastrophic
-from services.classify.reload import RuleSetHolder
 from services.classify.rulefiles import MAX_RULE_FILE_BYTES
 from services.config import PROJECT_ROOT
+from services.ruleset.loader import RuleSetInvalid, load_rules
+from services.ruleset.reload import RuleSetHolder
 
 RULES = PROJECT_ROOT / "routing_rules"
 TEMPLATES = PROJECT_ROOT / "templates"

@@ -15,8 +15,8 @@ from typing import Any
 
 from sqlalchemy import text
 
-from services.classify.reload import Fallback, RuleSetHolder
 from services.config import PROJECT_ROOT
+from services.ruleset.reload import Fallback, RuleSetHolder
 from services.store.db import make_engine
 from services.store.rulesets import RuleSetStore
 from tests.support import SERVED, clean_env, make_mail, start_role, terminate, wait_for_smtp, wait_until_ready

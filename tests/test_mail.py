@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.classify.engine import MailFacts
-from services.classify.loader import load_rules
 from services.config import PROJECT_ROOT
 from services.mail import decode_header_value, html_to_text, own_words, parse_mail
+from services.ruleset.loader import load_rules
 from services.store.models import utcnow
 
 

@@ -7,11 +7,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from services.classify.loader import load_rules
 from services.classify.schema import ChannelInfo, OpeningHours
 from services.config import PROJECT_ROOT
 from services.reply.hours import format_moment, format_week, office_status
 from services.reply.render import ReplyRenderer
+from services.ruleset.loader import load_rules
 
 RULESET = load_rules(PROJECT_ROOT / "routing_rules", PROJECT_ROOT / "templates", with_model=False)
 SETTINGS = RULESET.settings

@@ -6,9 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from services.classify.engine import MailFacts, compile_condition
+from services.classify.engine import SETTINGS_HOLIDAYS, MailFacts, compile_condition
 from services.classify.keywords import KeywordIndex
-from services.classify.loader import load_rules
 from services.classify.schema import Condition
 from services.config import PROJECT_ROOT, Settings
 from services.mail import InboundMail, parse_mail
@@ -21,6 +20,7 @@ from services.reply.policy import (
     reply_identity,
     suppression_reason,
 )
+from services.ruleset.loader import load_rules
 from tests.support import SERVED, make_mail
 
 RULESET = load_rules(PROJECT_ROOT / "routing_rules", PROJECT_ROOT / "templates")
@@ -93,15 +93,16 @@ def _facts(moment: datetime) -> MailFacts:
 
 def test_working_time_and_holidays() -> None:
     office = Condition.model_validate(
-        {"time": {"weekdays": ["mon", "tue", "wed", "thu", "fri"], "hours": "08:00-18:00", "holidays": "holidays"}}
+        {"time": {"weekdays": ["mon", "tue", "wed", "thu", "fri"], "hours": "08:00-18:00"}}
     )
-    predicate = compile_condition(office, RULESET.lists, KeywordIndex())
+    holidays = {SETTINGS_HOLIDAYS: tuple(day.isoformat() for day in RULESET.settings.holidays)}
+    predicate = compile_condition(office, {**RULESET.lists, **holidays}, KeywordIndex())
     from services.classify.engine import Trace
 
     tuesday_morning = datetime(2026, 3, 17, 9, 30, tzinfo=UTC)  # 10:30 in Berlin
     tuesday_night = datetime(2026, 3, 17, 19, 30, tzinfo=UTC)  # 20:30 in Berlin
     saturday = datetime(2026, 3, 21, 9, 30, tzinfo=UTC)
-    labour_day = datetime(2026, 5, 1, 9, 30, tzinfo=UTC)  # a Friday, listed in lists/holidays.txt
+    labour_day = datetime(2026, 5, 1, 9, 30, tzinfo=UTC)  # a Friday, in settings.holidays
     assert predicate(_facts(tuesday_morning), Trace())
     assert not predicate(_facts(tuesday_night), Trace())
     assert not predicate(_facts(saturday), Trace())

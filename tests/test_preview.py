@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 from email.policy import default as default_policy
 from pathlib import Path
 
-from services.classify.loader import load_rules
 from services.config import PROJECT_ROOT
 from services.reply.render import ReplyRenderer
+from services.ruleset.loader import load_rules
 from services.store.queries import opened_messages
 from services.tools.explain import explain
 from services.tools.preview import format_preview, preview

@@ -16,12 +16,12 @@ from hypothesis import strategies as st
 
 from services.classify.engine import MailFacts, Trace, compile_condition
 from services.classify.keywords import KeywordIndex
-from services.classify.loader import load_rules
 from services.classify.prefilter import filter_fold, required_words
 from services.classify.schema import Condition
 from services.classify.text import collapse_spaces, fold
 from services.config import PROJECT_ROOT
 from services.mail import parse_mail
+from services.ruleset.loader import load_rules
 from tests.support import SERVED, make_mail
 
 RULESET = load_rules(PROJECT_ROOT / "routing_rules", PROJECT_ROOT / "templates")

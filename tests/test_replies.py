@@ -16,11 +16,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlmodel import Session, select
 
-from services.classify.loader import load_rules
 from services.config import PROJECT_ROOT
 from services.mail import parse_mail
 from services.reply.compose import REPLY_POLICY, compose_reply, threading_headers
 from services.reply.render import ReplyRenderer
+from services.ruleset.loader import load_rules
 from services.store.models import JobState, Message, Reply
 from services.web.app import create_app
 from tests.support import Pipeline, make_mail, start_pipeline

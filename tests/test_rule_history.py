@@ -16,9 +16,9 @@ from aiohttp.test_utils import TestClient
 from sqlalchemy import Engine, func, text
 from sqlmodel import Session, select
 
-from services.classify.reload import Fallback, RuleSetHolder, RulesNotLoaded
 from services.cli import main
 from services.config import PROJECT_ROOT
+from services.ruleset.reload import Fallback, RuleSetHolder, RulesNotLoaded
 from services.store.db import make_engine
 from services.store.models import RuleSetBlob, RuleSetVersion
 from services.store.rulesets import RuleSetStore, diff_against_previous

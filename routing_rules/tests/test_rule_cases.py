@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from services.classify.loader import load_rules
 from services.config import PROJECT_ROOT
+from services.ruleset.loader import load_rules
 from services.tools.explain import explain
 
 HERE = Path(__file__).resolve().parent

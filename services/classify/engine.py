@@ -205,6 +205,11 @@ def _bounded_search(pattern: SafePattern, text: str, facts: MailFacts) -> bool:
         return False
 
 
+# the name under which the loader passes settings.holidays to `time:` conditions that name no list of their own
+# (no list file can have it: list names are file stems without '@')
+SETTINGS_HOLIDAYS = "@settings.holidays"
+
+
 def compile_condition(
     condition: Condition, lists: Mapping[str, tuple[str, ...]], index: KeywordIndex, path: str = "when"
 ) -> Predicate:
@@ -283,7 +288,7 @@ def compile_condition(
     if condition.time is not None:
         spec_time = condition.time
         zone = ZoneInfo(spec_time.timezone)
-        holidays = set(lists.get(spec_time.holidays, ())) if spec_time.holidays else set()
+        holidays = set(lists.get(spec_time.holidays or SETTINGS_HOLIDAYS, ()))
 
         def time_check(facts: MailFacts, trace: Trace) -> bool:
             local = facts.received_at.astimezone(zone)

@@ -131,11 +131,13 @@ class HeaderMatch(_Strict):
 
 
 class TimeMatch(_Strict):
-    """Working time: weekdays (mon..sun), an HH:MM-HH:MM window, holidays from a named list; local time zone."""
+    """Working time: weekdays (mon..sun), an HH:MM-HH:MM window, not on holidays; local time zone."""
 
     weekdays: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(default_factory=list)
     hours: str | None = None
-    holidays: str | None = None
+    holidays: str | None = Field(
+        default=None, description="a list of dates (lists/<name>.txt) instead of settings.holidays"
+    )
     timezone: str = "Europe/Berlin"
 
     @field_validator("hours")

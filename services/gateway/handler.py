@@ -15,11 +15,11 @@ from typing import Any
 import structlog
 from sqlalchemy import Engine
 
-from services.classify.reload import RuleSetHolder
 from services.gateway import replies
 from services.gateway.commit import EnqueueBatch, GroupCommitter
 from services.gateway.spool import Spool
 from services.metrics import STORE_SECONDS
+from services.ruleset.reload import RuleSetHolder
 from services.store.db import session_scope
 from services.store.models import MessageState, utcnow
 from services.store.queries import bump_counter
@@ -137,7 +137,7 @@ class GatewayHandler:
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]) -> str:
         if not self.rules.loaded:
-            # started without any good rule set (services/classify/reload.py): the sending MTA keeps the mail
+            # started without any good rule set (services/ruleset/reload.py): the sending MTA keeps the mail
             # queued and retries; never a 5xx, which would bounce it
             return replies.TEMPFAIL_RULES
         if len(envelope.rcpt_tos) >= self.max_recipients:

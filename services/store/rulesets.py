@@ -11,7 +11,7 @@ from sqlalchemy import Engine, Table, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
-from services.classify.snapshot import DIFFED, changes, sha256, text_diff
+from services.filediff import DIFFED, changes, sha256, text_diff
 from services.store.db import session_scope
 from services.store.models import RuleSetBlob, RuleSetFile, RuleSetVersion, utcnow
 

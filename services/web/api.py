@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 from sqlalchemy import Engine
 
-from services.classify.reload import RuleSetHolder
+from services.ruleset.reload import RuleSetHolder
 from services.store import reports
 from services.web.replylinks import unlinked_categories
 

@@ -10,8 +10,8 @@ from aiohttp import web
 from arq.connections import ArqRedis
 from sqlalchemy import Engine
 
-from services.classify.reload import RuleSetHolder, RulesNotLoaded
 from services.config import Settings
+from services.ruleset.reload import RuleSetHolder, RulesNotLoaded
 from services.store.db import ping
 from services.store.inspect import failed_deliveries, message_view
 from services.store.rulesets import RuleSetStore

@@ -12,9 +12,9 @@ from aiohttp import web
 from prometheus_client import Counter
 from sqlalchemy import Engine
 
-from services.classify.reload import RuleSetHolder
 from services.links import read_token
 from services.metrics import PROCESS_REGISTRY
+from services.ruleset.reload import RuleSetHolder
 from services.store.clicks import Click, record_clicks
 from services.store.models import utcnow
 

@@ -14,8 +14,8 @@ import jinja2
 from aiohttp import web
 from sqlalchemy import Engine
 
-from services.classify.reload import RuleSetHolder
 from services.classify.schema import RuleSettings
+from services.ruleset.reload import RuleSetHolder
 from services.store import reports
 from services.store.cohort import REPLY_CLICKED
 from services.store.rulesets import RuleSetStore

@@ -11,9 +11,9 @@ from aiohttp import web
 from sqlalchemy import Engine
 
 from services.classify.examples import RULE_ONLY_CATEGORIES
-from services.classify.reload import RuleSetHolder
 from services.config import Settings
 from services.reply.feedback import PATH, FeedbackToken, read_token
+from services.ruleset.reload import RuleSetHolder
 from services.store.corrections import newest_answer, record_correction
 from services.web.auth import CSRF_FIELD, FEEDBACK_COOKIE, Auth, FailureLimiter
 from services.web.locale import LANGUAGES, PageLocale

@@ -10,7 +10,7 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
-from services.classify.snapshot import summarise
+from services.filediff import summarise
 from services.store.rulesets import RuleSetStore, VersionInfo, diff_against_previous
 from services.web.auth import CSRF_FIELD, SESSION, Auth
 from services.web.security import CSP_NONCE

@@ -18,8 +18,8 @@ from sqlalchemy import Engine, func, select
 from sqlmodel import Session, col
 
 from services import queue
-from services.classify.reload import RuleSetHolder
 from services.metrics import PROCESS_REGISTRY
+from services.ruleset.reload import RuleSetHolder
 from services.store import reports
 from services.store.cohort import LINK_OPENED, REPLY_CLICKED
 from services.store.corrections import correction_pairs

@@ -18,11 +18,11 @@ from aiohttp import web
 from sqlalchemy import Engine
 
 from services.classify.engine import RuleSet
-from services.classify.loader import RuleSetInvalid, load_rules
-from services.classify.reload import RuleSetHolder
 from services.config import Settings
 from services.reply.policy import policy_config
 from services.reply.render import ReplyRenderer
+from services.ruleset.loader import RuleSetInvalid, load_rules
+from services.ruleset.reload import RuleSetHolder
 from services.store.corrections import newest_corrections, precision_by_category
 from services.store.rulehits import rule_hits
 from services.tools.explain import explain

@@ -7,11 +7,11 @@ from datetime import timedelta
 
 from sqlalchemy import Engine
 
-from services.classify.reload import RuleSetHolder
 from services.config import Settings
 from services.reply.policy import PolicyConfig, policy_config
 from services.reply.render import ReplyRenderer
 from services.reply.send import Sender, make_sender
+from services.ruleset.reload import RuleSetHolder
 from services.store.batch import TransactionBatcher
 from services.store.db import make_engine
 from services.worker.claims import HeldClaims

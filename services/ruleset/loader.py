@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from services.classify.engine import CompiledRule, RuleSet, compile_condition
+from services.classify.engine import SETTINGS_HOLIDAYS, CompiledRule, RuleSet, compile_condition
 from services.classify.examples import RULE_ONLY_CATEGORIES, load_examples
 from services.classify.keywords import KeywordIndex
 from services.classify.rulefiles import MAX_LIST_FILE_BYTES, MAX_RULE_FILE_BYTES, UnsafeFile, read_capped
@@ -238,13 +238,15 @@ def load_rules(
     if errors:
         raise RuleSetInvalid(errors)
     assert settings is not None
+    # `time:` conditions without a `holidays:` list of their own close on the settings' public holidays
+    condition_lists = {**lists, SETTINGS_HOLIDAYS: tuple(day.isoformat() for day in settings.holidays)}
     index = KeywordIndex()
     compiled = tuple(
         CompiledRule(
             rule,
-            compile_condition(rule.when, lists, index)
+            compile_condition(rule.when, condition_lists, index)
             if rule.when
-            else compile_condition(Condition.model_validate({"always": True}), lists, index),
+            else compile_condition(Condition.model_validate({"always": True}), condition_lists, index),
         )
         for _f, _r, rule, _n, _l in ordered
     )

@@ -11,8 +11,8 @@ from typing import Protocol
 import structlog
 
 from services.classify.engine import RuleSet
-from services.classify.loader import RuleError, RuleSetInvalid, fingerprint, load_rules
-from services.classify.snapshot import materialise, take_snapshot
+from services.ruleset.loader import RuleError, RuleSetInvalid, fingerprint, load_rules
+from services.ruleset.snapshot import materialise, take_snapshot
 
 log = structlog.get_logger(__name__)
 
