@@ -5,13 +5,14 @@ from __future__ import annotations
 import email.utils
 import re
 from dataclasses import dataclass
-from email import message_from_bytes
 from email.header import decode_header
 from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
 from selectolax.lexbor import LexborHTMLParser, LexborNode
+
+from services.mailbounds import PARSE_PREFIX_BYTES, bound, parse_bytes
 
 MAX_PARTS = 500
 MAX_DEPTH = 20
@@ -22,10 +23,8 @@ MAX_HTML_CHARS = 300_000
 MAX_HEADER_VALUE_CHARS = 4_000
 MAX_ADDRESSES = 200
 MAX_HEADER_BYTES = 100 * 1024  # Postfix's header_size_limit
+# of all values of one address field together: 64 KB hold far more than MAX_ADDRESSES addresses
 MAX_ADDRESS_HEADER_CHARS = 64 * 1024
-# More MIME boundary lines than this and only the start of the message is parsed (CPU bomb guard).
-MAX_BOUNDARY_LINES = 5_000
-PARSE_PREFIX_BYTES = 1024 * 1024
 
 _WS = re.compile(r"\s+")
 AUTOMATED_LOCALPART = re.compile(
@@ -192,8 +191,15 @@ def _decode_bytes(data: bytes, charset: str | None) -> str:
 
 def _addresses(values: list[str]) -> tuple[str, ...]:
     found: list[str] = []
+    capped: list[str] = []
+    room = MAX_ADDRESS_HEADER_CHARS
+    for value in values:
+        if room <= 0:
+            break
+        capped.append(str(value)[:room])
+        room -= len(capped[-1])
     try:
-        pairs = email.utils.getaddresses([str(v)[:MAX_ADDRESS_HEADER_CHARS] for v in values])
+        pairs = email.utils.getaddresses(capped)
     except Exception:
         return ()
     for _name, addr in pairs[:MAX_ADDRESSES]:
@@ -472,12 +478,17 @@ def _automated_signals(
 
 def parse_mail(raw: bytes) -> InboundMail:
     """Parse leniently. Bad MIME, unknown charsets or absurd structures give defects, never exceptions."""
-    defects: list[str] = []
-    if raw.count(b"\n--") > MAX_BOUNDARY_LINES:
-        defects.append(f"limit:parts>{MAX_BOUNDARY_LINES}")
-        raw = raw[:PARSE_PREFIX_BYTES]
     try:
-        message = message_from_bytes(raw, policy=compat32)
+        bounded = bound(raw)
+    except Exception as exc:
+        # the scan is plain byte counting; should it ever fail, the start of the mail is still parsed
+        return _parse(raw[:PARSE_PREFIX_BYTES], [f"unparseable:{type(exc).__name__}"])
+    return _parse(bounded.raw, list(bounded.defects))
+
+
+def _parse(raw: bytes, defects: list[str]) -> InboundMail:
+    try:
+        message = parse_bytes(raw)
     except RecursionError:
         defects.append("limit:nesting")
         message = BytesHeaderParser(policy=compat32).parsebytes(raw)
