@@ -1,14 +1,16 @@
 """Hostile mails of a given size (MIME parser bombs, malformed HTML) and a measurement of one in a fresh process.
 
-`python -m tests.mime_bombs SHAPE BYTES` builds the mail, then parses and classifies it as the worker does and
-prints one JSON line: seconds of CPU and wall time, and the peak RSS the parse added (the peak is reset first
-through /proc/self/clear_refs, so loading the rules and the model does not count).
+`python -m tests.mime_bombs SHAPE:BYTES ... [--cache MODEL_CACHE_DIR]` builds each mail, parses and classifies
+it as the worker does and prints one JSON line per mail: seconds of CPU and wall time, and the peak RSS the
+parse and classification added (the peak is reset through /proc/self/clear_refs first).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import json
-import resource
 import sys
 import time
 from collections.abc import Callable
@@ -18,11 +20,21 @@ SERVED = b"info@jobcenter-musterstadt.example"
 _HEAD = b"From: bomb@example.org\r\nTo: " + SERVED + b"\r\nSubject: Frage\r\nMIME-Version: 1.0\r\n"
 
 
+# Every shape keeps its SMTP lines (up to CRLF) under the gateway's 100,000-byte limit, so it can be sent.
+SMTP_LINE = 990
+
+
+def _crlf_every(data: bytes, width: int = SMTP_LINE) -> bytes:
+    return b"\r\n".join(data[start : start + width] for start in range(0, len(data), width))
+
+
 def bare_cr_boundaries(size: int) -> bytes:
-    """Parts separated by bare CR: no `\\n--` in the whole mail, and the stdlib splits lines at every CR."""
+    """Parts separated by bare CR (the stdlib splits lines at every CR); an LF after every 1,000th part only."""
     head = _HEAD + b"Content-Type: multipart/mixed; boundary=b\r\n\r\n"
     part = b"--b\rContent-Type: text/plain\r\rpart\r"
-    return head + part * ((size - len(head)) // len(part)) + b"--b--\r"
+    block = part * 999 + part + b"\n"
+    count = (size - len(head)) // len(block)
+    return head + block * count + part * ((size - len(head) - count * len(block) - 8) // len(part)) + b"--b--\r\n"
 
 
 def many_headers(size: int) -> bytes:
@@ -39,14 +51,15 @@ def long_to_lines(size: int) -> bytes:
 
 
 def long_lines(size: int) -> bytes:
-    """A plain-text body that is one line of the whole size."""
+    """A plain-text body of lines just under the gateway's line-length limit."""
     head = _HEAD + b"Content-Type: text/plain; charset=utf-8\r\n\r\n"
-    return head + b"Wort " * ((size - len(head)) // 5) + b"\r\n"
+    line = b"Wort " * 19_990 + b"\r\n"
+    return head + line * ((size - len(head)) // len(line))
 
 
 def _html(shape: bytes, size: int) -> bytes:
     head = _HEAD + b"Content-Type: text/html; charset=utf-8\r\n\r\n"
-    return head + shape * ((size - len(head)) // len(shape)) + b"\r\n"
+    return head + _crlf_every(shape * ((size - len(head)) * SMTP_LINE // (SMTP_LINE + 2) // len(shape))) + b"\r\n"
 
 
 def html_open_a(size: int) -> bytes:
@@ -91,8 +104,19 @@ def _rss_kib(field: str) -> int:
     raise LookupError(field)
 
 
-def measure(shape: str, size: int) -> dict[str, object]:
-    """Parse and classify one bomb as the worker does; the peak is taken from after the mail was built."""
+def _give_back_freed_memory() -> None:
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    if name:
+        ctypes.CDLL(name).malloc_trim(0)
+
+
+def measure(cases: list[tuple[str, int]], cache_dir: Path | None = None) -> list[dict[str, object]]:
+    """Parse and classify each bomb as the worker does, one after the other in this process.
+
+    Before each, freed memory is given back to the system and the peak (VmHWM) is reset, so a bomb's peak is
+    measured from the RSS after its mail was built; loading the rules and the model does not count.
+    """
     from datetime import UTC, datetime
 
     from services.classify.engine import MailFacts
@@ -100,30 +124,44 @@ def measure(shape: str, size: int) -> dict[str, object]:
     from services.config import PROJECT_ROOT
     from services.mail import parse_mail
 
-    ruleset = load_rules(PROJECT_ROOT / "routing_rules", PROJECT_ROOT / "templates")
-    ruleset.classify(MailFacts.of(parse_mail(b"Subject: warm\r\n\r\nwarm"), "a@example.org", (), datetime.now(UTC)))
-    raw = SHAPES[shape](size)
-    before = _rss_kib("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) starts again from the current RSS
-    cpu, wall = time.process_time(), time.perf_counter()
-    mail = parse_mail(raw)
-    parse_cpu, parse_peak = time.process_time() - cpu, _rss_kib("VmHWM")
-    category = ruleset.classify(MailFacts.of(mail, "bomb@example.org", (SERVED.decode(),), datetime.now(UTC)))
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    peak = _rss_kib("VmHWM")
-    return {
-        "shape": shape,
-        "bytes": len(raw),
-        "cpu_seconds": round(cpu, 3),
-        "wall_seconds": round(wall, 3),
-        "peak_extra_mib": round((peak - before) / 1024, 1),
-        "parse_cpu_seconds": round(parse_cpu, 3),
-        "parse_peak_extra_mib": round((parse_peak - before) / 1024, 1),
-        "maxrss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "category": category.action.category,
-        "defects": list(mail.defects),
-    }
+    ruleset = load_rules(PROJECT_ROOT / "routing_rules", PROJECT_ROOT / "templates", cache_dir=cache_dir)
+    # a citizen's question, so that the model's lazy parts are loaded before the measurement
+    warm = parse_mail(_HEAD + b"\r\nGuten Tag, ich habe eine Frage zu meinem Antrag auf Weiterbewilligung.\r\n")
+    ruleset.classify(MailFacts.of(warm, "citizen@example.org", (SERVED.decode(),), datetime.now(UTC)))
+    results = []
+    for shape, size in cases:
+        raw = SHAPES[shape](size)
+        _give_back_freed_memory()
+        before = _rss_kib("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) starts again from the current RSS
+        cpu, wall = time.process_time(), time.perf_counter()
+        mail = parse_mail(raw)
+        parse_cpu, parse_peak = time.process_time() - cpu, _rss_kib("VmHWM")
+        facts = MailFacts.of(mail, "bomb@example.org", (SERVED.decode(),), datetime.now(UTC))
+        category = ruleset.classify(facts).action.category
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        peak = _rss_kib("VmHWM")
+        results.append(
+            {
+                "shape": shape,
+                "bytes": len(raw),
+                "cpu_seconds": round(cpu, 3),
+                "wall_seconds": round(wall, 3),
+                "peak_extra_mib": round((peak - before) / 1024, 1),
+                "parse_cpu_seconds": round(parse_cpu, 3),
+                "parse_peak_extra_mib": round((parse_peak - before) / 1024, 1),
+                "category": category,
+                "defects": list(mail.defects),
+            }
+        )
+        del raw, mail, facts
+    return results
 
 
 if __name__ == "__main__":
-    print(json.dumps(measure(sys.argv[1], int(sys.argv[2]))))
+    # SHAPE:BYTES ... [--cache DIR]
+    arguments = sys.argv[1:]
+    cache = Path(arguments[arguments.index("--cache") + 1]) if "--cache" in arguments else None
+    wanted = [a.split(":") for a in arguments if ":" in a]
+    for result in measure([(shape, int(size)) for shape, size in wanted], cache):
+        print(json.dumps(result))
