@@ -1,8 +1,8 @@
-"""Hostile mails of a given size (MIME parser bombs, malformed HTML) and a measurement of one in a fresh process.
+"""Hostile mails of a given size (MIME parser bombs, malformed HTML) and a measurement of them in a fresh process.
 
 `python -m tests.mime_bombs SHAPE:BYTES ... [--cache MODEL_CACHE_DIR]` builds each mail, parses and classifies
-it as the worker does and prints one JSON line per mail: seconds of CPU and wall time, and the peak RSS the
-parse and classification added (the peak is reset through /proc/self/clear_refs first).
+it and adds the routing headers for staff, as the worker does, and prints one JSON line per mail: seconds of
+CPU and wall time, and the peak RSS all that added (the peak is reset through /proc/self/clear_refs first).
 """
 
 from __future__ import annotations
@@ -123,6 +123,7 @@ def measure(cases: list[tuple[str, int]], cache_dir: Path | None = None) -> list
     from services.classify.loader import load_rules
     from services.config import PROJECT_ROOT
     from services.mail import parse_mail
+    from services.reply.original import with_routing_headers
 
     ruleset = load_rules(PROJECT_ROOT / "routing_rules", PROJECT_ROOT / "templates", cache_dir=cache_dir)
     # a citizen's question, so that the model's lazy parts are loaded before the measurement
@@ -139,6 +140,8 @@ def measure(cases: list[tuple[str, int]], cache_dir: Path | None = None) -> list
         parse_cpu, parse_peak = time.process_time() - cpu, _rss_kib("VmHWM")
         facts = MailFacts.of(mail, "bomb@example.org", (SERVED.decode(),), datetime.now(UTC))
         category = ruleset.classify(facts).action.category
+        # and the original for staff with its routing headers, as the worker delivers it
+        delivered = with_routing_headers(raw, {"X-Channelshift-Flags": "parse-problems: " + ", ".join(mail.defects)})
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
         peak = _rss_kib("VmHWM")
         results.append(
@@ -154,7 +157,7 @@ def measure(cases: list[tuple[str, int]], cache_dir: Path | None = None) -> list
                 "defects": list(mail.defects),
             }
         )
-        del raw, mail, facts
+        del raw, mail, facts, delivered
     return results
 
 
