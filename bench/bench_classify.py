@@ -62,7 +62,11 @@ def measure(tree: Path, corpus: Path, cache: Path, batch: int, repeat: int) -> d
     from services.classify.hybrid import should_escalate
     from services.classify.language import detect_language
     from services.mail import parse_mail
-    from services.ruleset.loader import load_rules
+
+    try:
+        from services.ruleset.loader import load_rules
+    except ImportError:  # a baseline tree from before services/ruleset/
+        from services.classify.loader import load_rules  # type: ignore[no-redef]
     from services.store.models import utcnow
 
     assert Path(sys.modules["services"].__file__ or "").resolve().is_relative_to(tree.resolve()), "wrong tree"
@@ -121,7 +125,11 @@ def embedding_cost(corpus: Path, cache: Path) -> float:
     from services.classify.features import model_text, own_part
     from services.classify.hybrid import should_escalate
     from services.mail import parse_mail
-    from services.ruleset.loader import load_rules
+
+    try:
+        from services.ruleset.loader import load_rules
+    except ImportError:  # a baseline tree from before services/ruleset/
+        from services.classify.loader import load_rules  # type: ignore[no-redef]
 
     ruleset = load_rules(ROOT / "routing_rules", ROOT / "templates", cache_dir=cache)
     assert ruleset.intent is not None
@@ -138,7 +146,11 @@ def embedding_cost(corpus: Path, cache: Path) -> float:
 def scaling(facts_corpus: Path, repeat: int) -> list[dict[str, Any]]:
     from services.classify.engine import MailFacts
     from services.mail import parse_mail
-    from services.ruleset.loader import load_rules
+
+    try:
+        from services.ruleset.loader import load_rules
+    except ImportError:  # a baseline tree from before services/ruleset/
+        from services.classify.loader import load_rules  # type: ignore[no-redef]
     from services.store.models import utcnow
 
     mails = [parse_mail(p.read_bytes()) for p in sorted(facts_corpus.glob("*.eml"))]
@@ -188,7 +200,10 @@ def main() -> None:
         sys.path.insert(0, str(args.tree))
         if args.child == "cold":
             started = time.perf_counter()
-            from services.ruleset.loader import load_rules
+            try:
+                from services.ruleset.loader import load_rules
+            except ImportError:  # a baseline tree from before services/ruleset/
+                from services.classify.loader import load_rules  # type: ignore[no-redef]
 
             load_rules(args.tree / "routing_rules", args.tree / "templates", cache_dir=args.cache)
             out: Any = {"load_cold_s": round(time.perf_counter() - started, 1)}

@@ -30,11 +30,22 @@ RECEIVED_AT = datetime(2026, 12, 2, 10, 30, tzinfo=UTC)
 
 
 def decisions(directories: list[Path], cache_dir: Path) -> dict[str, dict[str, Any]]:
-    from services.classify.explain import default_envelope
-
     from services.classify.engine import MailFacts
+
+    try:
+        from services.classify.envelope import assumed_envelope
+
+        def default_envelope(ruleset: Any, mail: Any, _from: None, _to: None) -> tuple[str, tuple[str, ...]]:
+            envelope = assumed_envelope(ruleset, mail)
+            return envelope.mail_from, envelope.rcpt_tos
+    except ImportError:  # a baseline tree from before services/classify/envelope.py
+        from services.classify.explain import default_envelope  # type: ignore[no-redef]
     from services.mail import parse_mail
-    from services.ruleset.loader import load_rules
+
+    try:
+        from services.ruleset.loader import load_rules
+    except ImportError:  # a baseline tree from before services/ruleset/
+        from services.classify.loader import load_rules  # type: ignore[no-redef]
 
     ruleset = load_rules(ROOT / "routing_rules", ROOT / "templates", cache_dir=cache_dir)
     found: dict[str, dict[str, Any]] = {}

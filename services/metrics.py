@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 PROCESS_REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -30,6 +30,27 @@ DELIVERY_ATTEMPTS = Counter(
     ["form", "result"],
     registry=PROCESS_REGISTRY,
 )
+
+# The gateway's DATA budget (services/gateway/spool.py); a gateway process serves them on its health listener.
+INFLIGHT_BYTES = Gauge(
+    "channelshift_gateway_inflight_bytes",
+    "Bytes of unfinished DATA reserved in this process (in RAM or spooled), against CHANNELSHIFT_MAX_INFLIGHT_BYTES.",
+    registry=PROCESS_REGISTRY,
+)
+COMMIT_BYTES = Gauge(
+    "channelshift_gateway_commit_bytes",
+    "Bytes of spooled mail read back into RAM for their durable write now, against CHANNELSHIFT_MAX_COMMIT_BYTES.",
+    registry=PROCESS_REGISTRY,
+)
+INSUFFICIENT_STORAGE = Counter(
+    "channelshift_gateway_insufficient_storage",
+    "452 4.3.1 answers of this process: declared SIZE did not fit, the data crossed the cap, or the spool failed.",
+    ["reason"],
+    registry=PROCESS_REGISTRY,
+)
+INSUFFICIENT_STORAGE_REASONS = ("declared-size", "data-crossed-cap", "spool-write-failed")
+for _reason in INSUFFICIENT_STORAGE_REASONS:
+    INSUFFICIENT_STORAGE.labels(_reason)  # present at 0 from the start, so rate() sees the first one
 
 
 @contextmanager

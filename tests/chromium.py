@@ -23,6 +23,19 @@ RECORD_VIOLATIONS = (
 )
 
 
+# what every headless run here uses: no GPU, no sandbox (root in CI), nothing that reaches the network
+HEADLESS_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+
+
 def chromium_or_skip() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found is None:
@@ -75,14 +88,7 @@ async def chromium_page(profile: Path, width: int = 1280, height: int = 1400) ->
     profile.mkdir(parents=True, exist_ok=True)
     process = await asyncio.create_subprocess_exec(
         binary,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
+        *HEADLESS_FLAGS,
         "--remote-debugging-port=0",
         f"--user-data-dir={profile}",
         f"--window-size={width},{height}",
@@ -110,3 +116,29 @@ async def chromium_page(profile: Path, width: int = 1280, height: int = 1400) ->
         with contextlib.suppress(ProcessLookupError):
             process.kill()
         await process.wait()
+
+
+async def chromium_dom(url: str, profile: Path, width: int, height: int, screenshot: Path | None = None) -> str:
+    """The page's DOM after its scripts ran (and a screenshot if asked), from one headless run per call."""
+    chromium = chromium_or_skip()
+    flags = [
+        *HEADLESS_FLAGS,
+        f"--user-data-dir={profile}",
+        f"--window-size={width},{height}",
+        "--virtual-time-budget=10000",
+    ]
+    if screenshot is not None:
+        process = await asyncio.create_subprocess_exec(
+            chromium,
+            *flags,
+            f"--screenshot={screenshot}",
+            url,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        await asyncio.wait_for(process.wait(), timeout=120)
+    process = await asyncio.create_subprocess_exec(
+        chromium, *flags, "--dump-dom", url, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), timeout=120)
+    return out.decode()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -15,13 +17,23 @@ from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import text
 from sqlmodel import SQLModel
 
+from services.config import PROJECT_ROOT
 from services.embedded_redis import start_embedded_redis
 from services.ruleset.loader import load_rules
 from services.store import models as _models  # noqa: F401  (registers every table in SQLModel.metadata)
 from services.store.db import make_engine
 from services.store.migrate import upgrade
 from services.web.app import create_app
-from tests.support import ADMIN_TOKEN, Pipeline, start_pipeline
+from tests.support import (
+    ADMIN_TOKEN,
+    Pipeline,
+    Served,
+    clean_env,
+    free_port,
+    start_pipeline,
+    start_role,
+    wait_until_ready,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 # Every process of the run (this one and the service roles tests start) shares one model cache, so the intent
@@ -113,3 +125,44 @@ async def pipeline(tmp_path: Path, clean_database: str, clean_redis: str) -> Asy
     await running.close()
     await running.pool.aclose()
     running.deps.engine.dispose()
+
+
+# `channelshift serve` as a subprocess on its own ports and a copy of the rules (tests/support.Served)
+@pytest.fixture(params=[2.0], ids=["polling"])
+def reload_seconds(request: pytest.FixtureRequest) -> float:
+    return float(request.param)
+
+
+@pytest.fixture
+def served(tmp_path: Path, reload_seconds: float) -> Iterator[Served]:
+    rules = tmp_path / "rules"
+    shutil.copytree(PROJECT_ROOT / "routing_rules", rules, ignore=shutil.ignore_patterns("tests"))
+    smtp_port, lmtp_port, web_port = free_port(), free_port(), free_port()
+    env = clean_env()
+    env.update(
+        {
+            "CHANNELSHIFT_SMTP_LISTEN": f"127.0.0.1:{smtp_port}",
+            "CHANNELSHIFT_LMTP_LISTEN": f"127.0.0.1:{lmtp_port}",
+            "CHANNELSHIFT_WEB_LISTEN": f"127.0.0.1:{web_port}",
+            "CHANNELSHIFT_RULES_DIR": str(rules),
+            "CHANNELSHIFT_LOG_FORMAT": "json",
+            "CHANNELSHIFT_RULES_RELOAD_SECONDS": str(reload_seconds),
+        }
+    )
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed in teardown
+    process = start_role("serve", env, log, tmp_path)
+    try:
+        wait_until_ready(web_port, [process], tmp_path / "serve.log")
+    except AssertionError:
+        log.close()
+        raise
+    yield Served(process, tmp_path / "var", rules, smtp_port, web_port)
+    process.send_signal(signal.SIGTERM)
+    try:
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        log.close()
+    output = (tmp_path / "serve.log").read_text()
+    assert "citizen@example.org" not in output and "Zauberwort" not in output  # no personal data in logs

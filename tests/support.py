@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email
+import json
 import os
 import re
 import signal
@@ -350,3 +351,85 @@ def add_decision(
             reply=True,
         )
     )
+
+
+PROBE_RULE = """rules:
+  - id: probe
+    description: test rule added while the service runs
+    when:
+      subject: {keywords: [zauberwort]}
+    then: {category: complaint, channel: feedback, reply: complaint}
+"""
+
+
+@dataclass
+class Served:
+    process: subprocess.Popen[bytes]
+    var: Path
+    rules: Path
+    smtp_port: int
+    web_port: int
+
+    def send(self, data: bytes) -> str:
+        with smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=30) as client:
+            client.ehlo()
+            assert client.mail("citizen@example.org")[0] == 250
+            assert client.rcpt(SERVED)[0] == 250
+            code, text = client.data(data)
+        assert code == 250
+        found = re.search(rb"queued as ([0-9a-f]{32})", text)
+        assert found
+        return found.group(1).decode()
+
+    def rules_version(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/readyz", timeout=5) as response:
+            return str(json.loads(response.read())["checks"]["rules"]["version"])
+
+    def wait_for_rules_other_than(self, version: str, timeout: float = 30) -> None:
+        """Until the running rule set is a new one (a changed rule re-checks the model against the examples)."""
+        deadline = time.monotonic() + timeout
+        while self.rules_version() == version:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"rule set still {version} after {timeout}s")
+            time.sleep(0.2)
+
+    def delivered(self, message_id: str, timeout: float = 20) -> email.message.Message:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for path in (self.var / "delivered" / "new").glob(f"{message_id}.original.*"):
+                return email.message_from_bytes(path.read_bytes(), policy=default_policy)
+            time.sleep(0.1)
+        raise AssertionError(f"{message_id} not delivered within {timeout}s")
+
+
+class SmtpSocketClient:
+    """A minimal SMTP client over a socket: sends a prepared body without copying it (smtplib copies it twice)."""
+
+    def __init__(self, port: int, source: str, timeout: float = 60) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0))
+        self.reader = self.sock.makefile("rb")
+        self.expect(220)
+        self.command(b"EHLO client.example", 250)
+
+    def reply(self) -> tuple[int, bytes]:
+        lines = []
+        while True:
+            line = self.reader.readline()
+            if not line:
+                raise ConnectionError("connection closed")
+            lines.append(line)
+            if line[3:4] != b"-":
+                return int(line[:3]), b"".join(lines)
+
+    def expect(self, code: int) -> bytes:
+        got, text = self.reply()
+        assert got == code, text
+        return text
+
+    def command(self, line: bytes, code: int) -> bytes:
+        self.sock.sendall(line + b"\r\n")
+        return self.expect(code)
+
+    def close(self) -> None:
+        self.reader.close()
+        self.sock.close()

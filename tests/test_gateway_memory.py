@@ -7,7 +7,6 @@ import hashlib
 import random
 import re
 import smtplib
-import socket
 import subprocess
 import threading
 import time
@@ -36,44 +35,12 @@ from tests.support import (
     wait_for_smtp,
     wait_until_ready,
 )
+from tests.support import SmtpSocketClient as Client
 
 MIB = 1024 * 1024
 SESSIONS = 40
 MAIL_SIZE = 24 * MIB
 RSS_BOUND_MIB = 350
-
-
-class Client:
-    """A minimal SMTP client over a socket: sends a prepared body without copying it (smtplib copies it twice)."""
-
-    def __init__(self, port: int, source: str, timeout: float = 60) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0))
-        self.reader = self.sock.makefile("rb")
-        self.expect(220)
-        self.command(b"EHLO client.example", 250)
-
-    def reply(self) -> tuple[int, bytes]:
-        lines = []
-        while True:
-            line = self.reader.readline()
-            if not line:
-                raise ConnectionError("connection closed")
-            lines.append(line)
-            if line[3:4] != b"-":
-                return int(line[:3]), b"".join(lines)
-
-    def expect(self, code: int) -> bytes:
-        got, text = self.reply()
-        assert got == code, text
-        return text
-
-    def command(self, line: bytes, code: int) -> bytes:
-        self.sock.sendall(line + b"\r\n")
-        return self.expect(code)
-
-    def close(self) -> None:
-        self.reader.close()
-        self.sock.close()
 
 
 def mail(number: int, body: bytes) -> tuple[bytes, str]:

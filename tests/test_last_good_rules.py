@@ -19,8 +19,17 @@ from services.config import PROJECT_ROOT
 from services.ruleset.reload import Fallback, RuleSetHolder
 from services.store.db import make_engine
 from services.store.rulesets import RuleSetStore
-from tests.support import SERVED, clean_env, make_mail, start_role, terminate, wait_for_smtp, wait_until_ready
-from tests.test_serve import PROBE_RULE, free_port
+from tests.support import (
+    PROBE_RULE,
+    SERVED,
+    clean_env,
+    free_port,
+    make_mail,
+    start_role,
+    terminate,
+    wait_for_smtp,
+    wait_until_ready,
+)
 
 BROKEN_RULE = PROBE_RULE.replace("feedback", "fax")
 BROKEN_AT = "35-probe.yaml:2: rules[0].then.channel: unknown channel 'fax'"

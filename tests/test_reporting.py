@@ -23,6 +23,7 @@ from services.demo import run_demo
 from services.store.purge import purge
 from services.store.queries import opened_messages
 from services.web.app import CLICKS, create_app
+from tests.chromium import chromium_dom
 from tests.support import AUTH, SERVED, Pipeline, clean_env, make_mail, send, start_pipeline
 
 BERLIN = ZoneInfo("Europe/Berlin")  # the shipped rule set's time zone: the API counts its local days
@@ -177,39 +178,6 @@ async def test_purge_drops_bodies_of_finished_old_mail_only(pipeline: Pipeline) 
     assert purge(pipeline.deps.engine, 30).messages == 0
 
 
-async def _chromium_dom(url: str, profile: Path, width: int, height: int, screenshot: Path | None = None) -> str:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
-        f"--window-size={width},{height}",
-        "--virtual-time-budget=10000",
-    ]
-    if screenshot is not None:
-        process = await asyncio.create_subprocess_exec(
-            chromium,
-            *flags,
-            f"--screenshot={screenshot}",
-            url,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        await asyncio.wait_for(process.wait(), timeout=120)
-    process = await asyncio.create_subprocess_exec(
-        chromium, *flags, "--dump-dom", url, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
-    )
-    out, _ = await asyncio.wait_for(process.communicate(), timeout=120)
-    return out.decode()
-
-
 @pytest.fixture
 async def outbox_pipeline(tmp_path: Path, clean_database: str, clean_redis: str) -> AsyncIterator[Pipeline]:
     """A pipeline that writes replies to the maildir outbox, where `demo-traffic` finds the links it opens."""
@@ -301,7 +269,7 @@ async def test_demo_traffic_and_dashboard_in_chromium(outbox_pipeline: Pipeline,
 
         for width, height, name in ((1280, 2600, "desktop"), (390, 2400, "phone")):
             url = f"http://127.0.0.1:{web_port}/dashboard"
-            dom = await _chromium_dom(url, tmp_path / f"profile-{name}", width, height, tmp_path / f"{name}.png")
+            dom = await chromium_dom(url, tmp_path / f"profile-{name}", width, height, tmp_path / f"{name}.png")
             drawn = re.search(r'data-charts-drawn="(\d+)"', dom)
             expected = re.search(r'data-charts-expected="(\d+)"', dom)
             assert drawn and expected and drawn.group(1) == expected.group(1) == "5", name

@@ -23,8 +23,8 @@ from services.store.db import make_engine
 from services.store.models import RuleSetBlob, RuleSetVersion
 from services.store.rulesets import RuleSetStore, diff_against_previous
 from services.web.app import create_app
+from tests.chromium import chromium_dom
 from tests.support import AUTH, SERVED, Pipeline, make_mail
-from tests.test_reporting import _chromium_dom
 
 HISTORY_TABLES = ("ruleset_file", "ruleset_version", "ruleset_blob")
 
@@ -275,7 +275,7 @@ async def test_activation_markers_drawn_in_chromium(pipeline: Pipeline, tmp_path
     try:
         port = runner.addresses[0][1]
         shot = tmp_path / "markers.png"
-        dom = await _chromium_dom(f"http://127.0.0.1:{port}/dashboard", tmp_path / "profile", 1280, 2000, shot)
+        dom = await chromium_dom(f"http://127.0.0.1:{port}/dashboard", tmp_path / "profile", 1280, 2000, shot)
     finally:
         await runner.cleanup()
     drawn = re.search(r'data-charts-drawn="(\d+)"', dom)

@@ -110,3 +110,11 @@ def test_the_subject_never_brings_a_header_or_a_control_character(subject: bytes
 def test_utf8_recipients_do_not_appear_in_the_7bit_headers() -> None:
     _wrapper, parsed = _wrap(b"From: a@example.org\r\n\r\nhi\r\n", recipients=["bürgerbüro@jobcenter.example"])
     assert parsed["To"] == "undisclosed-recipients:;"
+
+
+def test_a_parser_bomb_is_attached_as_it_came_not_regenerated() -> None:
+    """Issue 19: the wrapper path must not parse what the parser's budgets refused (70 s for this mail)."""
+    from tests.mime_bombs import bare_cr_boundaries
+
+    bomb = bare_cr_boundaries(5 * 1024 * 1024)
+    assert clean_original(bomb) is None

@@ -17,6 +17,7 @@ import structlog
 from aiosmtpd.smtp import SMTP
 
 from services.gateway import replies
+from services.metrics import COMMIT_BYTES, INFLIGHT_BYTES, INSUFFICIENT_STORAGE
 
 log = structlog.get_logger(__name__)
 
@@ -35,10 +36,12 @@ class ByteBudget:
         if self.used + amount > self.limit:
             return False
         self.used += amount
+        INFLIGHT_BYTES.inc(amount)
         return True
 
     def release(self, amount: int) -> None:
         self.used -= amount
+        INFLIGHT_BYTES.dec(amount)
 
 
 class ByteGate:
@@ -55,11 +58,13 @@ class ByteGate:
         async with self._changed:
             await self._changed.wait_for(lambda: self.used + amount <= self.limit)
             self.used += amount
+            COMMIT_BYTES.inc(amount)
         try:
             yield
         finally:
             async with self._changed:
                 self.used -= amount
+                COMMIT_BYTES.dec(amount)
                 self._changed.notify_all()
 
 
@@ -258,6 +263,7 @@ class _Receiving:
                 self.spool.write(data)
             except OSError as exc:
                 log.error("gateway.spool_failed", error=type(exc).__name__)
+                INSUFFICIENT_STORAGE.labels("spool-write-failed").inc()
                 self.fail(_State.NO_ROOM)
 
     def _measure_lines(self, data: bytes) -> None:
@@ -291,6 +297,7 @@ class _Receiving:
             self.reserved = wanted
             return
         log.warning("gateway.inflight_full", received=self.num_bytes, in_flight=budget.used)
+        INSUFFICIENT_STORAGE.labels("data-crossed-cap").inc()
         self.fail(_State.NO_ROOM)
         self.release()
 
@@ -337,6 +344,7 @@ def with_spooled_data(base: type[SMTP], limits: DataLimits) -> type[SMTP]:
             declared = min(declared_size(envelope.mail_options), size_limit or limits.max_inflight_bytes)
             if limits.inflight.used >= limits.inflight.limit or not limits.inflight.try_reserve(declared):
                 log.warning("gateway.inflight_full", declared=declared, in_flight=limits.inflight.used)
+                INSUFFICIENT_STORAGE.labels("declared-size").inc()
                 await self.push(replies.TEMPFAIL_INSUFFICIENT_STORAGE)
                 return
             spool = Spool(limits)

@@ -14,6 +14,7 @@ from email.policy import SMTP, compat32
 from email.utils import formatdate, getaddresses
 from io import BytesIO
 
+from services.mailbounds import bound
 from services.reply.original import strip_our_headers
 
 MAX_LINE = 998  # RFC 5322 2.1.1, without the CRLF
@@ -172,6 +173,10 @@ def clean_original(raw: bytes) -> tuple[bytes, bool] | None:
             cleaned = _clean_header_block(head)
             if cleaned is not None and is_clean(cleaned):
                 return cleaned + separator + body, True
+    if bound(raw).defects:
+        # a parser bomb (bare-CR boundaries, millions of lines): re-generating it would cost minutes and gigabytes,
+        # so it goes to staff attached as a file, as it came
+        return None
     try:
         message = email.message_from_bytes(raw, policy=_INNER)
         for part in message.walk():
