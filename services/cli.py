@@ -175,7 +175,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
     """The worker's verdict for a mail file and the exact reply it would send; sends and stores nothing."""
     from zoneinfo import ZoneInfo
 
-    from services.reply.policy import PolicyConfig
+    from services.reply.policy import policy_config
     from services.reply.render import ReplyRenderer
     from services.tools.preview import format_preview, preview
 
@@ -203,7 +203,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
         hostname=settings.hostname,
         mail_from=args.sender,
         rcpt_to=args.to,
-        policy=PolicyConfig(settings.spam_score_header, settings.spam_score_threshold),
+        policy=policy_config(settings, warn=False),
         public_url=settings.public_url if settings.track_clicks else None,
     )
     print(format_preview(result, zone, html=args.html, raw=args.raw))

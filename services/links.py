@@ -24,11 +24,11 @@ def make_token(secret: bytes, message_id: str, channel: str) -> str:
     return base64.urlsafe_b64encode(payload + mac).decode().rstrip("=")
 
 
-def read_token(secret: bytes, token: str) -> tuple[str, str] | None:
-    """(message_id, channel) if the token is ours, intact and spelled exactly as make_token spells it, else None.
+def canonical_bytes(token: str) -> bytes | None:
+    """The bytes of an unpadded urlsafe-base64 token, only if it is spelled exactly as we encode them.
 
     base64 decoders skip junk characters, accept either alphabet and padding, and ignore the unused low bits
-    of the last character, so many strings decode to one token; a click must count once per reply and channel.
+    of the last character, so many strings decode to one token; each of our tokens has one spelling.
     """
     if not _CANONICAL.fullmatch(token):
         return None
@@ -36,7 +36,14 @@ def read_token(secret: bytes, token: str) -> tuple[str, str] | None:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except (binascii.Error, ValueError):
         return None
-    if len(raw) <= 16 + _MAC_BYTES or base64.urlsafe_b64encode(raw).decode().rstrip("=") != token:
+    return raw if base64.urlsafe_b64encode(raw).decode().rstrip("=") == token else None
+
+
+def read_token(secret: bytes, token: str) -> tuple[str, str] | None:
+    """(message_id, channel) if the token is ours, intact and spelled exactly as make_token spells it, else None
+    (a click must count once per reply and channel: see canonical_bytes)."""
+    raw = canonical_bytes(token)
+    if raw is None or len(raw) <= 16 + _MAC_BYTES:
         return None
     payload, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
     expected = hmac.new(_key(secret), payload, hashlib.sha256).digest()[:_MAC_BYTES]

@@ -16,7 +16,8 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage, Message
@@ -433,3 +434,34 @@ class SmtpSocketClient:
     def close(self) -> None:
         self.reader.close()
         self.sock.close()
+
+
+@contextmanager
+def gateway_process(
+    tmp_path: Path, database: str, redis: str, **settings: str
+) -> Iterator[tuple[subprocess.Popen[bytes], int, int]]:
+    """A `channelshift gateway` process on ephemeral SMTP and health ports; settings as CHANNELSHIFT_<NAME>."""
+    smtp_port, health_port = free_port(), free_port()
+    env = clean_env()
+    env.update(
+        {
+            "CHANNELSHIFT_DATABASE_URL": database,
+            "CHANNELSHIFT_REDIS_URL": redis,
+            "CHANNELSHIFT_SMTP_LISTEN": f"127.0.0.1:{smtp_port}",
+            "CHANNELSHIFT_LMTP_LISTEN": "",
+            "CHANNELSHIFT_HEALTH_LISTEN": f"127.0.0.1:{health_port}",
+            "CHANNELSHIFT_VAR_DIR": str(tmp_path / "var"),
+            "CHANNELSHIFT_PSEUDONYM_KEY": "k",
+            **{f"CHANNELSHIFT_{name.upper()}": value for name, value in settings.items()},
+        }
+    )
+    log_path = tmp_path / "gateway.log"
+    with open(log_path, "wb") as log:
+        process = start_role("gateway", env, log, tmp_path)
+        try:
+            wait_until_ready(health_port, [process], log_path)
+            wait_for_smtp(smtp_port)
+            yield process, smtp_port, health_port
+        finally:
+            terminate([process])
+    assert process.returncode == 0, log_path.read_text(errors="replace")

@@ -146,7 +146,11 @@ def test_a_broken_labels_csv_is_refused_with_file_and_line(tmp_path: Path) -> No
     assert any(":4: file: no mail file missing.eml" in m for m in messages)
 
 
-def test_an_example_set_below_the_thresholds_is_refused_and_the_running_set_stays(tmp_path: Path) -> None:
+SMALL_SET = ("emergency", "documents", "objection", "general")
+
+
+def _small_example_set(tmp_path: Path) -> tuple[Path, tuple[str, ...], list[str], dict[str, str], RuleSetHolder]:
+    """The rules with ten shipped examples of four categories each (n-gram model only: trains in a second)."""
     rules = _rule_copy(tmp_path)
     examples = rules / "examples"
     examples.mkdir()
@@ -154,15 +158,18 @@ def test_an_example_set_below_the_thresholds_is_refused_and_the_running_set_stay
     settings.write_text(
         settings.read_text().replace("    min_accuracy: 0.85", "    min_accuracy: 0.5\n    semantic: false")
     )
-    wanted = ("emergency", "documents", "objection", "general")
     with open(RULES / "examples" / "labels.csv", encoding="utf-8") as handle:
-        rows = [row for row in csv.DictReader(handle) if row["category"] in wanted]
+        rows = [row for row in csv.DictReader(handle) if row["category"] in SMALL_SET]
     good = {row["file"]: row["category"] for row in rows}
-    chosen = [name for category in wanted for name in [n for n, c in good.items() if c == category][:10]]
+    chosen = [name for category in SMALL_SET for name in [n for n, c in good.items() if c == category][:10]]
     for name in chosen:
         shutil.copy(RULES / "examples" / name, examples / name)
     (examples / "labels.csv").write_text("file,category\n" + "".join(f"{n},{good[n]}\n" for n in chosen))
-    holder = RuleSetHolder(rules, TEMPLATES, tmp_path / "cache")
+    return examples, SMALL_SET, chosen, good, RuleSetHolder(rules, TEMPLATES, tmp_path / "cache")
+
+
+def test_an_example_set_below_the_thresholds_is_refused_and_the_running_set_stays(tmp_path: Path) -> None:
+    examples, wanted, chosen, _good, holder = _small_example_set(tmp_path)
     running = holder.current.version
     assert holder.current.intent is not None
     # the same mails with labels dealt out in turn: nothing a model could learn
@@ -177,22 +184,7 @@ def test_an_example_set_below_the_thresholds_is_refused_and_the_running_set_stay
 def test_a_safety_example_the_trained_set_does_not_catch_is_refused_at_its_line(tmp_path: Path) -> None:
     """Issue 16: emergency and objection recall 100 % on the examples themselves; a labelled emergency that a
     rule contradicts (here it comes from a partner domain, which the model never overrules) is named."""
-    rules = _rule_copy(tmp_path)
-    examples = rules / "examples"
-    examples.mkdir()
-    settings = rules / "00-settings.yaml"
-    settings.write_text(
-        settings.read_text().replace("    min_accuracy: 0.85", "    min_accuracy: 0.5\n    semantic: false")
-    )
-    wanted = ("emergency", "documents", "objection", "general")
-    with open(RULES / "examples" / "labels.csv", encoding="utf-8") as handle:
-        rows = [row for row in csv.DictReader(handle) if row["category"] in wanted]
-    good = {row["file"]: row["category"] for row in rows}
-    chosen = [name for category in wanted for name in [n for n, c in good.items() if c == category][:10]]
-    for name in chosen:
-        shutil.copy(RULES / "examples" / name, examples / name)
-    (examples / "labels.csv").write_text("file,category\n" + "".join(f"{n},{good[n]}\n" for n in chosen))
-    holder = RuleSetHolder(rules, TEMPLATES, tmp_path / "cache")
+    examples, _wanted, chosen, good, holder = _small_example_set(tmp_path)
     assert holder.current.intent is not None and not holder.errors
     contradicted = chosen[3]
     assert good[contradicted] == "emergency"

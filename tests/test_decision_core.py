@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, select
 
-from services.domain import Verdict
+from services.domain import STORED_FIELDS, Verdict
 from services.reply.decide import TIMEOUT_DEFECT
 from services.store.models import Decision
 from services.store.queries import opened_messages
@@ -20,20 +20,9 @@ from tests.support import SERVED, Pipeline, envelope_sender_of, make_mail
 _SKIP = re.compile(r"(LICENSE|COPYING|SOURCE_COMMIT|README|INDEX)|\.(ref|md|rst|json|csv)$")
 # the store's part of the reply decision (reply window and caps), which explain cannot see
 _STORE_REASONS = {"already-replied", "daily-cap", "domain-daily-cap"}
-_COMPARED = (
-    "category",
-    "channel",
-    "rule_id",
-    "ruleset_version",
-    "template",
-    "priority",
-    "deliver_to",
-    "language",
-    "tags",
-    "defects",
-    "path",
-    "confidence",
-)
+# everything the decision table stores but what is compared on its own (reply, suppressed) or that explain
+# does not give (the pseudonym; scores it gives as a list)
+_COMPARED = tuple(name for name in STORED_FIELDS if name not in {"reply", "suppressed", "sender_pseudonym", "scores"})
 
 
 def _corpus_mails(corpus: Path) -> list[Path]:

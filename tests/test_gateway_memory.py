@@ -26,14 +26,9 @@ from services.store.queries import load_message, opened_messages
 from tests.support import (
     SERVED,
     Pipeline,
-    clean_env,
-    free_port,
+    gateway_process,
     make_mail,
     send,
-    start_role,
-    terminate,
-    wait_for_smtp,
-    wait_until_ready,
 )
 from tests.support import SmtpSocketClient as Client
 
@@ -69,30 +64,8 @@ def vm_kib(pid: int, field: str) -> int:
 def gateway(
     tmp_path: Path, database: str, redis: str, **settings: str
 ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    smtp_port, health_port = free_port(), free_port()
-    env = clean_env()
-    env.update(
-        {
-            "CHANNELSHIFT_DATABASE_URL": database,
-            "CHANNELSHIFT_REDIS_URL": redis,
-            "CHANNELSHIFT_SMTP_LISTEN": f"127.0.0.1:{smtp_port}",
-            "CHANNELSHIFT_LMTP_LISTEN": "",
-            "CHANNELSHIFT_HEALTH_LISTEN": f"127.0.0.1:{health_port}",
-            "CHANNELSHIFT_VAR_DIR": str(tmp_path / "var"),
-            "CHANNELSHIFT_PSEUDONYM_KEY": "k",
-            **{f"CHANNELSHIFT_{name.upper()}": value for name, value in settings.items()},
-        }
-    )
-    log_path = tmp_path / "gateway.log"
-    with open(log_path, "wb") as log:
-        process = start_role("gateway", env, log, tmp_path)
-        try:
-            wait_until_ready(health_port, [process], log_path)
-            wait_for_smtp(smtp_port)
-            yield process, smtp_port
-        finally:
-            terminate([process])
-    assert process.returncode == 0, log_path.read_text(errors="replace")
+    with gateway_process(tmp_path, database, redis, **settings) as (process, smtp_port, _health_port):
+        yield process, smtp_port
 
 
 def send_until_accepted(

@@ -12,7 +12,10 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.metrics import INSUFFICIENT_STORAGE_REASONS
-from tests.support import SERVED, clean_env, free_port, start_role, terminate, wait_for_smtp, wait_until_ready
+from tests.support import (
+    SERVED,
+    gateway_process,
+)
 from tests.support import SmtpSocketClient as Client
 
 KIB = 1024
@@ -21,32 +24,9 @@ LIMIT = 512 * KIB  # message size and in-flight cap of the gateway under test
 
 @contextmanager
 def small_gateway(tmp_path: Path, database: str, redis: str) -> Iterator[tuple[subprocess.Popen[bytes], int, int]]:
-    smtp_port, health_port = free_port(), free_port()
-    env = clean_env()
-    env.update(
-        {
-            "CHANNELSHIFT_DATABASE_URL": database,
-            "CHANNELSHIFT_REDIS_URL": redis,
-            "CHANNELSHIFT_SMTP_LISTEN": f"127.0.0.1:{smtp_port}",
-            "CHANNELSHIFT_LMTP_LISTEN": "",
-            "CHANNELSHIFT_HEALTH_LISTEN": f"127.0.0.1:{health_port}",
-            "CHANNELSHIFT_VAR_DIR": str(tmp_path / "var"),
-            "CHANNELSHIFT_PSEUDONYM_KEY": "k",
-            "CHANNELSHIFT_MAX_MESSAGE_SIZE": str(LIMIT),
-            "CHANNELSHIFT_MAX_INFLIGHT_BYTES": str(LIMIT),
-            "CHANNELSHIFT_SPOOL_THRESHOLD_BYTES": str(64 * KIB),
-        }
-    )
-    log_path = tmp_path / "gateway.log"
-    with open(log_path, "wb") as log:
-        process = start_role("gateway", env, log, tmp_path)
-        try:
-            wait_until_ready(health_port, [process], log_path)
-            wait_for_smtp(smtp_port)
-            yield process, smtp_port, health_port
-        finally:
-            terminate([process])
-    assert process.returncode == 0, log_path.read_text(errors="replace")
+    limits = {"max_message_size": str(LIMIT), "max_inflight_bytes": str(LIMIT), "spool_threshold_bytes": str(64 * KIB)}
+    with gateway_process(tmp_path, database, redis, **limits) as started:
+        yield started
 
 
 def scrape(health_port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

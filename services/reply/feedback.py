@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import re
@@ -13,6 +12,7 @@ import time
 from dataclasses import dataclass
 
 from services.config import Settings
+from services.links import canonical_bytes
 from services.reply.original import with_routing_headers
 
 FEEDBACK_HEADER = "X-Channelshift-Feedback"
@@ -21,7 +21,6 @@ _MAC_BYTES = 16  # a token grants a write (unlike a click token), so the full 12
 _ID_BYTES = 16
 _EXPIRY = struct.Struct(">I")
 # the one spelling make_token writes: URL-safe alphabet, no padding
-_CANONICAL = re.compile(r"[A-Za-z0-9_-]{48,200}")
 _CATEGORY = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _CONTENT_FIELD = re.compile(rb"^content-", re.IGNORECASE)
@@ -51,14 +50,9 @@ def make_token(secret: bytes, message_id: str, category: str, expires_at: int) -
 
 def read_token(secret: bytes, token: str) -> FeedbackToken | None:
     """The token's content if it is ours, intact and spelled as make_token spells it (expired or not), else None."""
-    if not _CANONICAL.fullmatch(token):
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-    except (binascii.Error, ValueError):
-        return None
+    raw = canonical_bytes(token)
     head = _ID_BYTES + _EXPIRY.size
-    if len(raw) <= head + _MAC_BYTES or base64.urlsafe_b64encode(raw).decode().rstrip("=") != token:
+    if raw is None or len(raw) <= head + _MAC_BYTES:
         return None
     payload, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
     if not hmac.compare_digest(mac, hmac.new(_key(secret), payload, hashlib.sha256).digest()[:_MAC_BYTES]):
