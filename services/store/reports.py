@@ -149,6 +149,15 @@ def _by_outcome(
     return categories, channels
 
 
+def counter_totals(engine: Engine) -> list[tuple[str, str, str, int]]:
+    """(category, channel, outcome, total) over the whole hourly counter table: what /metrics exports."""
+    query = select(col(Counter.category), col(Counter.channel), col(Counter.outcome), func.sum(Counter.count)).group_by(
+        col(Counter.category), col(Counter.channel), col(Counter.outcome)
+    )
+    with Session(engine) as session:
+        return [(str(a), str(b), str(c), int(d)) for a, b, c, d in session.execute(query).all()]
+
+
 def _ratio(part: int, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
 

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlmodel import Session, col, select
 
 from services.classify.engine import RuleSet
 from services.domain import Envelope
 from services.mail import parse_mail
 from services.reply.decide import decide
 from services.reply.policy import PolicyConfig
-from services.store.models import Decision, Message
-from services.store.queries import opened_messages
+from services.store.replaying import decided_batches
 
 BATCH = 500
 
@@ -79,29 +76,6 @@ class ReplayReport:
         return "\n".join(lines)
 
 
-def _batches(engine: Engine, since: datetime, until: datetime | None) -> Iterator[list[tuple[Message, Decision]]]:
-    last_id = ""
-    last_time = since
-    while True:
-        with Session(engine) as session:
-            window: list[Any] = [
-                (col(Message.received_at) > last_time)
-                | ((col(Message.received_at) == last_time) & (col(Message.id) > last_id))
-            ]
-            if until is not None:
-                window.append(col(Message.received_at) < until)
-            messages = opened_messages(session, *window, limit=BATCH)
-            ids = [message.id for message in messages]
-            decisions = {
-                d.message_id: d for d in session.exec(select(Decision).where(col(Decision.message_id).in_(ids)))
-            }
-            session.expunge_all()
-        if not messages:
-            return
-        yield [(message, decisions[message.id]) for message in messages if message.id in decisions]
-        last_time, last_id = messages[-1].received_at, messages[-1].id
-
-
 # replay compares categories and channels, never pseudonyms: any key does
 _REPLAY_KEY = b"channelshift-replay"
 
@@ -116,7 +90,7 @@ def replay(
     """Nothing is written or sent: the stored decisions stay as they are. Decides with the worker's `decide()`."""
     policy = policy or PolicyConfig()
     report = ReplayReport(candidate_version=ruleset.version)
-    for rows in _batches(engine, since, until):
+    for rows in decided_batches(engine, since, until, BATCH):
         for message, decision in rows:
             if message.raw is None:
                 report.purged += 1

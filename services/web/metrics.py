@@ -14,8 +14,7 @@ from arq.connections import ArqRedis
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import Engine, func, select
-from sqlmodel import Session, col
+from sqlalchemy import Engine
 
 from services import queue
 from services.metrics import PROCESS_REGISTRY
@@ -23,7 +22,7 @@ from services.ruleset.reload import RuleSetHolder
 from services.store import reports
 from services.store.cohort import LINK_OPENED, REPLY_CLICKED
 from services.store.corrections import correction_pairs
-from services.store.models import Counter
+from services.store.reports import counter_totals
 from services.web.replylinks import unlinked_categories
 
 CACHE_SECONDS = 10.0
@@ -41,11 +40,7 @@ class RollupCollector(Collector):
     def refresh(self) -> None:
         if time.monotonic() - self._cached_at < CACHE_SECONDS:
             return
-        query = select(
-            col(Counter.category), col(Counter.channel), col(Counter.outcome), func.sum(Counter.count)
-        ).group_by(col(Counter.category), col(Counter.channel), col(Counter.outcome))
-        with Session(self.engine) as session:
-            self._cache = [(str(a), str(b), str(c), int(d)) for a, b, c, d in session.execute(query).all()]
+        self._cache = counter_totals(self.engine)
         self._cached_at = time.monotonic()
 
     def collect(self) -> Iterable[Metric]:
