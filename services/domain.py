@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
@@ -41,6 +42,23 @@ def safety_outranks(model_category: str | None, rule_category: str) -> bool:
     if rule_category not in SAFETY_CATEGORIES:
         return True
     return SAFETY_CATEGORIES.index(model_category) < SAFETY_CATEGORIES.index(rule_category)
+
+
+# one address syntax for the whole service: a local part without spaces, brackets or quotes, an ASCII domain
+_LOCAL_PART = r"[^\s@<>()\[\],;:\"\\]{1,64}"
+_MAILBOX = re.compile(_LOCAL_PART + r"@[A-Za-z0-9.-]{1,253}")
+# a reply goes out to the internet: its domain needs a top-level label (no `user@localhost`)
+_REPLYABLE = re.compile(_LOCAL_PART + r"@[A-Za-z0-9.-]{1,253}\.[A-Za-z0-9-]{2,63}")
+
+
+def is_mailbox(address: str) -> bool:
+    """An address we accept in RCPT TO and write into a header: local@domain, nothing around it."""
+    return _MAILBOX.fullmatch(address) is not None
+
+
+def is_replyable(address: str) -> bool:
+    """An address an automatic reply may be sent to (a mailbox whose domain has a top-level label)."""
+    return _REPLYABLE.fullmatch(address) is not None
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 from sqlalchemy import Engine
 
+from services.domain import is_mailbox
 from services.gateway import replies
 from services.gateway.commit import EnqueueBatch, GroupCommitter
 from services.gateway.spool import Spool
@@ -25,8 +26,6 @@ from services.store.models import MessageState, utcnow
 from services.store.queries import bump_counter
 
 log = structlog.get_logger(__name__)
-
-_ADDRESS = re.compile(r"^[^\s@<>()\[\],;:\"\\]{1,64}@[A-Za-z0-9.-]{1,253}$")
 
 
 def envelope_sender(mail_from: str | None) -> str:
@@ -145,8 +144,8 @@ class GatewayHandler:
         problem = envelope_problem(address)
         if problem is not None:
             return replies.REJECT_RECIPIENT_UTF8 if problem == "utf8" else replies.REJECT_RECIPIENT_CONTROL
-        # the explicit test matters: `$` also matches before a trailing newline
-        if not _ADDRESS.match(address) or "\r" in address or "\n" in address:
+        # the whole address must match (a trailing newline or bracket is refused, not stripped)
+        if not is_mailbox(address):
             return replies.REJECT_BAD_ADDRESS
         if not self.rules.current.is_served(address):
             await asyncio.to_thread(self._count_rejection)

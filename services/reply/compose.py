@@ -14,11 +14,11 @@ from email.mime.text import MIMEText
 from email.policy import Compat32
 from email.utils import format_datetime, formataddr
 
+from services.domain import is_mailbox
 from services.mail import InboundMail, single_line
 from services.reply.render import RenderedReply
 
 _MSGID = re.compile(r"<[^<>\s\"\\]{1,250}@[^<>\s\"\\]{1,250}>")
-_ADDRESS = re.compile(r"[^\s@<>()\[\],;:\"\\]{1,64}@[A-Za-z0-9.-]{1,253}")
 _PLAIN_VALUE = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*")
 
 
@@ -106,7 +106,7 @@ def compose_reply(
     which matters once per reply. Raises ValueError for an address that cannot go into a header as it is.
     """
     for address in (from_address, to_address):
-        if not address.isascii() or not _ADDRESS.fullmatch(address):
+        if not address.isascii() or not is_mailbox(address):
             raise ValueError("address cannot be written into a reply header")
     # Our own boundary, so the generator does not make one and compile a regex for it on every reply. "=_" never
     # occurs in quoted-printable text, and both parts are quoted-printable: it cannot collide with the content.

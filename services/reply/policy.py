@@ -10,6 +10,7 @@ import structlog
 
 from services.classify.engine import RuleSet
 from services.config import Settings
+from services.domain import is_replyable
 from services.mail import AUTOMATED_LOCALPART, InboundMail
 from services.reply.authentication import (
     SenderAuthentication,
@@ -17,8 +18,6 @@ from services.reply.authentication import (
     organisational_domain,
     read_authentication,
 )
-
-_ADDRESS = re.compile(r"^[^\s@<>()\[\],;:\"\\]{1,64}@[A-Za-z0-9.-]{1,253}\.[A-Za-z0-9-]{2,63}$")
 
 ReplyAuth = Literal["aligned", "not-failed", "off"]
 log = structlog.get_logger(__name__)
@@ -91,7 +90,7 @@ def suppression_reason(
     sender = envelope_from.strip().lower()
     if not sender:
         return "null-sender"
-    if not _ADDRESS.match(sender):
+    if not is_replyable(sender):
         return "invalid-sender"
     if mail.automated_signals:
         return mail.automated_signals[0]
