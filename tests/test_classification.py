@@ -215,12 +215,10 @@ def test_examples_add_copies_the_mail_with_its_label(tmp_path: Path) -> None:
 
 def test_the_safety_floor_is_the_same_in_explain_and_in_the_worker(tmp_path: Path) -> None:
     """A rule file that demotes emergencies cannot: explain and the worker's decision both say urgent."""
-    from types import SimpleNamespace
 
-    from services.config import Settings
     from services.reply.policy import PolicyConfig
     from services.store.models import Message
-    from services.worker.decide import verdict_for
+    from services.worker.verdicts import verdicts_of
 
     rules = _rule_copy(tmp_path)
     safety = rules / "30-safety.yaml"
@@ -236,8 +234,7 @@ def test_the_safety_floor_is_the_same_in_explain_and_in_the_worker(tmp_path: Pat
         id="m1", protocol="smtp", mail_from="case1@mail.example", rcpt_tos=["info@jobcenter-musterstadt.example"],
         mailbox="info@jobcenter-musterstadt.example", size=len(raw), raw=raw,
     )  # fmt: skip
-    deps = SimpleNamespace(rules=SimpleNamespace(current=ruleset), settings=Settings(), policy=PolicyConfig())
-    found = verdict_for(deps, message)  # type: ignore[arg-type]
+    [found] = verdicts_of(ruleset, PolicyConfig(), b"test-key", [message])
     assert (found.category, found.priority, found.held, found.deliver_to) == ("emergency", "urgent", False, "staff")
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from services.classify.engine import RuleSet
 from services.classify.envelope import assumed_envelope
-from services.mail import parse_mail
+from services.mail import InboundMail, parse_mail
 from services.reply.decide import decide
 from services.reply.policy import PolicyConfig
 
@@ -115,9 +115,9 @@ class EvalReport:
         return "\n".join(lines)
 
 
-def rules_alone(ruleset: RuleSet, raw: bytes) -> str:
+def rules_alone(ruleset: RuleSet, mail: InboundMail) -> str:
     """The category the rule files give without the model (for the side-by-side in the report)."""
-    return ruleset.classify_file_by_rules(parse_mail(raw)).action.category
+    return ruleset.classify_file_by_rules(mail).action.category
 
 
 # eval shows no pseudonyms: any key does
@@ -143,7 +143,7 @@ def evaluate(ruleset: RuleSet, directory: Path, labels_file: Path | None = None)
             report.count("path", verdict.path, hit)
             report.count("language", (row.get("language") or "").strip(), hit)
             report.count("difficulty", (row.get("difficulty") or "").strip(), hit)
-            report.rules_alone_correct += rules_alone(ruleset, raw) == expected
+            report.rules_alone_correct += rules_alone(ruleset, mail) == expected
             report.replies_to_automated += expected == "automated" and verdict.reply
             if hit:
                 report.correct += 1

@@ -6,21 +6,10 @@ import structlog
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from services.domain import Envelope, Verdict
-from services.mail import parse_mail
-from services.reply.decide import decide
 from services.store.decisions import Decided, Pending, message_to_decide, record_verdict
-from services.store.models import Message
 from services.worker.deps import Deps
 
 log = structlog.get_logger(__name__)
-
-
-def verdict_for(deps: Deps, message: Message) -> Verdict:
-    """The decision core on one stored message, as the worker's batches decide it (services/worker/verdicts.py)."""
-    envelope = Envelope(message.mail_from, tuple(message.rcpt_tos), message.received_at)
-    key = deps.settings.effective_pseudonym_key
-    return decide(parse_mail(message.raw or b""), envelope, deps.rules.current, deps.policy, key)
 
 
 async def decide_message(deps: Deps, message_id: str) -> Decided | Pending | None:

@@ -51,14 +51,12 @@ class VerdictBatcher:
 
     async def _decide(self, messages: list[Message]) -> list[Verdict | BaseException]:
         ruleset = self._ruleset()  # one set for the whole batch, even if a reload lands meanwhile
-        try:
-            return list(await self._within_limit(ruleset, messages))
-        except TimeoutError:
-            if len(messages) == 1:
-                log.warning("process.classify_timeout", limit_seconds=self._limit(), size=messages[0].size)
-                return [timed_out_verdict(ruleset)]
-        alone = await asyncio.gather(*(self._decide_alone(ruleset, message) for message in messages))
-        return list(alone)
+        if len(messages) > 1:
+            try:
+                return list(await self._within_limit(ruleset, messages))
+            except TimeoutError:
+                pass  # one of them is slow: each alone, so only that one hits the limit
+        return list(await asyncio.gather(*(self._decide_alone(ruleset, message) for message in messages)))
 
     async def _decide_alone(self, ruleset: RuleSet, message: Message) -> Verdict:
         try:
