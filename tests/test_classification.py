@@ -1,4 +1,4 @@
-"""The hybrid classifier: the evaluation-split gate, explain's model fields, refusals of bad example sets."""
+"""The hybrid classifier: the three held-out gates, explain's model fields, refusals of bad example sets."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ RULES = PROJECT_ROOT / "routing_rules"
 TEMPLATES = PROJECT_ROOT / "templates"
 EVAL_SPLIT = PROJECT_ROOT / "tests" / "data" / "eval-split"
 FRESH_SPLIT = PROJECT_ROOT / "tests" / "data" / "fresh-split"
+THIRD_SPLIT = PROJECT_ROOT / "tests" / "data" / "third-split"
 RULESET = load_rules(RULES, TEMPLATES)
 
 # The gate of issue 16, on 440 mails written apart from the training examples and never trained on.
@@ -44,6 +45,13 @@ GATE_FALSE_EMERGENCY_RATE = 0.016
 FRESH_GATE_ACCURACY = 0.95
 FRESH_GATE_OBJECTION_RECALL = 39 / 41
 FRESH_GATE_FALSE_EMERGENCY_RATE = 0.021
+# The third held-out set (300 mails in a messy, non-native style by a third writer), held at its measured level:
+# 276/300, emergency 32/36, objection 32/36, 12 false emergencies of 264. Below the issue's targets: this is
+# where the classifier generalizes worst (docs/classification.md, "The next round").
+THIRD_GATE_CORRECT = 276
+THIRD_GATE_EMERGENCY_FOUND = 32
+THIRD_GATE_OBJECTION_FOUND = 32
+THIRD_GATE_FALSE_EMERGENCIES = 12
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -90,6 +98,21 @@ def test_fresh_split_gate(fresh_report) -> None:  # type: ignore[no-untyped-def]
     not_emergency = fresh_report.total - recall["emergency"]["support"]
     assert fresh_report.false_alarms("emergency") <= FRESH_GATE_FALSE_EMERGENCY_RATE * not_emergency
     assert fresh_report.replies_to_automated == 0
+
+
+@pytest.fixture(scope="module")
+def third_report(embeddings_on: None):  # type: ignore[no-untyped-def]
+    return evaluate(RULESET, THIRD_SPLIT)
+
+
+def test_third_split_gate(third_report) -> None:  # type: ignore[no-untyped-def]
+    assert third_report.total == 300 and not third_report.missing_files
+    assert third_report.correct >= THIRD_GATE_CORRECT, third_report.format()
+    found = {category: third_report.confusion[(category, category)] for category in ("emergency", "objection")}
+    assert found["emergency"] >= THIRD_GATE_EMERGENCY_FOUND, third_report.missed_safety()
+    assert found["objection"] >= THIRD_GATE_OBJECTION_FOUND, third_report.missed_safety()
+    assert third_report.false_alarms("emergency") <= THIRD_GATE_FALSE_EMERGENCIES
+    assert third_report.replies_to_automated == 0
 
 
 def test_explain_json_carries_the_model_path_scores_and_neighbours() -> None:
