@@ -41,17 +41,18 @@ GATE_EMERGENCY_RECALL = 1.0
 # a reply). This gate holds the measured level; the issue stays open on this point (docs/classification.md).
 GATE_FALSE_EMERGENCY_RATE = 0.016
 # The second held-out set (333 mails by another writer, never trained on), held at its measured level:
-# 322/333, emergency 40/40, objection 39/41, 6 false emergencies of 293 (docs/classification.md).
+# 324/333, emergency 40/40, objection 39/41, 4 false emergencies of 293 (docs/classification.md).
 FRESH_GATE_ACCURACY = 0.95
 FRESH_GATE_OBJECTION_RECALL = 39 / 41
-FRESH_GATE_FALSE_EMERGENCY_RATE = 0.021
+FRESH_GATE_FALSE_EMERGENCY_RATE = 0.014
 # The third held-out set (300 mails in a messy, non-native style by a third writer), held at its measured level:
-# 276/300, emergency 32/36, objection 32/36, 12 false emergencies of 264. Below the issue's targets: this is
-# where the classifier generalizes worst (docs/classification.md, "The next round").
-THIRD_GATE_CORRECT = 276
-THIRD_GATE_EMERGENCY_FOUND = 32
-THIRD_GATE_OBJECTION_FOUND = 32
-THIRD_GATE_FALSE_EMERGENCIES = 12
+# 283/300, emergency 35/36, objection 35/36, 9 false emergencies of 264 (276, 32, 32 and 12 before the s- and
+# m-rounds of examples). Below the issue's targets: this is where the classifier generalizes worst
+# (docs/classification.md, "The next round").
+THIRD_GATE_CORRECT = 283
+THIRD_GATE_EMERGENCY_FOUND = 35
+THIRD_GATE_OBJECTION_FOUND = 35
+THIRD_GATE_FALSE_EMERGENCIES = 9
 
 
 @pytest.fixture(scope="module", autouse=True)
