@@ -91,6 +91,12 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(
         default=20, ge=1, le=1000, description="jobs one worker process runs at once (arq max_jobs)"
     )
+    relay_pool_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="connections to each relay one worker keeps open and uses at once; unset = worker_concurrency",
+    )
     reply_window_days: int = 7
     reply_daily_cap: int = 3
     # Stopping and recovering (docs/reliability.md): a running worker renews its claims and its jobs'
@@ -203,6 +209,10 @@ class Settings(BaseSettings):
         if url.startswith("postgresql://") or url.startswith("postgres://"):
             url = "postgresql+psycopg://" + url.split("://", 1)[1]
         return url
+
+    @property
+    def effective_relay_pool_size(self) -> int:
+        return self.relay_pool_size or self.worker_concurrency
 
     @property
     def trusted_authserv_id_list(self) -> tuple[str, ...]:

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiosmtplib
 import pytest
 from aiosmtpd.smtp import SMTP
 
+from services.config import Settings
 from services.reply.send import (
     PermanentSendError,
     SmtpSender,
     TransientSendError,
     UnsendableAddressError,
+    make_sender,
     send_failure,
 )
 from tests.support import SinkHandler
@@ -75,6 +79,99 @@ async def test_a_connection_that_saw_an_error_is_not_reused() -> None:
     assert sender.connections_opened == 2 and len(sink.received) == 1
     await sender.close()
     server.close()
+
+
+@dataclass
+class _Connections:
+    opened: int = 0
+    open_now: int = 0
+    most_open: int = 0
+
+
+@dataclass
+class _FlakySink(SinkHandler):
+    """Answers 451 to every `fail_every`-th DATA: the sender must drop that connection and the mail be retried."""
+
+    fail_every: int = 0
+    transactions: int = 0
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.transactions += 1
+        if self.fail_every and self.transactions % self.fail_every == 0:
+            return "451 4.3.0 try again later"
+        return await super().handle_DATA(server, session, envelope)
+
+
+async def _counting_sink(handler: SinkHandler) -> tuple[asyncio.Server, int, _Connections]:
+    """A relay that counts the connections made to it and how many were open at once."""
+    counts = _Connections()
+
+    class Counted(SMTP):  # type: ignore[misc]
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            counts.opened += 1
+            counts.open_now += 1
+            counts.most_open = max(counts.most_open, counts.open_now)
+            super().connection_made(transport)
+
+        def connection_lost(self, error: Exception | None) -> None:
+            counts.open_now -= 1
+            super().connection_lost(error)
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: Counted(handler, hostname="sink", loop=loop), "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1], counts
+
+
+async def _send_all(sender: SmtpSender, mails: int, concurrency: int) -> int:
+    """`concurrency` jobs sending `mails` mails between them, each retrying a transient failure; the retries."""
+    numbers = iter(range(mails))
+    retries = 0
+
+    async def job() -> None:
+        nonlocal retries
+        for number in numbers:
+            while True:
+                try:
+                    await sender.send(f"m{number}", "", ["citizen@example.org"], _mail(number))
+                    break
+                except TransientSendError:
+                    retries += 1
+
+    await asyncio.gather(*(job() for _ in range(concurrency)))
+    return retries
+
+
+async def test_a_pool_as_large_as_the_concurrency_opens_one_connection_per_job_for_2000_mails() -> None:
+    sink = _FlakySink(fail_every=250)
+    server, port, counts = await _counting_sink(sink)
+    sender = SmtpSender(f"smtp://127.0.0.1:{port}", pool_size=40)
+    retries = await _send_all(sender, 2000, concurrency=40)
+    assert len(sink.received) == 2000 and retries == 2000 // 250
+    # each failed transaction costs its connection; every other mail went over one of the 40 pooled ones
+    assert counts.opened <= 40 + retries
+    assert sender.connections_opened == counts.opened
+    await sender.close()
+    server.close()
+
+
+async def test_more_concurrent_sends_than_the_pool_wait_for_a_connection() -> None:
+    sink = SinkHandler()
+    server, port, counts = await _counting_sink(sink)
+    sender = SmtpSender(f"smtp://127.0.0.1:{port}", pool_size=3)
+    assert await _send_all(sender, 60, concurrency=12) == 0
+    assert len(sink.received) == 60
+    assert counts.most_open <= 3 and counts.opened == 3
+    await sender.close()
+    server.close()
+
+
+def test_the_worker_pool_is_its_concurrency_unless_set() -> None:
+    assert Settings(worker_concurrency=40, relay_url="smtp://relay.example:25").effective_relay_pool_size == 40
+    assert Settings(worker_concurrency=40, relay_pool_size=10).effective_relay_pool_size == 10
+    sender = make_sender(
+        "smtp://relay.example:25", Path("unused"), Settings(worker_concurrency=7).effective_relay_pool_size
+    )
+    assert isinstance(sender, SmtpSender) and sender.pool_size == 7
 
 
 @pytest.mark.parametrize(

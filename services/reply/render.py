@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -100,6 +101,163 @@ def _channel_context(settings: RuleSettings, language: str, now: datetime, links
     return _Described(channels, lambda key: f"unknown channel {key!r} (known: {known}; settings.channels)")
 
 
+def _stamps(settings: RuleSettings, received_at: datetime) -> dict[str, str]:
+    local = received_at.astimezone(ZoneInfo(settings.timezone))
+    return {
+        "received_date": local.strftime("%d.%m.%Y"),
+        "received_time": local.strftime("%H:%M"),
+        "received_iso": local.isoformat(timespec="minutes"),
+    }
+
+
+_STAMP_NAMES = ("received_date", "received_time", "received_iso")
+MAX_SKELETONS = 512
+# A slot's marker: control characters no template or setting contains; a link's looks like a URL, so that
+# `paragraphs` makes it a link exactly as it does the real one.
+_MARKER = re.compile(r"(?:https://slot\.invalid/)?\x1a(\d+)\x1a")
+
+
+def _marker(index: int, name: str) -> str:
+    return f"https://slot.invalid/\x1a{index}\x1a" if name.startswith("link:") else f"\x1a{index}\x1a"
+
+
+@dataclass(frozen=True)
+class _Minute:
+    """What a reply takes from the minute a mail arrived: received_* and each channel's office-hours state."""
+
+    settings: RuleSettings
+    stamps: tuple[str, ...]
+    hours: tuple[tuple[str, bool, datetime | None], ...]
+
+    @classmethod
+    def of(cls, settings: RuleSettings, received_at: datetime) -> _Minute:
+        stamps = _stamps(settings, received_at)
+        zone = ZoneInfo(settings.timezone)
+        hours = []
+        for name, info in settings.channels.items():
+            if info.hours is not None:
+                status = office_status(info.hours, settings.holidays, zone, received_at)
+                hours.append((name, status.open_now, status.next_opening))
+        return cls(settings, tuple(stamps[name] for name in _STAMP_NAMES), tuple(hours))
+
+
+@dataclass(frozen=True)
+class _MailValues:
+    """A mail's own values for the slots, and the shape (office hours, which links exist) its skeleton needs."""
+
+    names: tuple[str, ...]
+    values: tuple[str, ...]
+    shape: tuple[object, ...]
+
+    @classmethod
+    def of(cls, settings: RuleSettings, minute: _Minute, reference: str, links: dict[str, str] | None) -> _MailValues:
+        names = ["reference", *_STAMP_NAMES]
+        values = [reference, *minute.stamps]
+        for name, info in settings.channels.items():
+            link = (links or {}).get(name, info.url or "")
+            if link:  # an empty link is part of the shape (`{% if channels.x.link %}`), not a slot
+                names.append(f"link:{name}")
+                values.append(link)
+        return cls(tuple(names), tuple(values), (tuple(names), minute.hours))
+
+
+@dataclass
+class _SlotUse:
+    touched: bool = False
+
+
+_PRINTING = frozenset({"__class__", "__html__", "__html_format__"})
+
+
+class _Slot(str):
+    """A marker standing in for a per-mail value while a skeleton renders.
+
+    Printing it (`{{ reference }}`, escaped or not) is all a skeleton may do with it; any other use (a filter,
+    a comparison, its length) marks the skeleton unusable, because the real value could behave differently.
+    """
+
+    use: _SlotUse
+
+    def __new__(cls, marker: str, use: _SlotUse) -> _Slot:
+        slot = super().__new__(cls, marker)
+        object.__setattr__(slot, "use", use)
+        return slot
+
+    def __radd__(self, other: str) -> str:
+        object.__getattribute__(self, "use").touched = True
+        return other + str(self)
+
+    def __getattribute__(self, name: str) -> Any:
+        if name not in _PRINTING and name != "use":
+            object.__getattribute__(self, "use").touched = True
+        return super().__getattribute__(name)
+
+
+def _touching(name: str) -> Callable[..., Any]:
+    method = getattr(str, name)
+
+    def touched(self: _Slot, *args: Any) -> Any:
+        object.__getattribute__(self, "use").touched = True
+        return method(self, *args)
+
+    return touched
+
+
+for _name in (
+    "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__hash__", "__len__", "__contains__",
+    "__getitem__", "__iter__", "__add__", "__mul__", "__rmul__", "__mod__", "__format__",
+):  # fmt: skip
+    setattr(_Slot, _name, _touching(_name))
+
+
+@dataclass(frozen=True)
+class _Skeleton:
+    """A rendered reply with slots: text and page split at the markers, so a fill is one join per part."""
+
+    settings: RuleSettings
+    usable: bool
+    subject: str = ""
+    language: str = ""
+    text: tuple[str | int, ...] = ()
+    html: tuple[str | int, ...] = ()
+
+    @classmethod
+    def unusable(cls, settings: RuleSettings) -> _Skeleton:
+        return cls(settings, usable=False)
+
+    @classmethod
+    def of(cls, settings: RuleSettings, rendered: RenderedReply, slots: int) -> _Skeleton:
+        parts = (_split(rendered.text, slots), _split(rendered.html, slots))
+        if parts[0] is None or parts[1] is None or "\x1a" in rendered.subject:
+            return cls.unusable(settings)
+        return cls(settings, True, rendered.subject, rendered.language, parts[0], parts[1])
+
+    def fill(self, values: tuple[str, ...]) -> RenderedReply:
+        escaped = [str(escape(value)) for value in values]
+        return RenderedReply(
+            subject=self.subject,
+            text="".join(part if isinstance(part, str) else values[part] for part in self.text),
+            html="".join(part if isinstance(part, str) else escaped[part] for part in self.html),
+            language=self.language,
+        )
+
+
+def _split(rendered: str, slots: int) -> tuple[str | int, ...] | None:
+    """Literal text and slot numbers in order; None if a marker was cut or changed on its way through."""
+    pieces = _MARKER.split(rendered)
+    parts: list[str | int] = []
+    for index, piece in enumerate(pieces):
+        if index % 2:
+            if int(piece) >= slots:
+                return None
+            parts.append(int(piece))
+        elif "\x1a" in piece or "slot.invalid" in piece:
+            return None
+        elif piece:
+            parts.append(piece)
+    return tuple(parts)
+
+
 def _location(exc: BaseException, fallback: str) -> tuple[str, int]:
     """The template file and line of a Jinja error: the syntax error's own, else the deepest template frame."""
     if isinstance(exc, jinja2.TemplateSyntaxError):
@@ -177,7 +335,10 @@ _BYTECODE = _MemoryBytecodeCache()
 
 
 class ReplyRenderer:
-    """Jinja2 environment over templates/replies; HTML templates autoescape, text ones do not."""
+    """Jinja2 environment over templates/replies; HTML templates autoescape, text ones do not.
+
+    Without auto-reload (the rule set's own renderer) replies come from skeletons (`_render_cached`).
+    """
 
     def __init__(self, templates_dir: Path, *, auto_reload: bool = True) -> None:
         self.templates_dir = templates_dir
@@ -191,6 +352,13 @@ class ReplyRenderer:
             bytecode_cache=_BYTECODE,
         )
         self.env.filters["paragraphs"] = paragraphs
+        # Reply skeletons need templates that cannot change under them: the rule set's renderer (no auto-reload)
+        # is made for one rule-set version, so its skeletons are per (template, language, version).
+        self._skeletons: dict[tuple[str, str, tuple[object, ...]], _Skeleton] | None = None if auto_reload else {}
+        self._minutes: dict[int, _Minute] = {}
+        self._storing = threading.Lock()
+        self.cache_hits = 0  # replies filled from a skeleton
+        self.cache_refusals = 0  # skeletons found unusable (rendered through Jinja for every mail instead)
 
     def has(self, template: str, language: str) -> bool:
         try:
@@ -224,15 +392,16 @@ class ReplyRenderer:
         received_at: datetime,
         reference: str,
         links: dict[str, str] | None = None,
+        stamps: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        """Every variable a reply template gets (templates/README.md); office hours as at `received_at`."""
-        local = received_at.astimezone(ZoneInfo(settings.timezone))
+        """Every variable a reply template gets (templates/README.md); office hours as at `received_at`.
+
+        `stamps` stands in for the received_* values (a reply skeleton renders markers there).
+        """
         return {
             "organisation": settings.organisation,
             "channels": _channel_context(settings, language, received_at, links or {}),
-            "received_date": local.strftime("%d.%m.%Y"),
-            "received_time": local.strftime("%H:%M"),
-            "received_iso": local.isoformat(timespec="minutes"),
+            **(stamps or _stamps(settings, received_at)),
             "reference": reference,
             "language": language,
         }
@@ -264,11 +433,26 @@ class ReplyRenderer:
         if not self.has(template, "de"):
             raise TemplateMissing(f"templates/replies/{template}/de.txt.j2")
         language = self.reply_language(template, language, settings)
+        if self._skeletons is None:
+            return self._assemble(template, language, settings, received_at, reference, links)
+        return self._render_cached(template, language, settings, received_at, reference, links)
+
+    def _assemble(
+        self,
+        template: str,
+        language: str,
+        settings: RuleSettings,
+        received_at: datetime,
+        reference: str,
+        links: dict[str, str] | None,
+        stamps: dict[str, str] | None = None,
+    ) -> RenderedReply:
+        """The reply rendered through Jinja, as it always was; with markers for values, a skeleton's source."""
         text, html = self._render_one(
-            template, language, self.context(settings, language, received_at, reference, links)
+            template, language, self.context(settings, language, received_at, reference, links, stamps)
         )
         if language != "de":
-            german = self.context(settings, "de", received_at, reference, links)
+            german = self.context(settings, "de", received_at, reference, links, stamps)
             german_text, german_html = self._render_one(template, "de", german)
             separator = GERMAN_BINDING[language]
             text = f"{text}\n{'-' * 60}\n{separator}\n{'-' * 60}\n\n{german_text}"
@@ -278,6 +462,67 @@ class ReplyRenderer:
             subject = f"{subject} / {SUBJECTS['de'].format(organisation=settings.organisation)}"
         page = self.env.get_template("replies/_page.html.j2").render(body=Markup(html), lang=language)  # noqa: S704
         return RenderedReply(subject=subject, text=text, html=page, language=language)
+
+    def _render_cached(
+        self,
+        template: str,
+        language: str,
+        settings: RuleSettings,
+        received_at: datetime,
+        reference: str,
+        links: dict[str, str] | None,
+    ) -> RenderedReply:
+        """The reply from its skeleton: rendered once per template, language and office-hours state, then only
+        the mail's own values (reference, received date and time, link tokens) are put into their slots.
+
+        The first mail of each skeleton is also rendered through Jinja and must come out the same, else that
+        skeleton is never used (a template that does more with a per-mail value than print it).
+        """
+        assert self._skeletons is not None
+        mail = _MailValues.of(settings, self._minute(settings, received_at), reference, links)
+        key = (template, language, mail.shape)
+        skeleton = self._skeletons.get(key)
+        if skeleton is not None and skeleton.settings is settings:
+            if skeleton.usable:
+                self.cache_hits += 1
+                return skeleton.fill(mail.values)
+            return self._assemble(template, language, settings, received_at, reference, links)
+        direct = self._assemble(template, language, settings, received_at, reference, links)
+        skeleton = self._skeleton(template, language, settings, received_at, mail)
+        if skeleton.usable and skeleton.fill(mail.values) != direct:
+            skeleton = _Skeleton.unusable(settings)
+        with self._storing:  # the workbench previews from threads
+            self.cache_refusals += not skeleton.usable
+            if len(self._skeletons) >= MAX_SKELETONS:
+                del self._skeletons[next(iter(self._skeletons))]  # the oldest: office-hours states move on
+            self._skeletons[key] = skeleton
+        return direct
+
+    def _minute(self, settings: RuleSettings, received_at: datetime) -> _Minute:
+        """office_status is most of a cached reply's cost, and the same for every mail of a minute."""
+        key = int(received_at.timestamp() // 60)
+        minute = self._minutes.get(key)
+        if minute is None or minute.settings is not settings:
+            if len(self._minutes) >= MAX_SKELETONS:
+                self._minutes.clear()
+            minute = self._minutes[key] = _Minute.of(settings, received_at)
+        return minute
+
+    def _skeleton(
+        self, template: str, language: str, settings: RuleSettings, received_at: datetime, mail: _MailValues
+    ) -> _Skeleton:
+        use = _SlotUse()
+        slots = [_Slot(_marker(index, name), use) for index, name in enumerate(mail.names)]
+        by_name = dict(zip(mail.names, slots, strict=True))
+        links = {name: by_name.get(f"link:{name}", "") for name in settings.channels}
+        stamps: dict[str, str] = {name: by_name[name] for name in _STAMP_NAMES}
+        try:
+            rendered = self._assemble(template, language, settings, received_at, by_name["reference"], links, stamps)
+        except Exception:  # a template that fails on a marker fails on the mail too: the direct path says how
+            return _Skeleton.unusable(settings)
+        if use.touched:
+            return _Skeleton.unusable(settings)
+        return _Skeleton.of(settings, rendered, len(slots))
 
     def _check_one(self, template: str, language: str, settings: RuleSettings) -> TemplateProblem | None:
         context = self.context(settings, language, SAMPLE_RECEIVED, "SAMPLE123456", None)

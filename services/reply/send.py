@@ -85,21 +85,26 @@ class Sender(Protocol):
 class SmtpSender:
     """smtp://host:port (STARTTLS if offered with ?starttls=require), smtps://host:port, user:pass@ optional.
 
-    Connections are kept open and reused, as Postfix's SMTP client connection cache does: an idle connection is
-    reused for the next mail, one idle for more than `PROBE_AFTER` seconds is first checked with NOOP, and a
-    connection is closed after `MAX_MESSAGES` mails or `MAX_AGE` seconds. A connection that saw any error is
-    dropped, never reused.
+    Connections are pooled and reused, as Postfix's SMTP client connection cache does: at most `pool_size` are
+    open at once (a send beyond waits for one), so a worker whose `pool_size` concurrent jobs send at once keeps
+    one connection per job instead of opening new ones. An idle connection is reused for the next mail, one idle
+    for more than `PROBE_AFTER` seconds is first checked with NOOP, and a connection is closed after
+    `MAX_MESSAGES` mails, `MAX_AGE` seconds or `IDLE_CLOSE` seconds unused. A connection that saw any error or
+    that the relay closed is dropped, never reused.
     """
 
     PROBE_AFTER = 1.0
     MAX_MESSAGES = 100
     MAX_AGE = 300.0
-    MAX_IDLE = 8
     IDLE_CLOSE = 30.0
 
-    def __init__(self, url: str, timeout: float = 60.0) -> None:
+    def __init__(self, url: str, timeout: float = 60.0, pool_size: int = 20) -> None:
+        if pool_size < 1:
+            raise ValueError("pool_size must be at least 1")
         self.url = url
         self.timeout = timeout
+        self.pool_size = pool_size
+        self._slots = asyncio.Semaphore(pool_size)  # held from taking a connection until it is idle or closed
         self._idle: deque[_Connection] = deque()
         self.connections_opened = 0
 
@@ -156,7 +161,7 @@ class SmtpSender:
     async def _release(self, connection: _Connection) -> None:
         connection.messages += 1
         connection.last_used = time.monotonic()
-        if connection.messages >= self.MAX_MESSAGES or len(self._idle) >= self.MAX_IDLE:
+        if connection.messages >= self.MAX_MESSAGES:
             await connection.close()
             return
         self._idle.append(connection)
@@ -171,6 +176,10 @@ class SmtpSender:
                 raise UnsendableAddressError("address with control characters or invalid UTF-8 refused")
         if not recipients:
             raise PermanentSendError("no recipients")
+        async with self._slots:
+            await self._send_pooled(envelope_from, recipients, data)
+
+    async def _send_pooled(self, envelope_from: str, recipients: list[str], data: bytes) -> None:
         try:
             connection = await self._acquire()
         except PermanentSendError:
@@ -267,7 +276,8 @@ class MaildirSender:
         """Nothing held open."""
 
 
-def make_sender(url: str | None, maildir: Path) -> Sender:
+def make_sender(url: str | None, maildir: Path, pool_size: int = 20) -> Sender:
+    """`pool_size`: relay connections open at once (one per concurrent job of the worker)."""
     if url:
-        return SmtpSender(url)
+        return SmtpSender(url, pool_size=pool_size)
     return MaildirSender(maildir)

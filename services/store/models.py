@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
-from sqlalchemy import JSON, Column, Index, LargeBinary
+from sqlalchemy import JSON, Column, Index, LargeBinary, text
 from sqlmodel import Field, SQLModel
 
 
@@ -48,7 +48,17 @@ class JobState:
 
 class Message(SQLModel, table=True):
     __tablename__ = "message"
-    __table_args__ = (Index("ix_message_state_received", "state", "received_at"),)
+    __table_args__ = (
+        Index("ix_message_state_received", "state", "received_at"),
+        # what purge looks for: a purged row leaves this index, so a purge run never reads the history again
+        Index(
+            "ix_message_unpurged",
+            "state",
+            "received_at",
+            sqlite_where=text("purged_at IS NULL"),
+            postgresql_where=text("purged_at IS NULL"),
+        ),
+    )
 
     id: str = Field(primary_key=True, max_length=32)
     received_at: datetime = Field(default_factory=utcnow, index=True)

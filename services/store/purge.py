@@ -42,23 +42,22 @@ def purge(engine: Engine, retention_days: int, now: datetime | None = None, dry_
             count = session.execute(select(func.count()).select_from(Message).where(*old_final)).scalar_one()
         return PurgeResult(int(count), 0, 0)
     purged = 0
-    # keyset pagination on the primary key: each batch starts after the last, so purged rows are not re-read
-    after = ""
+    # Read through ix_message_unpurged, whose rows leave it as they are shredded: each batch reads only rows
+    # still to purge, however many were purged before (through the full index, every batch re-read them all).
+    # The index's own order keeps PostgreSQL on it: by its estimate a sequential scan finds a batch of old
+    # unpurged rows at once, while in the table they lie behind all purged ones.
+    in_index_order = (col(Message.state), col(Message.received_at))
     while True:
         with session_scope(engine) as session:
             ids = list(
                 session.execute(
-                    select(col(Message.id))
-                    .where(*old_final, col(Message.id) > after)
-                    .order_by(col(Message.id))
-                    .limit(BATCH)
+                    select(col(Message.id)).where(*old_final).order_by(*in_index_order).limit(BATCH)
                 ).scalars()
             )
             if not ids:
                 break
             _shred(session, ids)
             purged += len(ids)
-            after = ids[-1]
     with session_scope(engine) as session:
         ledger = session.execute(
             ReplyLedger.__table__.delete().where(  # type: ignore[attr-defined]

@@ -74,8 +74,10 @@ class Deps:
                 examples_dir=settings.examples_dir,
             ),
             renderer=ReplyRenderer(settings.templates_dir),
-            reply_sender=make_sender(settings.relay_url, settings.outbox_dir),
-            delivery_sender=make_sender(settings.delivery_url, settings.delivered_dir),
+            reply_sender=make_sender(settings.relay_url, settings.outbox_dir, settings.effective_relay_pool_size),
+            delivery_sender=make_sender(
+                settings.delivery_url, settings.delivered_dir, settings.effective_relay_pool_size
+            ),
             policy=policy_config(settings, warn=with_model),  # warned once, by the processes that decide
             batcher=TransactionBatcher(engine),
         )
