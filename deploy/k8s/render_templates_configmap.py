@@ -100,11 +100,6 @@ def render_all() -> dict[Path, str]:
     return rendered
 
 
-def render() -> str:
-    """The templates ConfigMap as written (kept for callers of the former single-file script)."""
-    return render_all()[OUTPUTS["channelshift-templates"]]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if a rendered file is not current")
