@@ -134,7 +134,13 @@ def reload_seconds(request: pytest.FixtureRequest) -> float:
 
 
 @pytest.fixture
-def served(tmp_path: Path, reload_seconds: float) -> Iterator[Served]:
+def served_env() -> dict[str, str]:
+    """More settings for the `served` process; a test module overrides this fixture to add its own."""
+    return {}
+
+
+@pytest.fixture
+def served(tmp_path: Path, reload_seconds: float, served_env: dict[str, str]) -> Iterator[Served]:
     rules = tmp_path / "rules"
     shutil.copytree(PROJECT_ROOT / "routing_rules", rules, ignore=shutil.ignore_patterns("tests"))
     smtp_port, lmtp_port, web_port = free_port(), free_port(), free_port()
@@ -147,6 +153,7 @@ def served(tmp_path: Path, reload_seconds: float) -> Iterator[Served]:
             "CHANNELSHIFT_RULES_DIR": str(rules),
             "CHANNELSHIFT_LOG_FORMAT": "json",
             "CHANNELSHIFT_RULES_RELOAD_SECONDS": str(reload_seconds),
+            **served_env,
         }
     )
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed in teardown

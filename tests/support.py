@@ -36,6 +36,7 @@ from services.config import Settings
 from services.gateway.handler import GatewayHandler
 from services.gateway.server import start_listener
 from services.ruleset.reload import RuleSetHolder
+from services.runtime import start_gateway
 from services.store.db import make_engine
 from services.store.models import Decision
 from services.store.models import Message as MessageRow
@@ -244,6 +245,9 @@ async def start_pipeline(tmp_path: Path, database_url: str, redis_url: str, **ov
         "delivery_url": f"smtp://127.0.0.1:{delivery_port}",
         "pseudonym_key": "test-key",
         "hostname": "gateway.test",
+        "smtp_listen": "127.0.0.1:0",
+        "lmtp_listen": "127.0.0.1:0",
+        "smtp_timeout": 30,
     }
     values.update(overrides)
     settings = Settings(**values)
@@ -251,21 +255,11 @@ async def start_pipeline(tmp_path: Path, database_url: str, redis_url: str, **ov
     deps = Deps.build(settings, engine=engine, rules=RuleSetHolder(settings.rules_dir, settings.templates_dir))
     pool = await queue.connect(redis_url)
 
-    servers = [relay_server, delivery_server]
-    handlers = []
-    ports = []
-    for protocol in ("smtp", "lmtp"):
-        handler = GatewayHandler(
-            engine,
-            deps.rules,
-            queue.process_jobs_for(pool),
-            protocol=protocol,
-            max_message_size=settings.max_message_size,
-        )
-        server = await start_listener(handler, "127.0.0.1:0", hostname="gateway.test", session_timeout=30)
-        servers.append(server)
-        handlers.append(handler)
-        ports.append(server.sockets[0].getsockname()[1])
+    # the gateway as the gateway role builds it (handlers, limits, spool, session class), on ephemeral ports
+    gateway = await start_gateway(settings, deps, pool)
+    servers = [relay_server, delivery_server, *gateway.servers]
+    handlers = list(gateway.handlers)
+    ports = [server.sockets[0].getsockname()[1] for server in gateway.servers]
     return Pipeline(settings, deps, pool, ports[0], ports[1], relay, delivery, servers, handlers)
 
 

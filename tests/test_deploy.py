@@ -102,6 +102,8 @@ def test_dockerfile_build_step_produces_a_working_install(tmp_path: Path) -> Non
 def _k8s_documents() -> list[dict[str, object]]:
     documents = []
     for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        if path.name == "tree-volumes-patch.yaml":  # a patch, not a resource (tests/test_k8s_tree.py)
+            continue
         documents.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
     return documents
 
@@ -116,6 +118,7 @@ def test_kubernetes_manifests() -> None:
         ("Service", "channelshift-gateway"),
         ("Service", "channelshift-web"),
         ("ConfigMap", "channelshift-templates"),
+        ("ConfigMap", "channelshift-rules"),
         ("Secret", "channelshift-secrets"),
         ("Job", "channelshift-migrate"),
         ("HorizontalPodAutoscaler", "channelshift-worker"),
@@ -139,33 +142,7 @@ def test_kubernetes_manifests() -> None:
     kustomization = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
     for resource in kustomization["resources"]:
         assert (DEPLOY / "k8s" / resource).is_file(), resource
-    shipped_rules = {p.name for p in (PROJECT_ROOT / "routing_rules").glob("*.yaml")}
-    generated = kustomization["configMapGenerator"][0]["files"]
-    assert {Path(f.split("=")[-1]).name for f in generated if f.endswith(".yaml")} == shipped_rules
-    for entry in generated:
-        assert (DEPLOY / "k8s" / entry.split("=")[-1]).resolve().is_file(), entry
-
-
-def test_templates_configmap_is_current_and_loadable(tmp_path: Path) -> None:
-    sys.path.insert(0, str(DEPLOY / "k8s"))
-    try:
-        from render_templates_configmap import render
-    finally:
-        sys.path.pop(0)
-    current = (DEPLOY / "k8s" / "templates-configmap.yaml").read_text(encoding="utf-8")
-    assert current == render(), "run deploy/k8s/render_templates_configmap.py"
-    # mounted as a ConfigMap the files are flat; the renderer and the rule loader must accept that
-    data = yaml.safe_load(current)["data"]
-    for key, content in data.items():
-        (tmp_path / key).write_text(content, encoding="utf-8")
-    from datetime import UTC, datetime
-
-    from services.reply.render import ReplyRenderer
-    from services.ruleset.loader import load_rules
-
-    ruleset = load_rules(PROJECT_ROOT / "routing_rules", tmp_path)
-    rendered = ReplyRenderer(tmp_path).render("objection", "ar", ruleset.settings, datetime.now(UTC), "r")
-    assert "Widerspruch" in rendered.text and 'dir="rtl"' in rendered.html
+    assert [patch["path"] for patch in kustomization["patches"]] == ["tree-volumes-patch.yaml"]
 
 
 def test_systemd_units_verify(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The gateway's SMTP session: our address parser must answer exactly as aiosmtpd's own for MAIL and RCPT."""
+"""The gateway's SMTP session: the quick address path must answer exactly as aiosmtpd's own for MAIL and RCPT."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from aiosmtpd.smtp import SMTP
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.gateway.server import parse_command_address
+from services.gateway import addresses
+from services.gateway.addresses import upstream_has_expected_shape, with_quick_addresses
 
 EXAMPLES = [
     "",
@@ -55,8 +56,11 @@ def outcome(parse: Callable[[], tuple[str | None, str | None]]) -> object:
         return type(exc)
 
 
+QUICK = with_quick_addresses(SMTP)
+
+
 def same_as_upstream(arg: str, limit: int) -> None:
-    ours = outcome(lambda: parse_command_address(arg, limit))
+    ours = outcome(lambda: QUICK._getaddr(SimpleNamespace(local_part_limit=limit), arg))  # type: ignore[arg-type]
     theirs = outcome(lambda: SMTP._getaddr(SimpleNamespace(local_part_limit=limit), arg))  # type: ignore[arg-type]
     assert ours == theirs
 
@@ -91,3 +95,26 @@ _ATEXT = "abcxyzABZ019!#$%&'*+/=?^_`{|}~-"
 def test_same_answer_as_aiosmtpd_for_plain_addresses(local: str, domain: str, rest: str, limit: int) -> None:
     """Mostly what the regex fast path takes (and its near misses: empty atoms, odd separators, CFWS after '>')."""
     same_as_upstream(f"<{local}@{domain}>{rest}", limit)
+
+
+def test_the_installed_aiosmtpd_gets_the_quick_path() -> None:
+    """aiosmtpd as pinned in pyproject.toml has the expected `_getaddr`: the comparisons above test the override."""
+    assert addresses.EXPECTED_SHAPE and QUICK is not SMTP
+
+
+def test_an_aiosmtpd_with_another_getaddr_keeps_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Renamed(SMTP):
+        _getaddr = None  # type: ignore[assignment]
+
+    class OtherSignature(SMTP):
+        def _getaddr(self, arg: str, strict: bool = True) -> tuple[str | None, str | None]:
+            return super()._getaddr(arg)
+
+    class OtherAnswers(SMTP):
+        def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+            return arg, ""
+
+    for changed in (Renamed, OtherSignature, OtherAnswers):
+        assert not upstream_has_expected_shape(changed), changed
+    monkeypatch.setattr(addresses, "EXPECTED_SHAPE", False)
+    assert with_quick_addresses(SMTP) is SMTP

@@ -2,30 +2,23 @@
 
 Python's `re` scans the whole text for a pattern that starts with a case-insensitive alternation such as
 `(strom|gas|heizung)\\w*...`; most mails contain none of those words, and a substring test is far cheaper.
-The required words come from the parsed pattern (`re._parser`, the tree `re.compile` itself builds). The
-prefilter must never skip a regex that would match, so anything not understood yields no requirement and the
-regex always runs.
+The required words come from the parsed pattern (the tree `re.compile` itself builds, read through
+services/classify/regex_tree.py, the only module touching `re`'s internals). The prefilter must never skip a
+regex that would match, so anything not understood yields no requirement and the regex always runs; so does
+every regex on a Python whose `re` internals have another shape.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
-try:
-    _parser: Any = importlib.import_module("re._parser")
-    _constants: Any = importlib.import_module("re._constants")
-    _casefix: Any = importlib.import_module("re._casefix")
-    _EXTRA_CASES: dict[int, tuple[int, ...]] = dict(_casefix._EXTRA_CASES)
-except (ImportError, AttributeError):  # a Python whose re internals moved: no prefilter, every regex runs
-    _parser = None
-    _EXTRA_CASES = {}
+from services.classify import regex_tree
 
 
 def _canonical_table() -> dict[int, int]:
     """Characters `re` treats as one letter under IGNORECASE beyond plain lowercasing (s and long s, the sigmas)."""
     table: dict[int, int] = {}
-    for code, others in _EXTRA_CASES.items():
+    for code, others in regex_tree.EXTRA_CASES.items():
         table[code] = min(code, *others)
     return {code: target for code, target in table.items() if code != target}
 
@@ -44,11 +37,10 @@ def filter_fold(text: str) -> str:
 
 def required_words(pattern: str, flags: int) -> frozenset[str] | None:
     """Words (folded with `filter_fold`) of which every match of the pattern contains at least one; None if unknown."""
-    if _parser is None:
+    if not regex_tree.AVAILABLE:
         return None
     try:
-        parsed = _parser.parse(pattern, flags)
-        words = _of_sequence(list(parsed))
+        words = _of_sequence(regex_tree.parse(pattern, flags))
     except Exception:  # an internal re format we do not know: be safe, run the regex always
         return None
     if words is None or min(len(word) for word in words) < _MIN_LENGTH:
@@ -61,7 +53,7 @@ def _of_sequence(items: list[tuple[Any, Any]]) -> frozenset[str] | None:
     candidates: list[frozenset[str]] = []
     run: list[str] = []
     for op, argument in [*items, (None, None)]:
-        if op is _constants.LITERAL:
+        if op is regex_tree.LITERAL:
             run.append(chr(argument))
             continue
         if run:
@@ -76,14 +68,14 @@ def _of_sequence(items: list[tuple[Any, Any]]) -> frozenset[str] | None:
 
 
 def _of_item(op: Any, argument: Any) -> frozenset[str] | None:
-    if op is _constants.SUBPATTERN:
+    if op is regex_tree.SUBPATTERN:
         return _of_sequence(list(argument[-1]))
-    if op is _constants.ATOMIC_GROUP:
+    if op is regex_tree.ATOMIC_GROUP:
         return _of_sequence(list(argument))
-    if op in (_constants.MAX_REPEAT, _constants.MIN_REPEAT, _constants.POSSESSIVE_REPEAT):
+    if op in regex_tree.REPEATS:
         low, _high, body = argument
         return _of_sequence(list(body)) if low >= 1 else None
-    if op is _constants.BRANCH:
+    if op is regex_tree.BRANCH:
         union: set[str] = set()
         for branch in argument[1]:
             words = _of_sequence(list(branch))

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import ssl
 import tempfile
 from collections import Counter
-from email._header_value_parser import get_addr_spec, get_angle_addr
-from email.errors import HeaderParseError
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +15,7 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP
 
 from services.config import Settings, split_host_port
+from services.gateway.addresses import with_quick_addresses
 from services.gateway.handler import GatewayHandler
 from services.gateway.replies import TEMPFAIL_SHUTTING_DOWN, TEMPFAIL_TOO_MANY_CONNECTIONS
 from services.gateway.spool import DataLimits, return_large_blocks_to_the_system, shared_limits, with_spooled_data
@@ -156,44 +154,7 @@ def _session_class(
                 open_sessions.closed(self)
                 super().connection_lost(error)
 
-        def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-            return parse_command_address(arg, self.local_part_limit)
-
     return LimitedSession
-
-
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-# `<local@domain>` of plain ASCII dot-atoms, then nothing or one space and a parameter: nearly every MAIL and RCPT
-_PLAIN_ANGLE_ADDRESS = re.compile(
-    rf"<(?P<address>(?P<local>{_ATOM}(?:\.{_ATOM})*)@{_ATOM}(?:\.{_ATOM})*)>(?: (?P<rest>[A-Za-z0-9].*))?", re.DOTALL
-)
-
-
-def parse_command_address(arg: str, local_part_limit: int) -> tuple[str | None, str | None]:
-    """aiosmtpd's `SMTP._getaddr` (1.4.6) without the typing.Protocol class it defines on every call.
-
-    That class creation was about a tenth of the gateway's CPU per mail (py-spy, bench/README.md). Plain
-    `<local@domain>` arguments are read with one regex, which gives what the stdlib parser gives for them in
-    a tenth of the time; everything else goes through that parser. tests/test_gateway_session.py compares the
-    answers with aiosmtpd's own method on many inputs.
-    """
-    if not arg:
-        return "", ""
-    plain = _PLAIN_ANGLE_ADDRESS.fullmatch(arg)
-    if plain is not None:
-        addr: str = plain["address"]
-        localpart: str = plain["local"]
-        rest: str = plain["rest"] or ""
-    else:
-        try:
-            address, rest = get_angle_addr(arg) if arg.lstrip().startswith("<") else get_addr_spec(arg)
-        except HeaderParseError:
-            return None, None
-        addr = address.addr_spec
-        localpart = addr.rpartition("@")[0]
-    if local_part_limit and len(localpart) > local_part_limit:
-        return None, None
-    return addr, rest
 
 
 async def start_listener(
@@ -221,7 +182,7 @@ async def start_listener(
     limits = data_limits or DataLimits(Path(tempfile.gettempdir()))
     if limits.max_inflight_bytes < handler.max_message_size:
         raise ValueError("CHANNELSHIFT_MAX_INFLIGHT_BYTES must be at least CHANNELSHIFT_MAX_MESSAGE_SIZE")
-    session_class = with_spooled_data(session_class, limits)
+    session_class = with_quick_addresses(with_spooled_data(session_class, limits))
     return_large_blocks_to_the_system()
 
     def factory() -> SMTP:

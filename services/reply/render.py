@@ -299,19 +299,6 @@ def paragraphs(text: str) -> Markup:
     return Markup("\n".join(html_blocks))  # noqa: S704 - every block was escaped above
 
 
-FLAT_SEPARATOR = "__"
-
-
-class FlatOrNestedLoader(jinja2.FileSystemLoader):
-    """templates/replies/x/de.txt.j2, or the same file flattened to replies__x__de.txt.j2 (a ConfigMap key)."""
-
-    def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
-        try:
-            return super().get_source(environment, template)
-        except jinja2.TemplateNotFound:
-            return super().get_source(environment, template.replace("/", FLAT_SEPARATOR))
-
-
 class _MemoryBytecodeCache(jinja2.BytecodeCache):
     """Compiled templates shared by every renderer of the process, one entry per template file.
 
@@ -343,7 +330,7 @@ class ReplyRenderer:
     def __init__(self, templates_dir: Path, *, auto_reload: bool = True) -> None:
         self.templates_dir = templates_dir
         self.env = jinja2.Environment(
-            loader=FlatOrNestedLoader(str(templates_dir)),
+            loader=jinja2.FileSystemLoader(str(templates_dir)),
             # HTML templates autoescape; text templates must not (they would show &amp; to citizens)
             autoescape=lambda name: bool(name and name.endswith(".html.j2")),  # noqa: S701
             undefined=ExplainedUndefined,

@@ -45,14 +45,13 @@ def rule_files(directory: Path) -> list[Path]:
 
 
 def list_files(directory: Path) -> list[Path]:
-    """lists/<name>.txt, or flattened lists__<name>.txt beside the rule files (as a ConfigMap holds them)."""
+    """lists/<name>.txt (a Kubernetes ConfigMap mounts them there too: deploy/k8s/tree-volumes-patch.yaml)."""
     lists_dir = directory / "lists"
-    nested = sorted(lists_dir.glob("*.txt")) if lists_dir.is_dir() else []
-    return nested + sorted(directory.glob("lists__*.txt"))
+    return sorted(lists_dir.glob("*.txt")) if lists_dir.is_dir() else []
 
 
 def list_name(path: Path) -> str:
-    return path.stem.removeprefix("lists__")
+    return path.stem
 
 
 def fingerprint(
@@ -76,26 +75,21 @@ def fingerprint(
 
 
 def template_files(templates_dir: Path) -> list[Path]:
-    """Every reply template file: layouts, shared macros and the templates (nested or flattened layout)."""
+    """Every reply template file: layouts, shared macros and the templates."""
     paths: list[Path] = []
     replies = templates_dir / "replies"
     if replies.is_dir():
         paths.extend(sorted(replies.glob("*.j2")))  # _base and _page layouts
         paths.extend(sorted(replies.glob("*/*.j2")))
-    if templates_dir.is_dir():
-        paths.extend(sorted(templates_dir.glob("*__*.j2")))  # flattened, as a ConfigMap holds them
     return paths
 
 
 def available_templates(templates_dir: Path) -> frozenset[str]:
-    """A template exists when it has at least the German text version (nested or flattened layout)."""
-    names: set[str] = set()
+    """A template exists when it has at least the German text version."""
     replies = templates_dir / "replies"
-    if replies.is_dir():
-        names.update(p.name for p in replies.iterdir() if (p / "de.txt.j2").is_file())
-    if templates_dir.is_dir():
-        names.update(p.name.split("__")[1] for p in templates_dir.glob("replies__*__de.txt.j2"))
-    return frozenset(names)
+    if not replies.is_dir():
+        return frozenset()
+    return frozenset(p.name for p in replies.iterdir() if (p / "de.txt.j2").is_file())
 
 
 def _read_list(data: bytes) -> tuple[str, ...]:

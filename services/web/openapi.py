@@ -61,6 +61,12 @@ _RULESET_VERSION = {
 _RESPONSES_COMMON = {
     "400": {"description": "bad parameter", "content": _JSON_ERROR},
     "401": {"description": "token missing or wrong", "content": _JSON_ERROR},
+    "429": {
+        "description": "too many failed logins from this client (CHANNELSHIFT_LOGIN_MAX_FAILURES); even a right token"
+        " waits until the oldest failure ages out",
+        "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
+        "content": _JSON_ERROR,
+    },
 }
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
