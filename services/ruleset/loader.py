@@ -109,7 +109,7 @@ def _read_list(data: bytes) -> tuple[str, ...]:
 
 
 def _precise_location(location: tuple[Any, ...], given: Any) -> tuple[Any, ...]:
-    """For a condition with a wrong or extra key, point at that key's own line, not its parent's."""
+    """For a condition with a wrong, extra or empty key, point at that key's own line, not its parent's."""
     in_condition = bool(location) and (
         location[-1] == "when"
         or _holds_conditions(location[-1], "Condition")
@@ -118,7 +118,7 @@ def _precise_location(location: tuple[Any, ...], given: Any) -> tuple[Any, ...]:
     if in_condition and isinstance(given, dict) and len(given) >= 1:
         keys = [str(key) for key in given]
         unknown = [key for key in keys if key not in CONDITION_KEYS]
-        offending = unknown or keys[1:]
+        offending = unknown or keys[1:] or [str(key) for key, value in given.items() if value is None]
         if offending:
             return (*location, offending[0])
     return location
