@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -103,7 +103,7 @@ class RuleSet:
     # the templates as validated with this set: replies render these, not a later edit that has not validated
     renderer: ReplyRenderer | None = None
     # the automaton the rules' keywords were registered with; None: every rule is tried on every mail
-    keywords: KeywordIndex | None = None
+    keywords: KeywordIndex | None = field(default=None, compare=False, repr=False)
 
     @cached_property
     def _candidates(self) -> RuleCandidates:
