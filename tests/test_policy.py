@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
 
-from services.classify.engine import SETTINGS_HOLIDAYS, MailFacts, compile_condition
+from services.classify.engine import SETTINGS_HOLIDAYS, Check, MailFacts, Trace, compile_condition
 from services.classify.keywords import KeywordIndex
 from services.classify.schema import Condition
 from services.config import PROJECT_ROOT, Settings
@@ -87,6 +88,17 @@ def test_configurable_spam_score() -> None:
     assert reason(make_mail(headers={"X-Spam-Score": "1.2"}), config=config) is None
 
 
+def _matches(check: Check) -> Callable[[MailFacts], bool]:
+    """The worker's test of a condition, asserted to agree with the traced one explain runs."""
+
+    def both(facts: MailFacts) -> bool:
+        matched = check.test(facts)
+        assert check.traced(facts, Trace()) is matched
+        return matched
+
+    return both
+
+
 def _facts(moment: datetime) -> MailFacts:
     return MailFacts.build(parse_mail(make_mail()), CITIZEN, (SERVED,), "de", moment)
 
@@ -96,17 +108,16 @@ def test_working_time_and_holidays() -> None:
         {"time": {"weekdays": ["mon", "tue", "wed", "thu", "fri"], "hours": "08:00-18:00"}}
     )
     holidays = {SETTINGS_HOLIDAYS: tuple(day.isoformat() for day in RULESET.settings.holidays)}
-    predicate = compile_condition(office, {**RULESET.lists, **holidays}, KeywordIndex())
-    from services.classify.engine import Trace
+    predicate = _matches(compile_condition(office, {**RULESET.lists, **holidays}, KeywordIndex()))
 
     tuesday_morning = datetime(2026, 3, 17, 9, 30, tzinfo=UTC)  # 10:30 in Berlin
     tuesday_night = datetime(2026, 3, 17, 19, 30, tzinfo=UTC)  # 20:30 in Berlin
     saturday = datetime(2026, 3, 21, 9, 30, tzinfo=UTC)
     labour_day = datetime(2026, 5, 1, 9, 30, tzinfo=UTC)  # a Friday, in settings.holidays
-    assert predicate(_facts(tuesday_morning), Trace())
-    assert not predicate(_facts(tuesday_night), Trace())
-    assert not predicate(_facts(saturday), Trace())
-    assert not predicate(_facts(labour_day), Trace())
+    assert predicate(_facts(tuesday_morning))
+    assert not predicate(_facts(tuesday_night))
+    assert not predicate(_facts(saturday))
+    assert not predicate(_facts(labour_day))
 
 
 MX = "mx01.jobcenter-musterstadt.example"
@@ -233,14 +244,13 @@ def test_reply_key_folds_case_and_plus_addressing() -> None:
 
 def test_rules_can_name_automated_signals_and_only_known_ones() -> None:
     condition = Condition.model_validate({"automated": ["report", "list-traffic"]})
-    predicate = compile_condition(condition, RULESET.lists, KeywordIndex())
-    from services.classify.engine import Trace
+    predicate = _matches(compile_condition(condition, RULESET.lists, KeywordIndex()))
 
     report = parse_mail(b"From: MAILER-DAEMON@x.example\r\nContent-Type: multipart/report; boundary=x\r\n\r\n--x--\r\n")
     auto_reply = parse_mail(make_mail(headers={"Auto-Submitted": "auto-replied"}))
     now = datetime(2026, 3, 17, 9, 30, tzinfo=UTC)
-    assert predicate(MailFacts.build(report, CITIZEN, (SERVED,), "de", now), Trace())
-    assert not predicate(MailFacts.build(auto_reply, CITIZEN, (SERVED,), "de", now), Trace())
+    assert predicate(MailFacts.build(report, CITIZEN, (SERVED,), "de", now))
+    assert not predicate(MailFacts.build(auto_reply, CITIZEN, (SERVED,), "de", now))
     with pytest.raises(ValueError, match="unknown automated signal"):
         Condition.model_validate({"automated": ["dsn"]})
 

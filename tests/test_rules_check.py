@@ -70,6 +70,14 @@ BROKEN = [
         "exactly one key",
     ),
     (
+        # an empty value once matched every mail without counting as the catch-all
+        "rules:\n  - id: a\n    when:\n      any:\n        - body: {keywords: [xyz]}\n        - subject:\n"
+        "    then: {category: general, channel: overview}\n",
+        6,
+        "rules[0].when.any[1].subject",
+        "'subject' needs a value",
+    ),
+    (
         "rules:\n  - id: a\n    when:\n      subject: {keywords: [xyz]}\n    then: {category: general, channel: fax}\n",
         2,
         "rules[0].then.channel",

@@ -1,25 +1,25 @@
-"""Pydantic schema of the rule files: settings, conditions, actions and rules."""
+"""Pydantic schema of the rule files: settings, actions and rules; conditions come from the registry."""
 
 from __future__ import annotations
 
+import builtins
 import functools
 import itertools
+import keyword
 import re
 from datetime import date
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
+from pydantic import ConfigDict, Field, RootModel, create_model, field_validator, model_validator
 
-from services.classify.patterns import catastrophic
-from services.mail import AUTOMATED_SIGNALS
+from services.classify.conditions import CONDITION_KEYS, KINDS
+from services.classify.conditions.base import ConditionKind
+from services.classify.conditions.base import Strict as _Strict
 
 PRIORITIES = ("low", "normal", "high", "urgent")
-MIN_KEYWORD_LETTERS = 3
 Language = Literal["de", "en", "uk", "ar", "ru", "tr"]
 LANGUAGES: tuple[Language, ...] = ("de", "en", "uk", "ar", "ru", "tr")
-# Detected as well, answered in German + English unless a template in the language exists.
-DetectedLanguage = Literal["de", "en", "uk", "ar", "ru", "tr", "ro", "fa", "pl"]
 
 
 STAFF_TARGET = "staff"
@@ -34,169 +34,16 @@ def _all_languages() -> list[Language]:
     return list(LANGUAGES)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+def _field_name(key: str) -> str:
+    """The attribute of a condition key: `all_`, `any_`, `not_` where the key is a Python word."""
+    return key + "_" if keyword.iskeyword(key) or hasattr(builtins, key) else key
 
 
-def _check_regexes(patterns: list[str]) -> list[str]:
-    for pattern in patterns:
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise ValueError(f"bad regex {pattern!r}: {exc}") from exc
-        if catastrophic(pattern):
-            raise ValueError(
-                f"regex {pattern!r} can take exponential time on some texts (a repetition inside a repetition,"
-                " like (a+)+ or (\\w+\\s?)+); rewrite it without the nested repetition"
-            )
-    return patterns
+_KEY_OF_FIELD = {_field_name(kind.key): kind.key for kind in KINDS}
 
 
-class TextMatch(_Strict):
-    """Keywords match at a word start after case and umlaut folding; a leading '*' matches anywhere."""
-
-    keywords: list[str] = Field(default_factory=list)
-    # short whole words ("BG", "EU") that would be refused among `keywords`: matched only as the whole word
-    exact: list[str] = Field(default_factory=list)
-    regex: list[str] = Field(default_factory=list)
-
-    @field_validator("keywords")
-    @classmethod
-    def _long_enough(cls, value: list[str]) -> list[str]:
-        for keyword in value:
-            core = keyword.strip("* ")
-            if core and len(core) < MIN_KEYWORD_LETTERS:
-                raise ValueError(
-                    f"keyword {keyword!r} is shorter than {MIN_KEYWORD_LETTERS} letters and would match too much;"
-                    " write a longer word, or list a short whole word under 'exact:'"
-                )
-        return value
-
-    @field_validator("exact")
-    @classmethod
-    def _whole_words(cls, value: list[str]) -> list[str]:
-        for word in value:
-            if not word.strip() or "*" in word:
-                raise ValueError(f"exact word {word!r} must be a plain word, without '*'")
-        return value
-
-    @field_validator("regex")
-    @classmethod
-    def _valid_regex(cls, value: list[str]) -> list[str]:
-        return _check_regexes(value)
-
-    @model_validator(mode="after")
-    def _not_empty(self) -> TextMatch:
-        if not self.keywords and not self.exact and not self.regex:
-            raise ValueError("needs keywords, exact or regex")
-        if any(not keyword.strip("* ") for keyword in self.keywords):
-            raise ValueError("empty keyword")
-        return self
-
-
-class AddressMatch(_Strict):
-    """Addresses exactly, domains (with '*.' or '.' prefix for subdomains), globs, or named lists."""
-
-    address: list[str] = Field(default_factory=list)
-    domain: list[str] = Field(default_factory=list)
-    glob: list[str] = Field(default_factory=list)
-    list_name: str | None = Field(default=None, alias="list")
-
-    @model_validator(mode="after")
-    def _not_empty(self) -> AddressMatch:
-        if not (self.address or self.domain or self.glob or self.list_name):
-            raise ValueError("needs address, domain, glob or list")
-        return self
-
-
-class AttachmentMatch(_Strict):
-    min_count: int | None = Field(default=None, ge=0)
-    max_count: int | None = Field(default=None, ge=0)
-    mime_types: list[str] = Field(default_factory=list)
-    filename: list[str] = Field(default_factory=list)
-
-
-class HeaderMatch(_Strict):
-    name: str
-    exists: bool | None = None
-    equals: str | None = None
-    regex: str | None = None
-
-    @field_validator("regex")
-    @classmethod
-    def _valid_regex(cls, value: str | None) -> str | None:
-        if value is not None:
-            _check_regexes([value])
-        return value
-
-
-class TimeMatch(_Strict):
-    """Working time: weekdays (mon..sun), an HH:MM-HH:MM window, not on holidays; local time zone."""
-
-    weekdays: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(default_factory=list)
-    hours: str | None = None
-    holidays: str | None = Field(
-        default=None, description="a list of dates (lists/<name>.txt) instead of settings.holidays"
-    )
-    timezone: str = "Europe/Berlin"
-
-    @field_validator("hours")
-    @classmethod
-    def _valid_hours(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-4]):[0-5]\d", value):
-            raise ValueError("hours must look like 08:00-18:00")
-        return value
-
-
-CONDITION_KEYS = (
-    "all",
-    "any",
-    "not",
-    "recipient",
-    "sender",
-    "subject",
-    "body",
-    "text",
-    "attachments",
-    "language",
-    "header",
-    "automated",
-    "time",
-    "always",
-)
-
-
-class Condition(_Strict):
+class ConditionBase(_Strict):
     """Exactly one key per condition; combine with all / any / not."""
-
-    all_: list[Condition] | None = Field(default=None, alias="all")
-    any_: list[Condition] | None = Field(default=None, alias="any")
-    not_: Condition | None = Field(default=None, alias="not")
-    recipient: AddressMatch | None = None
-    sender: AddressMatch | None = None
-    subject: TextMatch | None = None
-    body: TextMatch | None = None
-    text: TextMatch | None = None
-    attachments: AttachmentMatch | None = None
-    language: list[DetectedLanguage] | None = None
-    header: HeaderMatch | None = None
-    automated: bool | list[str] | None = Field(
-        default=None, description="true/false: any automated signal or none; a list: any of these signals"
-    )
-    time: TimeMatch | None = None
-    always: Literal[True] | None = None
-
-    @field_validator("automated")
-    @classmethod
-    def _known_signals(cls, value: bool | list[str] | None) -> bool | list[str] | None:
-        if isinstance(value, list):
-            unknown = [signal for signal in value if signal not in AUTOMATED_SIGNALS]
-            if unknown or not value:
-                raise ValueError(
-                    f"unknown automated signal(s) {', '.join(unknown) or '(empty list)'}; known: "
-                    + ", ".join(sorted(AUTOMATED_SIGNALS))
-                )
-        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -208,7 +55,43 @@ class Condition(_Strict):
             raise ValueError(
                 f"a condition needs exactly one key of {', '.join(CONDITION_KEYS)}; got {', '.join(map(str, data))}"
             )
+        if data[keys[0]] is None:
+            raise ValueError(f"{keys[0]!r} needs a value")
         return data
+
+    @property
+    def key(self) -> str:
+        """The YAML key of this condition, which names its kind in the registry (services.classify.conditions)."""
+        [name] = self.model_fields_set
+        return _KEY_OF_FIELD[name]
+
+    @property
+    def spec(self) -> Any:
+        """The value under the key, as the kind's schema validated it."""
+        [name] = self.model_fields_set
+        return getattr(self, name)
+
+
+def _condition_field(kind: ConditionKind[Any]) -> tuple[Any, Any]:
+    schema = kind.schema
+    annotation = f"{schema} | None" if isinstance(schema, str) else schema | None
+    name = _field_name(kind.key)
+    return annotation, Field(
+        default=None, alias=kind.key if name != kind.key else None, description=kind.description or None
+    )
+
+
+if TYPE_CHECKING:
+    Condition = ConditionBase
+else:
+    # one optional field per registered kind; "Condition" in a kind's schema is this model (resolved below)
+    Condition = create_model(
+        "Condition",
+        __base__=ConditionBase,
+        __module__=__name__,
+        __doc__=ConditionBase.__doc__,
+        **{_field_name(kind.key): _condition_field(kind) for kind in KINDS},
+    )
 
 
 class Action(_Strict):
@@ -282,7 +165,7 @@ class Rule(_Strict):
     @property
     def is_catch_all(self) -> bool:
         """A rule without `when` (or `when: {always: true}`) matches every mail."""
-        return self.when is None or self.when.always is True
+        return self.when is None or self.when.key == "always"
 
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")

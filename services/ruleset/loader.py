@@ -9,11 +9,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from services.classify.conditions import BY_KEY, CONDITION_KEYS, referenced_lists
 from services.classify.engine import SETTINGS_HOLIDAYS, CompiledRule, RuleSet, compile_condition
 from services.classify.examples import RULE_ONLY_CATEGORIES, load_examples
 from services.classify.keywords import KeywordIndex
 from services.classify.rulefiles import MAX_LIST_FILE_BYTES, MAX_RULE_FILE_BYTES, UnsafeFile, read_capped
-from services.classify.schema import CONDITION_KEYS, Condition, Rule, RuleFile, RuleSettings
+from services.classify.schema import Condition, Rule, RuleFile, RuleSettings
 from services.classify.wording import plain_message
 from services.classify.yamlsource import Path_, YamlSyntaxError, line_for, load_with_lines
 from services.reply.render import ReplyRenderer
@@ -102,17 +103,25 @@ def _read_list(data: bytes) -> tuple[str, ...]:
 
 
 def _precise_location(location: tuple[Any, ...], given: Any) -> tuple[Any, ...]:
-    """For a condition with a wrong or extra key, point at that key's own line, not its parent's."""
+    """For a condition with a wrong, extra or empty key, point at that key's own line, not its parent's."""
     in_condition = bool(location) and (
-        location[-1] in ("when", "not") or (len(location) > 1 and location[-2] in ("all", "any"))
+        location[-1] == "when"
+        or _holds_conditions(location[-1], "Condition")
+        or (len(location) > 1 and _holds_conditions(location[-2], "list[Condition]"))
     )
     if in_condition and isinstance(given, dict) and len(given) >= 1:
         keys = [str(key) for key in given]
         unknown = [key for key in keys if key not in CONDITION_KEYS]
-        offending = unknown or keys[1:]
+        offending = unknown or keys[1:] or [str(key) for key, value in given.items() if value is None]
         if offending:
             return (*location, offending[0])
     return location
+
+
+def _holds_conditions(part: Any, schema: str) -> bool:
+    """Whether a location part is a condition key whose value is a condition (`not`) or a list of them."""
+    kind = BY_KEY.get(part) if isinstance(part, str) else None
+    return kind is not None and kind.schema == schema
 
 
 def _field(location: tuple[Any, ...]) -> str:
@@ -235,17 +244,15 @@ def load_rules(
     # `time:` conditions without a `holidays:` list of their own close on the settings' public holidays
     condition_lists = {**lists, SETTINGS_HOLIDAYS: tuple(day.isoformat() for day in settings.holidays)}
     index = KeywordIndex()
+    always = Condition.model_validate({"always": True})
     compiled = tuple(
-        CompiledRule(
-            rule,
-            compile_condition(rule.when, condition_lists, index)
-            if rule.when
-            else compile_condition(Condition.model_validate({"always": True}), condition_lists, index),
-        )
+        CompiledRule(rule, compile_condition(rule.when if rule.when is not None else always, condition_lists, index))
         for _f, _r, rule, _n, _l in ordered
     )
     index.build()
-    rules_only = RuleSet(version="", settings=settings, rules=compiled, lists=lists, templates=templates)
+    rules_only = RuleSet(
+        version="", settings=settings, rules=compiled, lists=lists, templates=templates, keywords=index
+    )
     intent = None
     if settings.model.enabled and settings.categories:
         # read and hashed even when the model is not needed here (the gateway), so every process reports the
@@ -282,6 +289,7 @@ def load_rules(
         intent=intent,
         warnings=tuple(warnings),
         renderer=renderer,
+        keywords=index,
     )
 
 
@@ -302,18 +310,6 @@ def _template_errors(
     problems, warnings = renderer.check({t for t, _f, _l, _w in uses if t in templates}, settings)
     errors.extend(RuleError(p.file, p.line, "template", p.message) for p in problems)
     return errors, warnings
-
-
-def _condition_lists(condition: Condition) -> list[str]:
-    names: list[str] = []
-    for spec in (condition.sender, condition.recipient):
-        if spec is not None and spec.list_name:
-            names.append(spec.list_name)
-    if condition.time is not None and condition.time.holidays:
-        names.append(condition.time.holidays)
-    for child in [*(condition.all_ or []), *(condition.any_ or []), *([condition.not_] if condition.not_ else [])]:
-        names.extend(_condition_lists(child))
-    return names
 
 
 def _semantic_errors(
@@ -348,7 +344,7 @@ def _semantic_errors(
                 RuleError(name, line, f"{where}.then.deliver_to", f"unknown delivery target {action.deliver_to!r}")
             )
         if rule.when is not None:
-            for list_name in _condition_lists(rule.when):
+            for list_name in referenced_lists(rule.when):
                 if list_name not in lists:
                     errors.append(
                         RuleError(name, line, f"{where}.when", f"unknown list {list_name!r} (no lists/{list_name}.txt)")

@@ -30,7 +30,7 @@ def explain(
     mail = parse_mail(raw)
     envelope = assumed_envelope(ruleset, mail, mail_from, rcpt_to, received_at)
     facts = MailFacts.of(mail, envelope.mail_from, envelope.rcpt_tos, envelope.received_at)
-    classification = ruleset.classify(facts)
+    classification = ruleset.classify(facts, traced=True)
     verdict = verdict_of(classification, facts, envelope, ruleset, policy or PolicyConfig(), _EXPLAIN_KEY)
     ngrams: list[dict[str, Any]] = []
     neighbours: list[dict[str, Any]] = []
