@@ -67,7 +67,8 @@ def test_a_python_without_the_internals_is_refused(monkeypatch: pytest.MonkeyPat
 def test_every_shipped_regex_answers_alike_with_and_without_the_prefilter(corpus_dir: Path) -> None:
     texts = list(TRICKY_TEXTS)
     for mail in corpus_mails(corpus_dir):
-        texts.extend(MailFacts.build(mail, "", (), "de", NOON).written.values())
+        facts = MailFacts.build(mail, "", (), "de", NOON)
+        texts.extend(facts.written(field) for field in ("subject", "body", "text"))
     skipped = 0
     for pattern in _shipped_regexes():
         compiled = re.compile(pattern, re.IGNORECASE)
