@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 from dataclasses import dataclass
 from datetime import timedelta
 from email.errors import MessageError
@@ -58,31 +59,55 @@ def backoff_seconds(attempt: int, base: float = 15.0) -> float:
     return float(min(base * 2 ** max(attempt - 1, 0), 900.0))
 
 
-async def process_message(ctx: dict[str, Any], message_id: str) -> str:
-    """Decide, then send the reply and hand on the original in the same job (the first attempt of each).
+async def process_message(ctx: dict[str, Any], message_ids: str | list[str]) -> str:
+    """Decide a batch of stored mails (the gateway's group commit), each then sent on as by its own job.
+
+    Each mail is idempotent on its own: one already decided is not decided again, so a batch run again (a
+    crashed or stopped worker) decides only what is left. A mail that fails does not stop its batch-mates: the
+    job reports the failure after the others are done, and the sweep offers that mail again later, alone. A
+    single id (a sweep's job, or one queued before batches) is a batch of one.
+    """
+    deps: Deps = ctx["deps"]
+    batch = [message_ids] if isinstance(message_ids, str) else message_ids
+    outcomes = await asyncio.gather(
+        *(_process_one(ctx, deps, message_id) for message_id in batch), return_exceptions=True
+    )
+    failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+    if failures:
+        if len(batch) > 1:
+            log.warning("process.batch_failures", failed=len(failures), batch=len(batch))
+        raise failures[0]
+    if len(batch) == 1:
+        return str(outcomes[0])
+    tally = collections.Counter(str(outcome) for outcome in outcomes)
+    return ", ".join(f"{outcome} {count}" for outcome, count in sorted(tally.items()))
+
+
+async def _process_one(ctx: dict[str, Any], deps: Deps, message_id: str) -> str:
+    """Decide, then send the reply and hand on the original (the first attempt of each), within the mail limit.
 
     Retries after a transient failure run as their own send_reply / deliver_original jobs.
     """
-    deps: Deps = ctx["deps"]
     structlog.contextvars.bind_contextvars(message_id=message_id, job="process")
-    with timed(JOB_SECONDS, "process"):
-        decided = await decide_message(deps, message_id)
-    if decided is None:
-        return "skipped"
-    if isinstance(decided, Pending):
-        # decided earlier (a retried or duplicate job): hand the open work to the send jobs
-        if decided.reply:
-            await queue.enqueue(ctx["redis"], queue.SEND_REPLY, message_id)
-        if decided.deliver:
-            await queue.enqueue(ctx["redis"], queue.DELIVER, message_id)
+    async with deps.mail_slots:
+        with timed(JOB_SECONDS, "process"):
+            decided = await decide_message(deps, message_id)
+        if decided is None:
+            return "skipped"
+        if isinstance(decided, Pending):
+            # decided earlier (a retried or duplicate job): hand the open work to the send jobs
+            if decided.reply:
+                await queue.enqueue(ctx["redis"], queue.SEND_REPLY, message_id)
+            if decided.deliver:
+                await queue.enqueue(ctx["redis"], queue.DELIVER, message_id)
+            return "decided"
+        sends = []
+        if decided.reply is not None:
+            sends.append(_send_inline(ctx, Loaded(decided.message, decided.verdict, decided.reply), "reply"))
+        if decided.delivery is not None:
+            sends.append(_send_inline(ctx, Loaded(decided.message, decided.verdict, decided.delivery), "delivery"))
+        await asyncio.gather(*sends)
         return "decided"
-    sends = []
-    if decided.reply is not None:
-        sends.append(_send_inline(ctx, Loaded(decided.message, decided.verdict, decided.reply), "reply"))
-    if decided.delivery is not None:
-        sends.append(_send_inline(ctx, Loaded(decided.message, decided.verdict, decided.delivery), "delivery"))
-    await asyncio.gather(*sends)
-    return "decided"
 
 
 @dataclass(frozen=True)
@@ -340,9 +365,10 @@ async def sweep(ctx: dict[str, Any], *, everything: bool = False) -> dict[str, i
     older_than = timedelta(0) if everything else timedelta(seconds=deps.settings.sweep_after_seconds)
     stuck = await asyncio.to_thread(find_stuck, deps.engine, older_than, deps.stale_sending)
     pool = ctx["redis"]
-    await queue.enqueue_many(pool, queue.PROCESS, stuck.received)
-    await queue.enqueue_many(pool, queue.SEND_REPLY, stuck.replies)
-    await queue.enqueue_many(pool, queue.DELIVER, stuck.deliveries)
+    # a job per mail, so that the next sweep's job ids match this one's: work still queued is not queued twice
+    await queue.enqueue_each(pool, queue.PROCESS, stuck.received)
+    await queue.enqueue_each(pool, queue.SEND_REPLY, stuck.replies)
+    await queue.enqueue_each(pool, queue.DELIVER, stuck.deliveries)
     counts = {"received": len(stuck.received), "replies": len(stuck.replies), "deliveries": len(stuck.deliveries)}
     if any(counts.values()):
         log.info("sweep.requeued", **counts)
