@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 from dataclasses import dataclass
 from datetime import timedelta
 from email.errors import MessageError
@@ -91,7 +92,7 @@ async def _process_one(ctx: dict[str, Any], deps: Deps, message_id: str) -> str:
     structlog.contextvars.bind_contextvars(message_id=message_id, job="process")
     async with deps.mail_slots:
         with timed(JOB_SECONDS, "process"):
-            decided = await decide_message(deps, message_id)
+            decided = await decide_message(deps, message_id, functools.partial(_reply_bytes_or_none, deps))
         if decided is None:
             return "skipped"
         if isinstance(decided, Pending):
@@ -101,11 +102,12 @@ async def _process_one(ctx: dict[str, Any], deps: Deps, message_id: str) -> str:
             if decided.deliver:
                 await queue.enqueue(ctx["redis"], queue.DELIVER, message_id)
             return "decided"
+        new, reply_data = decided.decided, decided.reply_data
         sends = []
-        if decided.reply is not None:
-            sends.append(_send_inline(ctx, Loaded(decided.message, decided.verdict, decided.reply), "reply"))
-        if decided.delivery is not None:
-            sends.append(_send_inline(ctx, Loaded(decided.message, decided.verdict, decided.delivery), "delivery"))
+        if new.reply is not None:
+            sends.append(_send_inline(ctx, Loaded(new.message, new.verdict, new.reply), "reply", reply_data))
+        if new.delivery is not None:
+            sends.append(_send_inline(ctx, Loaded(new.message, new.verdict, new.delivery), "delivery"))
         await asyncio.gather(*sends)
         return "decided"
 
@@ -140,12 +142,15 @@ def _claim_and_load(
     return Loaded(message, decision, row)
 
 
-async def _send_inline(ctx: dict[str, Any], loaded: Loaded, kind: str) -> None:
-    """A transient failure here becomes a deferred send job instead of a retry of the whole process job."""
+async def _send_inline(ctx: dict[str, Any], loaded: Loaded, kind: str, reply_data: bytes | None = None) -> None:
+    """A transient failure here becomes a deferred send job instead of a retry of the whole process job.
+
+    `reply_data`: the reply's bytes, built before the decision that already marked it transmitting.
+    """
     job = queue.SEND_REPLY if kind == "reply" else queue.DELIVER
     with structlog.contextvars.bound_contextvars(job=kind), timed(JOB_SECONDS, kind):
         try:
-            await _transmit_or_release(ctx["deps"], loaded, kind)
+            await _transmit_or_release(ctx["deps"], loaded, kind, reply_data)
         except Retry as retry:
             await queue.enqueue(ctx["redis"], job, loaded.message.id, defer=(retry.defer_score or 0) / 1000)
 
@@ -161,7 +166,7 @@ async def _send(deps: Deps, model: type[Reply] | type[Delivery], message_id: str
     return await _transmit_or_release(deps, loaded, kind)
 
 
-async def _transmit_or_release(deps: Deps, loaded: Loaded, kind: str) -> str:
+async def _transmit_or_release(deps: Deps, loaded: Loaded, kind: str, reply_data: bytes | None = None) -> str:
     """`_transmit`; a job stopped before it (shutdown deadline, job timeout) gives its claim back.
 
     Released, the send is pending again and the next worker takes it at once instead of waiting for the
@@ -169,7 +174,7 @@ async def _transmit_or_release(deps: Deps, loaded: Loaded, kind: str) -> str:
     """
     try:
         with deps.held.holding(loaded.row):
-            return await _transmit(deps, loaded, kind)
+            return await _transmit(deps, loaded, kind, reply_data)
     except asyncio.CancelledError:
         # shielded: a second cancellation must not cut the release short
         released = await asyncio.shield(deps.batcher.run(lambda session: release_claim(session, loaded.row)))
@@ -177,8 +182,10 @@ async def _transmit_or_release(deps: Deps, loaded: Loaded, kind: str) -> str:
         raise
 
 
-async def _transmit(deps: Deps, loaded: Loaded, kind: str) -> str:
+async def _transmit(deps: Deps, loaded: Loaded, kind: str, reply_data: bytes | None = None) -> str:
     """Send a claimed reply or delivery and record the outcome; raises Retry on a transient failure.
+
+    A reply with `reply_data` is transmitting already (its decision marked it), so it is sent as it is.
 
     Every exception ends in one of the two kinds (`_failure`), so no row is left `sending` by an error.
     """
@@ -187,12 +194,14 @@ async def _transmit(deps: Deps, loaded: Loaded, kind: str) -> str:
     note: str | None = None
     try:
         if model is Reply:
-            data = _reply_bytes(deps, message, decision, row)
-            # from here on, a crash leaves the reply "transmitting": settled as uncertain, never resent
-            ours = await deps.batcher.run(lambda session: mark_transmitting(session, row))
-            if not ours:
-                log.warning("reply.claim_taken_over", attempt=row.attempts)
-                return "skipped"
+            data = reply_data
+            if data is None:
+                data = _reply_bytes(deps, message, decision, row)
+                # from here on, a crash leaves the reply "transmitting": settled as uncertain, never resent
+                ours = await deps.batcher.run(lambda session: mark_transmitting(session, row))
+                if not ours:
+                    log.warning("reply.claim_taken_over", attempt=row.attempts)
+                    return "skipped"
             await deps.reply_sender.send(f"{message.id}.reply", "", [message.mail_from], data)
         else:
             note = await _deliver(deps, message, decision)
@@ -234,6 +243,14 @@ def _finish(
     record_send_outcome(session, model, message.id, state, error)
     for outcome in outcomes:
         bump_message_counter(session, message, decision, outcome)
+
+
+def _reply_bytes_or_none(deps: Deps, message: Message, decision: Verdict, reply: SendRecord) -> bytes | None:
+    """The reply's bytes before its decision is written; None if it cannot be built (the send then says why)."""
+    try:
+        return _reply_bytes(deps, message, decision, reply)
+    except PermanentSendError:
+        return None
 
 
 def _reply_bytes(deps: Deps, message: Message, decision: Verdict, reply: SendRecord) -> bytes:
