@@ -262,7 +262,7 @@ def main() -> None:
     processes = [start([python(), "-m", "services", "gateway"], env=env, cwd=work)]
     processes += [start([python(), "-m", "services", "worker"], env=env, cwd=work) for _ in range(args.workers)]
     try:
-        wait_port(smtp_port)
+        wait_port(smtp_port, timeout=180)  # gateway and workers start together: slow on a busy machine
         time.sleep(2)
         pids = [p.pid for p in processes]
         steady_tokens = [f"steady{i}" for i in range(int(args.rate * args.seconds))]

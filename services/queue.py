@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import weakref
+import asyncio
+import hashlib
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
-from arq.constants import job_key_prefix, result_key_prefix
-from arq.jobs import serialize_job
-from arq.utils import timestamp_ms
-from redis.commands.core import AsyncScript
 
 PROCESS = "process_message"
 SEND_REPLY = "send_reply"
 DELIVER = "deliver_original"
 QUEUE_NAME = "channelshift:queue"
+# Message ids per process job: arq's own cost (about 0.25 ms per job in worker and Redis) is shared by the
+# batch, while the worker still decides them one by one (services/worker/jobs.py)
+PROCESS_BATCH = 50
+# enqueue_job calls in flight at once (each holds a Redis connection for its WATCH/MULTI)
+ENQUEUES_AT_ONCE = 20
 
 
 def redis_settings(url: str) -> RedisSettings:
@@ -34,6 +35,14 @@ def job_id(function: str, message_id: str) -> str:
     return f"{function}:{message_id}"
 
 
+def batch_job_id(function: str, message_ids: list[str]) -> str:
+    """The same ids give the same job id in any order; a batch of one has the message's own job id."""
+    if len(message_ids) == 1:
+        return job_id(function, message_ids[0])
+    digest = hashlib.sha256("\n".join(sorted(message_ids)).encode()).hexdigest()[:32]
+    return f"{function}:batch:{digest}"
+
+
 async def enqueue(pool: ArqRedis, function: str, message_id: str, *, defer: float | None = None) -> None:
     """Enqueue with a deterministic id: a job already queued or running under that id is not duplicated."""
     await pool.enqueue_job(
@@ -41,51 +50,26 @@ async def enqueue(pool: ArqRedis, function: str, message_id: str, *, defer: floa
     )
 
 
-# arq's enqueue_job for many jobs in one round trip, with the same effect per job: skipped if its job or result
-# key exists, else job key (with arq's expiry) and queue entry written together (atomic, as arq's MULTI is).
-_ENQUEUE_MANY = """
-local added = 0
-for n = 1, (#KEYS - 1) / 2 do
-  local job_key, result_key = KEYS[2 * n], KEYS[2 * n + 1]
-  if redis.call('EXISTS', job_key, result_key) == 0 then
-    redis.call('PSETEX', job_key, ARGV[1], ARGV[2 + 2 * n])
-    redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1 + 2 * n])
-    added = added + 1
-  end
-end
-return added
-"""
+async def enqueue_batch(pool: ArqRedis, function: str, message_ids: list[str]) -> bool:
+    """One job carrying a list of message ids, under the batch's deterministic id; False if it already exists."""
+    job = await pool.enqueue_job(
+        function, message_ids, _job_id=batch_job_id(function, message_ids), _queue_name=QUEUE_NAME
+    )
+    return job is not None
 
 
-_scripts: weakref.WeakKeyDictionary[ArqRedis, AsyncScript] = weakref.WeakKeyDictionary()
-
-
-async def enqueue_many(pool: ArqRedis, function: str, message_ids: list[str]) -> int:
-    """Enqueue one job per message id (deterministic ids, as `enqueue`) in one Redis call; returns how many were new.
-
-    The job payload is arq's own serialisation, so arq workers run these jobs exactly like enqueue_job's.
-    """
-    if not message_ids:
-        return 0
-    now = timestamp_ms()
-    keys: list[str] = [QUEUE_NAME]
-    args: list[Any] = [pool.expires_extra_ms, now]
-    for message_id in message_ids:
-        identifier = job_id(function, message_id)
-        keys += [job_key_prefix + identifier, result_key_prefix + identifier]
-        args += [identifier, serialize_job(function, (message_id,), {}, None, now, serializer=pool.job_serializer)]
-    script = _scripts.get(pool)
-    if script is None:
-        script = _scripts[pool] = pool.register_script(_ENQUEUE_MANY)
-    # EVALSHA (redis-py loads the script again after NOSCRIPT): the script text is not resent per batch
-    added = await script(keys=keys, args=args)
-    return int(added)
+async def enqueue_each(pool: ArqRedis, function: str, message_ids: list[str]) -> None:
+    """A job per message id (as `enqueue`), a few at a time."""
+    for start in range(0, len(message_ids), ENQUEUES_AT_ONCE):
+        chunk = message_ids[start : start + ENQUEUES_AT_ONCE]
+        await asyncio.gather(*(enqueue(pool, function, message_id) for message_id in chunk))
 
 
 def process_jobs_for(pool: ArqRedis) -> Callable[[list[str]], Awaitable[None]]:
-    """The gateway's enqueue callback: a process job per committed message id, one Redis call per group commit."""
+    """The gateway's enqueue callback: a group commit's message ids as process jobs of up to PROCESS_BATCH ids."""
 
     async def enqueue(message_ids: list[str]) -> None:
-        await enqueue_many(pool, PROCESS, message_ids)
+        batches = [message_ids[start : start + PROCESS_BATCH] for start in range(0, len(message_ids), PROCESS_BATCH)]
+        await asyncio.gather(*(enqueue_batch(pool, PROCESS, batch) for batch in batches))
 
     return enqueue

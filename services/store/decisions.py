@@ -61,11 +61,20 @@ def message_to_decide(session: Session, message_id: str) -> Message | Pending | 
     return message
 
 
-def record_verdict(session: Session, settings: Settings, message: Message, verdict: Verdict) -> Decided | Pending:
+def reply_message_id(settings: Settings, message_id: str) -> str:
+    """The Message-ID of the reply to a message (the same on every attempt)."""
+    return f"<reply.{message_id}@{settings.hostname}>"
+
+
+def record_verdict(
+    session: Session, settings: Settings, message: Message, verdict: Verdict, *, reply_transmitting: bool = False
+) -> Decided | Pending:
     """Write a verdict in the caller's transaction; a message someone else decided returns its pending work.
 
     The reply and delivery rows start claimed (sending) by the calling job, which sends them next; if that
-    job dies, the sweep finds them stale like any other interrupted send.
+    job dies, the sweep finds them stale like any other interrupted send. With `reply_transmitting` (the job
+    holds the reply's bytes and transmits them right after the commit) the reply starts `transmitting`
+    instead, as `mark_transmitting` would set it: one transaction less, and never taken over or resent.
     """
     if not begin_decision(session, message.id, verdict.sender_pseudonym, MessageState.CLASSIFIED):
         return pending_of(session, message.id)
@@ -81,7 +90,8 @@ def record_verdict(session: Session, settings: Settings, message: Message, verdi
             **verdict.columns(),
         },
     )
-    reply = _claim_reply(session, settings, message, verdict) if verdict.reply else None
+    reply_state = JobState.TRANSMITTING if reply_transmitting else JobState.SENDING
+    reply = _claim_reply(session, settings, message, verdict, reply_state) if verdict.reply else None
     delivery = _claim_send(session, Delivery, {"message_id": message.id, "delivered_at": None})
     message.state = MessageState.CLASSIFIED
     _count(session, message, verdict)
@@ -104,11 +114,13 @@ def _allowance(session: Session, settings: Settings, message: Message, verdict: 
     )
 
 
-def _claim_send(session: Session, model: type[Reply] | type[Delivery], values: dict[str, object]) -> SendRecord:
+def _claim_send(
+    session: Session, model: type[Reply] | type[Delivery], values: dict[str, object], state: str = JobState.SENDING
+) -> SendRecord:
     """A reply or delivery row that starts claimed (sending, attempt 1) by the calling job."""
     claimed_at = utcnow()
     row: dict[str, object] = {
-        "state": JobState.SENDING,
+        "state": state,
         "attempts": 1,
         "created_at": claimed_at,
         "claimed_at": claimed_at,
@@ -119,18 +131,19 @@ def _claim_send(session: Session, model: type[Reply] | type[Delivery], values: d
     return SendRecord.of(model, row)
 
 
-def _claim_reply(session: Session, settings: Settings, message: Message, verdict: Verdict) -> SendRecord:
+def _claim_reply(session: Session, settings: Settings, message: Message, verdict: Verdict, state: str) -> SendRecord:
     assert verdict.template is not None and verdict.sender_pseudonym is not None
     claimed = _claim_send(
         session,
         Reply,
         {
             "message_id": message.id,
-            "reply_message_id": f"<reply.{message.id}@{settings.hostname}>",
+            "reply_message_id": reply_message_id(settings, message.id),
             "in_reply_to": None,
             "references": None,
             "sent_at": None,
         },
+        state,
     )
     # written at once: the next decision of this batch may be the same sender's and must see it
     insert_now(

@@ -365,6 +365,33 @@ def _release_statement(model: type[Reply] | type[Delivery]) -> Any:
     return _own_sending_claim(table).values(state=JobState.PENDING, claimed_at=None, attempts=table.c.attempts - 1)
 
 
+def release_untransmitted(session: Session, record: SendRecord) -> bool:
+    """`release_claim` for a claim whose bytes the caller knows never left, even though it is `transmitting`.
+
+    For a decision that wrote its reply `transmitting` (record_verdict) and whose job was stopped before the
+    send began: the reply is pending again instead of being settled as uncertain and never sent.
+    """
+    result = session.execute(
+        _release_untransmitted_statement(record.model),
+        {"target_id": record.message_id, "claimed_attempt": record.attempts},
+    )
+    return bool(getattr(result, "rowcount", 0) == 1)
+
+
+@functools.cache
+def _release_untransmitted_statement(model: type[Reply] | type[Delivery]) -> Any:
+    table = model.__table__  # type: ignore[union-attr]
+    return (
+        update(table)
+        .where(
+            table.c.message_id == bindparam("target_id"),
+            table.c.attempts == bindparam("claimed_attempt"),
+            or_(table.c.state == JobState.SENDING, table.c.state == JobState.TRANSMITTING),
+        )
+        .values(state=JobState.PENDING, claimed_at=None, attempts=table.c.attempts - 1)
+    )
+
+
 def _own_sending_claim(table: Table) -> Any:
     """UPDATE of one send still `sending` under the claim this worker took (same attempt number)."""
     return update(table).where(

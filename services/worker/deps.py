@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -30,6 +31,8 @@ class Deps:
     batcher: TransactionBatcher
     held: HeldClaims = field(default_factory=HeldClaims)  # renewed by the worker while its jobs send
     verdicts: VerdictBatcher = field(init=False)  # concurrent jobs' mails classified together
+    # mails being processed at once (a process job carries several): worker_concurrency, as with a job per mail
+    mail_slots: asyncio.Semaphore = field(init=False)
 
     def __post_init__(self) -> None:
         self.verdicts = VerdictBatcher(
@@ -38,6 +41,7 @@ class Deps:
             self.settings.effective_pseudonym_key,
             lambda: self.settings.classify_timeout_seconds,
         )
+        self.mail_slots = asyncio.Semaphore(self.settings.worker_concurrency)
 
     async def close(self) -> None:
         """Release what jobs hold between runs: relay connections and the batch writer."""

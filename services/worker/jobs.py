@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import functools
 from dataclasses import dataclass
 from datetime import timedelta
 from email.errors import MessageError
@@ -58,31 +60,56 @@ def backoff_seconds(attempt: int, base: float = 15.0) -> float:
     return float(min(base * 2 ** max(attempt - 1, 0), 900.0))
 
 
-async def process_message(ctx: dict[str, Any], message_id: str) -> str:
-    """Decide, then send the reply and hand on the original in the same job (the first attempt of each).
+async def process_message(ctx: dict[str, Any], message_ids: str | list[str]) -> str:
+    """Decide a batch of stored mails (the gateway's group commit), each then sent on as by its own job.
+
+    Each mail is idempotent on its own: one already decided is not decided again, so a batch run again (a
+    crashed or stopped worker) decides only what is left. A mail that fails does not stop its batch-mates: the
+    job reports the failure after the others are done, and the sweep offers that mail again later, alone. A
+    single id (a sweep's job, or one queued before batches) is a batch of one.
+    """
+    deps: Deps = ctx["deps"]
+    batch = [message_ids] if isinstance(message_ids, str) else message_ids
+    outcomes = await asyncio.gather(
+        *(_process_one(ctx, deps, message_id) for message_id in batch), return_exceptions=True
+    )
+    failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+    if failures:
+        if len(batch) > 1:
+            log.warning("process.batch_failures", failed=len(failures), batch=len(batch))
+        raise failures[0]
+    if len(batch) == 1:
+        return str(outcomes[0])
+    tally = collections.Counter(str(outcome) for outcome in outcomes)
+    return ", ".join(f"{outcome} {count}" for outcome, count in sorted(tally.items()))
+
+
+async def _process_one(ctx: dict[str, Any], deps: Deps, message_id: str) -> str:
+    """Decide, then send the reply and hand on the original (the first attempt of each), within the mail limit.
 
     Retries after a transient failure run as their own send_reply / deliver_original jobs.
     """
-    deps: Deps = ctx["deps"]
     structlog.contextvars.bind_contextvars(message_id=message_id, job="process")
-    with timed(JOB_SECONDS, "process"):
-        decided = await decide_message(deps, message_id)
-    if decided is None:
-        return "skipped"
-    if isinstance(decided, Pending):
-        # decided earlier (a retried or duplicate job): hand the open work to the send jobs
-        if decided.reply:
-            await queue.enqueue(ctx["redis"], queue.SEND_REPLY, message_id)
-        if decided.deliver:
-            await queue.enqueue(ctx["redis"], queue.DELIVER, message_id)
+    async with deps.mail_slots:
+        with timed(JOB_SECONDS, "process"):
+            decided = await decide_message(deps, message_id, functools.partial(_reply_bytes_or_none, deps))
+        if decided is None:
+            return "skipped"
+        if isinstance(decided, Pending):
+            # decided earlier (a retried or duplicate job): hand the open work to the send jobs
+            if decided.reply:
+                await queue.enqueue(ctx["redis"], queue.SEND_REPLY, message_id)
+            if decided.deliver:
+                await queue.enqueue(ctx["redis"], queue.DELIVER, message_id)
+            return "decided"
+        new, reply_data = decided.decided, decided.reply_data
+        sends = []
+        if new.reply is not None:
+            sends.append(_send_inline(ctx, Loaded(new.message, new.verdict, new.reply), "reply", reply_data))
+        if new.delivery is not None:
+            sends.append(_send_inline(ctx, Loaded(new.message, new.verdict, new.delivery), "delivery"))
+        await asyncio.gather(*sends)
         return "decided"
-    sends = []
-    if decided.reply is not None:
-        sends.append(_send_inline(ctx, Loaded(decided.message, decided.verdict, decided.reply), "reply"))
-    if decided.delivery is not None:
-        sends.append(_send_inline(ctx, Loaded(decided.message, decided.verdict, decided.delivery), "delivery"))
-    await asyncio.gather(*sends)
-    return "decided"
 
 
 @dataclass(frozen=True)
@@ -115,12 +142,15 @@ def _claim_and_load(
     return Loaded(message, decision, row)
 
 
-async def _send_inline(ctx: dict[str, Any], loaded: Loaded, kind: str) -> None:
-    """A transient failure here becomes a deferred send job instead of a retry of the whole process job."""
+async def _send_inline(ctx: dict[str, Any], loaded: Loaded, kind: str, reply_data: bytes | None = None) -> None:
+    """A transient failure here becomes a deferred send job instead of a retry of the whole process job.
+
+    `reply_data`: the reply's bytes, built before the decision that already marked it transmitting.
+    """
     job = queue.SEND_REPLY if kind == "reply" else queue.DELIVER
     with structlog.contextvars.bound_contextvars(job=kind), timed(JOB_SECONDS, kind):
         try:
-            await _transmit_or_release(ctx["deps"], loaded, kind)
+            await _transmit_or_release(ctx["deps"], loaded, kind, reply_data)
         except Retry as retry:
             await queue.enqueue(ctx["redis"], job, loaded.message.id, defer=(retry.defer_score or 0) / 1000)
 
@@ -136,7 +166,7 @@ async def _send(deps: Deps, model: type[Reply] | type[Delivery], message_id: str
     return await _transmit_or_release(deps, loaded, kind)
 
 
-async def _transmit_or_release(deps: Deps, loaded: Loaded, kind: str) -> str:
+async def _transmit_or_release(deps: Deps, loaded: Loaded, kind: str, reply_data: bytes | None = None) -> str:
     """`_transmit`; a job stopped before it (shutdown deadline, job timeout) gives its claim back.
 
     Released, the send is pending again and the next worker takes it at once instead of waiting for the
@@ -144,7 +174,7 @@ async def _transmit_or_release(deps: Deps, loaded: Loaded, kind: str) -> str:
     """
     try:
         with deps.held.holding(loaded.row):
-            return await _transmit(deps, loaded, kind)
+            return await _transmit(deps, loaded, kind, reply_data)
     except asyncio.CancelledError:
         # shielded: a second cancellation must not cut the release short
         released = await asyncio.shield(deps.batcher.run(lambda session: release_claim(session, loaded.row)))
@@ -152,8 +182,10 @@ async def _transmit_or_release(deps: Deps, loaded: Loaded, kind: str) -> str:
         raise
 
 
-async def _transmit(deps: Deps, loaded: Loaded, kind: str) -> str:
+async def _transmit(deps: Deps, loaded: Loaded, kind: str, reply_data: bytes | None = None) -> str:
     """Send a claimed reply or delivery and record the outcome; raises Retry on a transient failure.
+
+    A reply with `reply_data` is transmitting already (its decision marked it), so it is sent as it is.
 
     Every exception ends in one of the two kinds (`_failure`), so no row is left `sending` by an error.
     """
@@ -162,12 +194,14 @@ async def _transmit(deps: Deps, loaded: Loaded, kind: str) -> str:
     note: str | None = None
     try:
         if model is Reply:
-            data = _reply_bytes(deps, message, decision, row)
-            # from here on, a crash leaves the reply "transmitting": settled as uncertain, never resent
-            ours = await deps.batcher.run(lambda session: mark_transmitting(session, row))
-            if not ours:
-                log.warning("reply.claim_taken_over", attempt=row.attempts)
-                return "skipped"
+            data = reply_data
+            if data is None:
+                data = _reply_bytes(deps, message, decision, row)
+                # from here on, a crash leaves the reply "transmitting": settled as uncertain, never resent
+                ours = await deps.batcher.run(lambda session: mark_transmitting(session, row))
+                if not ours:
+                    log.warning("reply.claim_taken_over", attempt=row.attempts)
+                    return "skipped"
             await deps.reply_sender.send(f"{message.id}.reply", "", [message.mail_from], data)
         else:
             note = await _deliver(deps, message, decision)
@@ -209,6 +243,14 @@ def _finish(
     record_send_outcome(session, model, message.id, state, error)
     for outcome in outcomes:
         bump_message_counter(session, message, decision, outcome)
+
+
+def _reply_bytes_or_none(deps: Deps, message: Message, decision: Verdict, reply: SendRecord) -> bytes | None:
+    """The reply's bytes before its decision is written; None if it cannot be built (the send then says why)."""
+    try:
+        return _reply_bytes(deps, message, decision, reply)
+    except PermanentSendError:
+        return None
 
 
 def _reply_bytes(deps: Deps, message: Message, decision: Verdict, reply: SendRecord) -> bytes:
@@ -340,9 +382,10 @@ async def sweep(ctx: dict[str, Any], *, everything: bool = False) -> dict[str, i
     older_than = timedelta(0) if everything else timedelta(seconds=deps.settings.sweep_after_seconds)
     stuck = await asyncio.to_thread(find_stuck, deps.engine, older_than, deps.stale_sending)
     pool = ctx["redis"]
-    await queue.enqueue_many(pool, queue.PROCESS, stuck.received)
-    await queue.enqueue_many(pool, queue.SEND_REPLY, stuck.replies)
-    await queue.enqueue_many(pool, queue.DELIVER, stuck.deliveries)
+    # a job per mail, so that the next sweep's job ids match this one's: work still queued is not queued twice
+    await queue.enqueue_each(pool, queue.PROCESS, stuck.received)
+    await queue.enqueue_each(pool, queue.SEND_REPLY, stuck.replies)
+    await queue.enqueue_each(pool, queue.DELIVER, stuck.deliveries)
     counts = {"received": len(stuck.received), "replies": len(stuck.replies), "deliveries": len(stuck.deliveries)}
     if any(counts.values()):
         log.info("sweep.requeued", **counts)
