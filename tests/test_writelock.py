@@ -22,8 +22,8 @@ import pytest
 from sqlalchemy import text
 from services.store.db import make_engine, session_scope
 engine = make_engine(sys.argv[1])
-with session_scope(engine) as session:
-    session.execute(text("UPDATE message SET state = 'held-by-child' WHERE id = 'm1'"))
+with session_scope(engine) as uow:
+    uow.session.execute(text("UPDATE message SET state = 'held-by-child' WHERE id = 'm1'"))
     print("holding", flush=True)
     sys.stdin.readline()
 """
@@ -33,8 +33,8 @@ def _database(tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path / 'cs.db'}"
     engine = make_engine(url)
     Message.metadata.create_all(engine)
-    with session_scope(engine) as session:
-        session.execute(
+    with session_scope(engine) as uow:
+        uow.session.execute(
             text(
                 "INSERT INTO message (id, protocol, mailbox, mail_from, rcpt_tos, size, received_at, state, updated_at)"
                 " VALUES ('m1', 'smtp', 'a@b', '', '[]', 0, '2026-01-01', 'received', '2026-01-01')"
@@ -56,9 +56,9 @@ def test_a_writer_in_another_process_makes_ours_wait_for_the_lock_not_for_sqlite
         seen: list[str] = []
 
         def write() -> None:
-            with session_scope(engine) as session:
-                seen.append(session.execute(text("SELECT state FROM message WHERE id = 'm1'")).scalar_one())
-                session.execute(text("UPDATE message SET state = 'ours' WHERE id = 'm1'"))
+            with session_scope(engine) as uow:
+                seen.append(uow.session.execute(text("SELECT state FROM message WHERE id = 'm1'")).scalar_one())
+                uow.session.execute(text("UPDATE message SET state = 'ours' WHERE id = 'm1'"))
             done.set()
 
         writer = threading.Thread(target=write)
@@ -72,8 +72,8 @@ def test_a_writer_in_another_process_makes_ours_wait_for_the_lock_not_for_sqlite
     writer.join()
     # it began after the child committed, so it saw the child's write and overwrote it, no busy error
     assert seen == ["held-by-child"]
-    with session_scope(engine) as session:
-        assert session.execute(text("SELECT state FROM message WHERE id = 'm1'")).scalar_one() == "ours"
+    with session_scope(engine) as uow:
+        assert uow.session.execute(text("SELECT state FROM message WHERE id = 'm1'")).scalar_one() == "ours"
     engine.dispose()
 
 

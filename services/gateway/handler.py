@@ -23,7 +23,6 @@ from services.metrics import STORE_SECONDS
 from services.ruleset.reload import RuleSetHolder
 from services.store.db import session_scope
 from services.store.models import MessageState, utcnow
-from services.store.queries import bump_counter
 
 log = structlog.get_logger(__name__)
 
@@ -155,9 +154,8 @@ class GatewayHandler:
 
     def _count_rejection(self) -> None:
         try:
-            with session_scope(self.engine) as session:
-                bump_counter(
-                    session,
+            with session_scope(self.engine) as uow:
+                uow.count(
                     hour=utcnow(),
                     mailbox="(unserved)",
                     category="(none)",

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, text
 from sqlmodel import Session
 
+from services.store.uow import UnitOfWork
 from services.store.writelock import write_lock
 
 
@@ -37,14 +38,20 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
 
 
 @contextmanager
-def session_scope(engine: Engine) -> Iterator[Session]:
-    """A write transaction: commits on success, rolls back on any error; on SQLite it holds our writer lock."""
+def session_scope(engine: Engine) -> Iterator[UnitOfWork]:
+    """A write transaction: commits on success, rolls back on any error; on SQLite it holds our writer lock.
+
+    What the unit of work holds back (counts, later inserts) is written just before the commit.
+    """
     with write_lock(engine), Session(engine, expire_on_commit=False) as session:
+        uow = UnitOfWork(session)
         try:
-            yield session
+            yield uow
+            uow.write_pending()
             session.commit()
         except BaseException:
             session.rollback()
+            uow.discard()
             raise
 
 

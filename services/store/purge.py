@@ -45,9 +45,9 @@ def purge(engine: Engine, retention_days: int, now: datetime | None = None, dry_
     # keyset pagination on the primary key: each batch starts after the last, so purged rows are not re-read
     after = ""
     while True:
-        with session_scope(engine) as session:
+        with session_scope(engine) as uow:
             ids = list(
-                session.execute(
+                uow.session.execute(
                     select(col(Message.id))
                     .where(*old_final, col(Message.id) > after)
                     .order_by(col(Message.id))
@@ -56,16 +56,16 @@ def purge(engine: Engine, retention_days: int, now: datetime | None = None, dry_
             )
             if not ids:
                 break
-            _shred(session, ids)
+            _shred(uow.session, ids)
             purged += len(ids)
             after = ids[-1]
-    with session_scope(engine) as session:
-        ledger = session.execute(
+    with session_scope(engine) as uow:
+        ledger = uow.session.execute(
             ReplyLedger.__table__.delete().where(  # type: ignore[attr-defined]
                 col(ReplyLedger.granted_at) < ledger_cutoff
             )
         )
-        clicks = session.execute(
+        clicks = uow.session.execute(
             LinkClick.__table__.delete().where(  # type: ignore[attr-defined]
                 col(LinkClick.first_clicked_at) < cutoff
             )

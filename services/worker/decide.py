@@ -24,7 +24,7 @@ async def decide_message(deps: Deps, message_id: str) -> Decided | Pending | Non
     message = read
     verdict = await deps.verdicts.verdict(message)
     try:
-        decided = await deps.batcher.run(lambda session: record_verdict(session, deps.settings, message, verdict))
+        decided = await deps.batcher.run(lambda uow: record_verdict(uow, deps.settings, message, verdict))
     except IntegrityError:
         # A duplicate job decided the same message at the same moment; its decision stands.
         log.info("process.lost_race")
