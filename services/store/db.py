@@ -11,7 +11,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlmodel import Session
 
 from services.store.uow import UnitOfWork
-from services.store.writelock import write_lock
+from services.store.writelock import attach_write_lock, write_lock
 
 
 def make_engine(url: str, *, pool_size: int = 5) -> Engine:
@@ -33,6 +33,7 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
             cursor.execute("PRAGMA secure_delete=ON")
             cursor.close()
 
+        attach_write_lock(engine)
         return engine
     return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
 
