@@ -31,7 +31,7 @@ from services.store.models import (
     utcnow,
 )
 from services.store.records import SendRecord
-from services.store.uow import UnitOfWork, insert_into
+from services.store.uow import Counts, UnitOfWork, insert_into
 from services.store.vault import open_message, seal_message_rows
 from services.store.writelock import write_lock
 
@@ -41,15 +41,19 @@ _LEDGER: Table = ReplyLedger.__table__  # type: ignore[attr-defined]
 _DECISIONS: Table = Decision.__table__  # type: ignore[attr-defined]
 
 
-def store_messages(engine: Engine, rows: list[dict[str, object]]) -> None:
+def store_messages(engine: Engine, rows: list[dict[str, object]], counts: Counts | None = None) -> None:
     """Durably write received messages (message-table column dicts) in one transaction with one executemany.
 
     Core rather than ORM objects: this runs once per accepted mail and the gateway answers 250 only after it.
+    `counts` (the gateway's refused recipients) go into the same transaction.
     """
     sealed, keys = seal_message_rows(rows)
     with write_lock(engine), engine.begin() as connection:
-        connection.execute(insert_into(_KEYS), keys)
-        connection.execute(insert_into(_MESSAGES), sealed)
+        if rows:
+            connection.execute(insert_into(_KEYS), keys)
+            connection.execute(insert_into(_MESSAGES), sealed)
+        if counts:
+            counts.write(connection)
 
 
 def begin_decision(session: Session, message_id: str, pseudonym: str | None, new_state: str) -> bool:
