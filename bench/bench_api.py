@@ -30,7 +30,6 @@ from services.store import reports
 from services.store.db import make_engine, session_scope
 from services.store.migrate import upgrade
 from services.store.models import Counter
-from services.store.queries import bump_counter
 from services.store.rollup import refresh_daily_rollup
 
 CATEGORIES = {
@@ -135,11 +134,9 @@ def with_daily_rollup(url: str, end: date) -> dict[str, object]:
         with engine.begin() as connection:
             connection.exec_driver_sql("ANALYZE counter_day")
     now = datetime.now(UTC)
-    with session_scope(engine) as session:
+    with session_scope(engine) as uow:
         for hour in (now, now - timedelta(days=20), now - timedelta(days=3, hours=5)):
-            bump_counter(
-                session, hour=hour, mailbox=MAILBOXES[0], category="documents", channel="upload", outcome="repeat-7d"
-            )
+            uow.count(hour=hour, mailbox=MAILBOXES[0], category="documents", channel="upload", outcome="repeat-7d")
     queries = measure(url, end)
     started = time.perf_counter()
     refresh_daily_rollup(engine, "Europe/Berlin")

@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
 
 from services.store.batch import BatchWriter, TransactionBatcher, run_together
 from services.store.db import make_engine
 from services.store.migrate import upgrade
 from services.store.models import LinkClick, utcnow
-from services.store.queries import insert_at_commit, write_deferred_inserts
+from services.store.uow import UnitOfWork
 
 
 async def test_concurrent_submits_share_writes_and_get_their_own_results() -> None:
@@ -61,9 +60,9 @@ async def test_one_failing_work_does_not_undo_the_others(tmp_path: Path) -> None
     with engine.begin() as connection:
         connection.execute(text("CREATE TABLE item (id INTEGER PRIMARY KEY)"))
 
-    def insert(number: int) -> Callable[[Session], int]:
-        def work(session: Session) -> int:
-            session.execute(text("INSERT INTO item (id) VALUES (:n)"), {"n": number})
+    def insert(number: int) -> Callable[[UnitOfWork], int]:
+        def work(uow: UnitOfWork) -> int:
+            uow.session.execute(text("INSERT INTO item (id) VALUES (:n)"), {"n": number})
             return number
 
         return work
@@ -82,7 +81,7 @@ NOW = utcnow()
 
 
 async def test_rows_held_for_the_commit_are_written_once_and_blamed_on_their_own_work(tmp_path: Path) -> None:
-    """insert_at_commit: one executemany at commit; a row that fails there fails only the work that held it."""
+    """insert_later: one executemany at commit; a row that fails there fails only the work that held it."""
     url = f"sqlite:///{tmp_path}/deferred.db"
     upgrade(url)
     engine = make_engine(url)
@@ -91,13 +90,13 @@ async def test_rows_held_for_the_commit_are_written_once_and_blamed_on_their_own
         # link_click: a table of ours without foreign keys, its token the primary key
         return {"token": str(number), "message_id": "m", "channel": "portal", "first_clicked_at": NOW, "clicks": 1}
 
-    def count(session: Session) -> int:
-        return int(session.execute(text("SELECT count(*) FROM link_click")).scalar_one())
+    def count(uow: UnitOfWork) -> int:
+        return int(uow.session.execute(text("SELECT count(*) FROM link_click")).scalar_one())
 
-    def hold(number: int) -> Callable[[Session], int]:
-        def work(session: Session) -> int:
-            insert_at_commit(session, LinkClick, click(number))
-            return count(session)  # held back: not yet in the table
+    def hold(number: int) -> Callable[[UnitOfWork], int]:
+        def work(uow: UnitOfWork) -> int:
+            uow.insert_later(LinkClick, click(number))
+            return count(uow)  # held back: not yet in the table
 
         return work
 
@@ -105,13 +104,13 @@ async def test_rows_held_for_the_commit_are_written_once_and_blamed_on_their_own
     outcomes = run_together(engine, [hold(3), hold(1), hold(4)])
     assert outcomes[0] == 2 and outcomes[2] == 3 and isinstance(outcomes[1], IntegrityError)
 
-    def hold_then_read(session: Session) -> int:
-        insert_at_commit(session, LinkClick, click(5))
-        write_deferred_inserts(session)
-        return count(session)
+    def hold_then_read(uow: UnitOfWork) -> int:
+        uow.insert_later(LinkClick, click(5))
+        uow.write_inserts()
+        return count(uow)
 
-    def hold_then_fail(session: Session) -> int:
-        insert_at_commit(session, LinkClick, click(6))
+    def hold_then_fail(uow: UnitOfWork) -> int:
+        uow.insert_later(LinkClick, click(6))
         raise ValueError("the work fails after holding a row")
 
     assert run_together(engine, [hold_then_read]) == [5]

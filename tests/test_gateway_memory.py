@@ -143,8 +143,8 @@ def test_concurrent_large_mails_keep_the_gateway_small(tmp_path: Path, clean_dat
     engine = make_engine(clean_database)
     try:
         for number, message_id in ids.items():
-            with session_scope(engine) as session:
-                stored = load_message(session, message_id)
+            with session_scope(engine) as uow:
+                stored = load_message(uow.session, message_id)
                 assert stored is not None and stored.raw is not None
                 assert hashlib.sha256(stored.raw).hexdigest() == mails[number][1], number
                 del stored
@@ -297,8 +297,8 @@ async def test_spool_failure_answers_452_and_stores_nothing(pipeline: Pipeline, 
         assert answers == {}
     finally:
         server.close()
-    with session_scope(pipeline.deps.engine) as session:
-        stored = opened_messages(session)
+    with session_scope(pipeline.deps.engine) as uow:
+        stored = opened_messages(uow.session)
     assert [message.size for message in stored] == [len(make_mail(body="kurz"))]
     assert limits.inflight.used == 0
 
@@ -324,6 +324,6 @@ async def test_spooled_lmtp_mail_is_stored_once_and_answered_per_recipient(pipel
     finally:
         writer.close()
         await writer.wait_closed()
-    with session_scope(pipeline.deps.engine) as session:
-        [stored] = opened_messages(session)
+    with session_scope(pipeline.deps.engine) as uow:
+        [stored] = opened_messages(uow.session)
     assert stored.raw == data and stored.protocol == "lmtp" and len(stored.rcpt_tos) == 2

@@ -12,7 +12,6 @@ from sqlalchemy import func, select
 from services.store import reports
 from services.store.db import make_engine, session_scope
 from services.store.models import CounterDay, CounterDirtyHour, RollupState
-from services.store.queries import bump_counter
 from services.store.rollup import _clear_marks, _marks, refresh_daily_rollup
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -21,11 +20,9 @@ Bump = tuple[datetime, str, str, str, str, int]
 
 
 def _bump(engine: object, bumps: list[Bump]) -> None:
-    with session_scope(engine) as session:  # type: ignore[arg-type]
+    with session_scope(engine) as uow:  # type: ignore[arg-type]
         for hour, mailbox, category, channel, outcome, amount in bumps:
-            bump_counter(
-                session, hour=hour, mailbox=mailbox, category=category, channel=channel, outcome=outcome, amount=amount
-            )
+            uow.count(hour=hour, mailbox=mailbox, category=category, channel=channel, outcome=outcome, amount=amount)
 
 
 def _random_bumps(rng: random.Random, first: datetime, hours: int, count: int) -> list[Bump]:
@@ -86,10 +83,10 @@ def test_daily_rollup_is_exact_through_late_changes_and_zone_changes(clean_datab
 
     result = refresh_daily_rollup(engine, "Europe/Berlin")
     assert result.full_build and result.days >= 40
-    with session_scope(engine) as session:
-        assert session.get(RollupState, 1) is not None
-        assert session.execute(select(func.count()).select_from(CounterDirtyHour)).scalar_one() == 0
-        daily_total = session.execute(select(func.sum(CounterDay.count))).scalar_one()
+    with session_scope(engine) as uow:
+        assert uow.session.get(RollupState, 1) is not None
+        assert uow.session.execute(select(func.count()).select_from(CounterDirtyHour)).scalar_one() == 0
+        daily_total = uow.session.execute(select(func.sum(CounterDay.count))).scalar_one()
     assert daily_total == sum(b[5] for b in bumps)
     _check(engine, bumps, BERLIN)
 
@@ -113,11 +110,11 @@ def test_a_change_after_the_marks_were_read_stays_marked(clean_database: str) ->
     engine = make_engine(clean_database)
     hour = datetime(2026, 5, 4, 9, tzinfo=UTC)
     _bump(engine, [(hour, "jc@a.example", "general", "portal", "received", 1)])
-    with session_scope(engine) as session:
-        read = _marks(session)
+    with session_scope(engine) as uow:
+        read = _marks(uow.session)
     _bump(engine, [(hour, "jc@a.example", "general", "portal", "received", 1)])  # lands while the rollup runs
-    with session_scope(engine) as session:
-        _clear_marks(session, read)
-    with session_scope(engine) as session:
-        assert [h for h, _v in _marks(session)] == [hour]
+    with session_scope(engine) as uow:
+        _clear_marks(uow.session, read)
+    with session_scope(engine) as uow:
+        assert [h for h, _v in _marks(uow.session)] == [hour]
     engine.dispose()

@@ -9,8 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-import pytest
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
 from services.store.db import make_engine, session_scope
 from services.store.models import Message
@@ -18,12 +17,11 @@ from services.store.writelock import sqlite_file, write_lock
 
 HOLD_WRITE = """
 import sys
-import pytest
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 from services.store.db import make_engine, session_scope
 engine = make_engine(sys.argv[1])
-with session_scope(engine) as session:
-    session.execute(text("UPDATE message SET state = 'held-by-child' WHERE id = 'm1'"))
+with session_scope(engine) as uow:
+    uow.session.execute(text("UPDATE message SET state = 'held-by-child' WHERE id = 'm1'"))
     print("holding", flush=True)
     sys.stdin.readline()
 """
@@ -33,8 +31,8 @@ def _database(tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path / 'cs.db'}"
     engine = make_engine(url)
     Message.metadata.create_all(engine)
-    with session_scope(engine) as session:
-        session.execute(
+    with session_scope(engine) as uow:
+        uow.session.execute(
             text(
                 "INSERT INTO message (id, protocol, mailbox, mail_from, rcpt_tos, size, received_at, state, updated_at)"
                 " VALUES ('m1', 'smtp', 'a@b', '', '[]', 0, '2026-01-01', 'received', '2026-01-01')"
@@ -56,9 +54,9 @@ def test_a_writer_in_another_process_makes_ours_wait_for_the_lock_not_for_sqlite
         seen: list[str] = []
 
         def write() -> None:
-            with session_scope(engine) as session:
-                seen.append(session.execute(text("SELECT state FROM message WHERE id = 'm1'")).scalar_one())
-                session.execute(text("UPDATE message SET state = 'ours' WHERE id = 'm1'"))
+            with session_scope(engine) as uow:
+                seen.append(uow.session.execute(text("SELECT state FROM message WHERE id = 'm1'")).scalar_one())
+                uow.session.execute(text("UPDATE message SET state = 'ours' WHERE id = 'm1'"))
             done.set()
 
         writer = threading.Thread(target=write)
@@ -72,8 +70,8 @@ def test_a_writer_in_another_process_makes_ours_wait_for_the_lock_not_for_sqlite
     writer.join()
     # it began after the child committed, so it saw the child's write and overwrote it, no busy error
     assert seen == ["held-by-child"]
-    with session_scope(engine) as session:
-        assert session.execute(text("SELECT state FROM message WHERE id = 'm1'")).scalar_one() == "ours"
+    with session_scope(engine) as uow:
+        assert uow.session.execute(text("SELECT state FROM message WHERE id = 'm1'")).scalar_one() == "ours"
     engine.dispose()
 
 
@@ -138,11 +136,52 @@ def test_only_sqlite_files_have_a_writer_lock(tmp_path: Path) -> None:
         assert (tmp_path / "cs.db-writer.lock").exists()
 
 
-def test_two_spellings_of_one_file_share_one_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "sub").mkdir()
-    absolute = make_engine(f"sqlite:///{tmp_path / 'cs.db'}")
-    relative = make_engine("sqlite:///sub/../cs.db")
-    # nesting them in one thread would deadlock if each had its own descriptor
-    with write_lock(absolute), write_lock(relative):
-        pass
+def test_two_engines_on_one_file_exclude_each_other_like_two_processes(tmp_path: Path) -> None:
+    one = make_engine(f"sqlite:///{tmp_path / 'cs.db'}")
+    other = make_engine(f"sqlite:///{tmp_path / 'sub' / '..' / 'cs.db'}")
+    taken = threading.Event()
+    with write_lock(one):
+        waiter = threading.Thread(target=lambda: _take(other, taken), daemon=True)
+        waiter.start()
+        assert not taken.wait(0.3), "the other engine got the lock while this one held it"
+    assert taken.wait(30)
+    waiter.join(30)
+
+
+def _take(engine: Engine, taken: threading.Event) -> None:
+    with write_lock(engine):
+        taken.set()
+
+
+HOLD_AND_FORK = """
+import os, sys, time
+from services.store.db import make_engine
+from services.store.writelock import write_lock
+engine = make_engine(sys.argv[1])
+with write_lock(engine):
+    if os.fork() == 0:
+        # the child writes once the parent is gone: it must not keep the parent's lock through the descriptor
+        # it inherited
+        with write_lock(engine):
+            print("child wrote", flush=True)
+        os._exit(0)
+    print("holding", flush=True)
+    time.sleep(300)
+"""
+
+
+def test_a_killed_holders_lock_is_free_even_though_its_forked_child_inherited_the_descriptor(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'cs.db'}"
+    with subprocess.Popen([sys.executable, "-c", HOLD_AND_FORK, url], stdout=subprocess.PIPE, text=True) as holder:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "holding"
+        engine = make_engine(url)
+        taken = threading.Event()
+        waiter = threading.Thread(target=lambda: _take(engine, taken), daemon=True)
+        waiter.start()
+        assert not taken.wait(0.3)
+        holder.kill()  # SIGKILL: the kernel releases its flock, unless another process still has the descriptor
+        holder.wait(30)
+        assert taken.wait(30), "the lock stayed held after its holder was killed"
+        assert holder.stdout.readline().strip() == "child wrote"
+    waiter.join(30)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import os
 import re
@@ -17,13 +16,11 @@ from sqlalchemy import Engine
 
 from services.domain import is_mailbox
 from services.gateway import replies
-from services.gateway.commit import EnqueueBatch, GroupCommitter
+from services.gateway.commit import Count, EnqueueBatch, GroupCommitter
 from services.gateway.spool import Spool
 from services.metrics import STORE_SECONDS
 from services.ruleset.reload import RuleSetHolder
-from services.store.db import session_scope
 from services.store.models import MessageState, utcnow
-from services.store.queries import bump_counter
 
 log = structlog.get_logger(__name__)
 
@@ -148,22 +145,23 @@ class GatewayHandler:
         if not is_mailbox(address):
             return replies.REJECT_BAD_ADDRESS
         if not self.rules.current.is_served(address):
-            await asyncio.to_thread(self._count_rejection)
+            await self._count_rejection()
             return replies.REJECT_UNKNOWN_RECIPIENT.format(rcpt=address)
         envelope.rcpt_tos.append(address)
         return replies.OK_RECIPIENT
 
-    def _count_rejection(self) -> None:
+    async def _count_rejection(self) -> None:
         try:
-            with session_scope(self.engine) as session:
-                bump_counter(
-                    session,
+            # in the next group commit, with the mails waiting for it
+            await self.committer.count(
+                Count(
                     hour=utcnow(),
                     mailbox="(unserved)",
                     category="(none)",
                     channel="(none)",
                     outcome="rejected:unknown-recipient",
                 )
+            )
         except Exception:
             log.warning("gateway.count_failed")
 

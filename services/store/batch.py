@@ -9,9 +9,9 @@ from typing import Generic, TypeVar, cast
 
 import structlog
 from sqlalchemy import Engine
-from sqlmodel import Session
 
 from services.store.db import session_scope
+from services.store.uow import UnitOfWork
 
 log = structlog.get_logger(__name__)
 
@@ -86,15 +86,15 @@ def in_thread(
     return run
 
 
-Work = Callable[[Session], object]
+Work = Callable[[UnitOfWork], object]
 
 
 def run_together(engine: Engine, works: list[Work]) -> list[object | BaseException]:
     """All works in one transaction; if that fails, each in its own, so one bad item cannot fail the others."""
     if len(works) > 1:
         try:
-            with session_scope(engine) as session:
-                return [work(session) for work in works]
+            with session_scope(engine) as uow:
+                return [work(uow) for work in works]
         except Exception as exc:
             # the one-by-one pass below reports each item's own error; this line shows how often batches fail
             log.info("batch.retried_one_by_one", works=len(works), error=type(exc).__name__)
@@ -102,8 +102,8 @@ def run_together(engine: Engine, works: list[Work]) -> list[object | BaseExcepti
     for work in works:
         outcome: object | BaseException
         try:
-            with session_scope(engine) as session:
-                outcome = work(session)
+            with session_scope(engine) as uow:
+                outcome = work(uow)
         except Exception as exc:  # from the work or from its commit (rows and counters are written then)
             outcome = exc
         outcomes.append(outcome)
@@ -111,9 +111,9 @@ def run_together(engine: Engine, works: list[Work]) -> list[object | BaseExcepti
 
 
 class TransactionBatcher:
-    """Runs `work(session)` callables from many concurrent jobs in shared transactions (one commit per batch).
+    """Runs `work(uow)` callables from many concurrent jobs in shared transactions (one commit per batch).
 
-    A work must do only database work in its session and be safe to run again after a rollback.
+    A work must do only database work in its unit of work and be safe to run again after a rollback.
     """
 
     def __init__(self, engine: Engine, *, max_batch: int = 64) -> None:
@@ -121,7 +121,7 @@ class TransactionBatcher:
             in_thread(lambda works: run_together(engine, works)), max_batch=max_batch
         )
 
-    async def run(self, work: Callable[[Session], Result]) -> Result:
+    async def run(self, work: Callable[[UnitOfWork], Result]) -> Result:
         return cast(Result, await self._writer.submit(work))
 
     async def close(self) -> None:

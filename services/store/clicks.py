@@ -14,7 +14,6 @@ from sqlmodel import col
 from services.store.cohort import count_first_open
 from services.store.db import session_scope
 from services.store.models import Decision, LinkClick, Message
-from services.store.queries import bump_counter
 
 _LINKS: Table = LinkClick.__table__  # type: ignore[attr-defined]
 
@@ -32,7 +31,8 @@ def record_clicks(engine: Engine, clicks: list[Click]) -> None:
     per_token = Tally(click.token for click in clicks)
     first = {click.token: click for click in reversed(clicks)}  # earliest click of each token
     insert: Any = (postgresql if engine.dialect.name == "postgresql" else sqlite).insert(_LINKS)
-    with session_scope(engine) as session:
+    with session_scope(engine) as uow:
+        session = uow.session
         ids = sorted({click.message_id for click in clicks})
         facts = {
             message_id: (category, mailbox, reply_channel, received_at)
@@ -67,7 +67,7 @@ def record_clicks(engine: Engine, clicks: list[Click]) -> None:
             if created is not None:
                 unique = 1
                 count_first_open(
-                    session,
+                    uow,
                     message_id=click.message_id,
                     received_at=received_at,
                     mailbox=mailbox,
@@ -82,8 +82,7 @@ def record_clicks(engine: Engine, clicks: list[Click]) -> None:
                 unique = 0
             for outcome, amount in (("click", count), ("click-unique", unique)):
                 if amount:
-                    bump_counter(
-                        session,
+                    uow.count(
                         hour=click.at,
                         mailbox=mailbox,
                         category=category,

@@ -5,17 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import func, select
-from sqlmodel import Session, col
+from sqlmodel import col
 
 from services.store.models import JobState, LinkClick, Reply
-from services.store.queries import bump_counter
+from services.store.uow import UnitOfWork
 
 REPLY_CLICKED = "reply-clicked"
 LINK_OPENED = "link-opened"
 
 
 def count_first_open(
-    session: Session,
+    uow: UnitOfWork,
     *,
     message_id: str,
     received_at: datetime,
@@ -33,17 +33,17 @@ def count_first_open(
     Only replies in state `sent` count, as only they are in `reply-sent`.
     """
     # the row lock serialises first clicks of one reply's links: of two at once, only one sees itself alone
-    state = session.execute(
+    state = uow.session.execute(
         select(col(Reply.state)).where(col(Reply.message_id) == message_id).with_for_update()
     ).scalar_one_or_none()
     if state != JobState.SENT:
         return
-    opened = session.execute(
+    opened = uow.session.execute(
         select(func.count()).select_from(LinkClick).where(col(LinkClick.message_id) == message_id)
     ).scalar_one()
 
     def count(channel: str, outcome: str) -> None:
-        bump_counter(session, hour=received_at, mailbox=mailbox, category=category, channel=channel, outcome=outcome)
+        uow.count(hour=received_at, mailbox=mailbox, category=category, channel=channel, outcome=outcome)
 
     count(link_channel, LINK_OPENED)
     if opened == 1:

@@ -40,11 +40,11 @@ class CategoryPrecision:
 
 def record_correction(engine: Engine, message_id: str, decided_category: str, corrected_category: str) -> bool:
     """Append a staff answer to the message's decision; False when there is no such decision."""
-    with session_scope(engine) as session:
-        decision = session.get(Decision, message_id)
+    with session_scope(engine) as uow:
+        decision = uow.session.get(Decision, message_id)
         if decision is None:
             return False
-        session.add(
+        uow.session.add(
             StaffCorrection(
                 message_id=message_id,
                 decided_category=decided_category,

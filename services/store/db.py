@@ -10,7 +10,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, text
 from sqlmodel import Session
 
-from services.store.writelock import write_lock
+from services.store.uow import UnitOfWork
+from services.store.writelock import attach_write_lock, write_lock
 
 
 def make_engine(url: str, *, pool_size: int = 5) -> Engine:
@@ -32,19 +33,26 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
             cursor.execute("PRAGMA secure_delete=ON")
             cursor.close()
 
+        attach_write_lock(engine)
         return engine
     return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
 
 
 @contextmanager
-def session_scope(engine: Engine) -> Iterator[Session]:
-    """A write transaction: commits on success, rolls back on any error; on SQLite it holds our writer lock."""
+def session_scope(engine: Engine) -> Iterator[UnitOfWork]:
+    """A write transaction: commits on success, rolls back on any error; on SQLite it holds our writer lock.
+
+    What the unit of work holds back (counts, later inserts) is written just before the commit.
+    """
     with write_lock(engine), Session(engine, expire_on_commit=False) as session:
+        uow = UnitOfWork(session)
         try:
-            yield session
+            yield uow
+            uow.write_pending()
             session.commit()
         except BaseException:
             session.rollback()
+            uow.discard()
             raise
 
 

@@ -13,14 +13,13 @@ from services.store.models import Decision, Delivery, JobState, Message, Message
 from services.store.queries import (
     begin_decision,
     bump_message_counter,
-    insert_at_commit,
     insert_now,
     load_message,
     mark_repeat_contact,
     reply_allowance,
-    write_deferred_inserts,
 )
 from services.store.records import SendRecord
+from services.store.uow import UnitOfWork
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,6 @@ class Decided:
 
 
 def pending_of(session: Session, message_id: str) -> Pending:
-    write_deferred_inserts(session)  # a decision of this batch may hold its rows back until the commit
     reply = session.get(Reply, message_id)
     delivery = session.get(Delivery, message_id)
     return Pending(
@@ -67,7 +65,7 @@ def reply_message_id(settings: Settings, message_id: str) -> str:
 
 
 def record_verdict(
-    session: Session, settings: Settings, message: Message, verdict: Verdict, *, reply_transmitting: bool = False
+    uow: UnitOfWork, settings: Settings, message: Message, verdict: Verdict, *, reply_transmitting: bool = False
 ) -> Decided | Pending:
     """Write a verdict in the caller's transaction; a message someone else decided returns its pending work.
 
@@ -76,12 +74,13 @@ def record_verdict(
     holds the reply's bytes and transmits them right after the commit) the reply starts `transmitting`
     instead, as `mark_transmitting` would set it: one transaction less, and never taken over or resent.
     """
+    session = uow.session
     if not begin_decision(session, message.id, verdict.sender_pseudonym, MessageState.CLASSIFIED):
+        uow.write_inserts()  # a decision of this batch may hold its rows back until the commit
         return pending_of(session, message.id)
     verdict = verdict.with_allowance(_allowance(session, settings, message, verdict))
     # nothing in this transaction reads these rows back (but pending_of): written in one executemany per table
-    insert_at_commit(
-        session,
+    uow.insert_later(
         Decision,
         {
             "message_id": message.id,
@@ -91,10 +90,10 @@ def record_verdict(
         },
     )
     reply_state = JobState.TRANSMITTING if reply_transmitting else JobState.SENDING
-    reply = _claim_reply(session, settings, message, verdict, reply_state) if verdict.reply else None
-    delivery = _claim_send(session, Delivery, {"message_id": message.id, "delivered_at": None})
+    reply = _claim_reply(uow, settings, message, verdict, reply_state) if verdict.reply else None
+    delivery = _claim_send(uow, Delivery, {"message_id": message.id, "delivered_at": None})
     message.state = MessageState.CLASSIFIED
-    _count(session, message, verdict)
+    _count(uow, message, verdict)
     return Decided(message, verdict, reply, delivery)
 
 
@@ -115,7 +114,7 @@ def _allowance(session: Session, settings: Settings, message: Message, verdict: 
 
 
 def _claim_send(
-    session: Session, model: type[Reply] | type[Delivery], values: dict[str, object], state: str = JobState.SENDING
+    uow: UnitOfWork, model: type[Reply] | type[Delivery], values: dict[str, object], state: str = JobState.SENDING
 ) -> SendRecord:
     """A reply or delivery row that starts claimed (sending, attempt 1) by the calling job."""
     claimed_at = utcnow()
@@ -127,14 +126,14 @@ def _claim_send(
         "error": None,
         **values,
     }
-    insert_at_commit(session, model, row)
+    uow.insert_later(model, row)
     return SendRecord.of(model, row)
 
 
-def _claim_reply(session: Session, settings: Settings, message: Message, verdict: Verdict, state: str) -> SendRecord:
+def _claim_reply(uow: UnitOfWork, settings: Settings, message: Message, verdict: Verdict, state: str) -> SendRecord:
     assert verdict.template is not None and verdict.sender_pseudonym is not None
     claimed = _claim_send(
-        session,
+        uow,
         Reply,
         {
             "message_id": message.id,
@@ -147,7 +146,7 @@ def _claim_reply(session: Session, settings: Settings, message: Message, verdict
     )
     # written at once: the next decision of this batch may be the same sender's and must see it
     insert_now(
-        session,
+        uow.session,
         ReplyLedger,
         {
             "sender_pseudonym": verdict.sender_pseudonym,
@@ -171,14 +170,14 @@ def _claim_reply(session: Session, settings: Settings, message: Message, verdict
     )
 
 
-def _count(session: Session, message: Message, verdict: Verdict) -> None:
+def _count(uow: UnitOfWork, message: Message, verdict: Verdict) -> None:
     def count(outcome: str) -> None:
-        bump_message_counter(session, message, verdict, outcome)
+        bump_message_counter(uow, message, verdict, outcome)
 
     count("received")
     if verdict.sender_pseudonym is not None and verdict.category != "automated":
         # windows (repeat senders) are measured on arrival time, not on processing time
-        mark_repeat_contact(session, verdict.sender_pseudonym, message.received_at)
+        mark_repeat_contact(uow, verdict.sender_pseudonym, message.received_at)
     if verdict.reply:
         count("replied")
     elif verdict.suppressed is not None:

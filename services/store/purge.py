@@ -48,23 +48,23 @@ def purge(engine: Engine, retention_days: int, now: datetime | None = None, dry_
     # unpurged rows at once, while in the table they lie behind all purged ones.
     in_index_order = (col(Message.state), col(Message.received_at))
     while True:
-        with session_scope(engine) as session:
+        with session_scope(engine) as uow:
             ids = list(
-                session.execute(
+                uow.session.execute(
                     select(col(Message.id)).where(*old_final).order_by(*in_index_order).limit(BATCH)
                 ).scalars()
             )
             if not ids:
                 break
-            _shred(session, ids)
+            _shred(uow.session, ids)
             purged += len(ids)
-    with session_scope(engine) as session:
-        ledger = session.execute(
+    with session_scope(engine) as uow:
+        ledger = uow.session.execute(
             ReplyLedger.__table__.delete().where(  # type: ignore[attr-defined]
                 col(ReplyLedger.granted_at) < ledger_cutoff
             )
         )
-        clicks = session.execute(
+        clicks = uow.session.execute(
             LinkClick.__table__.delete().where(  # type: ignore[attr-defined]
                 col(LinkClick.first_clicked_at) < cutoff
             )

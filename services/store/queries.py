@@ -7,16 +7,12 @@ UPDATE on the bench machine), and the worker runs about a dozen per mail.
 
 from __future__ import annotations
 
-import collections
 import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, Engine, Table, bindparam, case, event, func, insert, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session as ORMSession
-from sqlalchemy.sql.dml import Insert
+from sqlalchemy import BigInteger, Engine, Table, bindparam, case, func, or_, select, update
 from sqlmodel import Session, SQLModel, col
 from sqlmodel import select as model_select
 
@@ -24,8 +20,6 @@ from services.domain import Verdict
 from services.privacy import mask_addresses
 from services.store.db import session_scope
 from services.store.models import (
-    Counter,
-    CounterDirtyHour,
     Decision,
     Delivery,
     JobState,
@@ -37,6 +31,7 @@ from services.store.models import (
     utcnow,
 )
 from services.store.records import SendRecord
+from services.store.uow import Counts, UnitOfWork, insert_into
 from services.store.vault import open_message, seal_message_rows
 from services.store.writelock import write_lock
 
@@ -46,70 +41,19 @@ _LEDGER: Table = ReplyLedger.__table__  # type: ignore[attr-defined]
 _DECISIONS: Table = Decision.__table__  # type: ignore[attr-defined]
 
 
-def store_messages(engine: Engine, rows: list[dict[str, object]]) -> None:
+def store_messages(engine: Engine, rows: list[dict[str, object]], counts: Counts | None = None) -> None:
     """Durably write received messages (message-table column dicts) in one transaction with one executemany.
 
     Core rather than ORM objects: this runs once per accepted mail and the gateway answers 250 only after it.
+    `counts` (the gateway's refused recipients) go into the same transaction.
     """
     sealed, keys = seal_message_rows(rows)
     with write_lock(engine), engine.begin() as connection:
-        connection.execute(_insert_into(_KEYS), keys)
-        connection.execute(_insert_into(_MESSAGES), sealed)
-
-
-def hour_of(moment: datetime) -> datetime:
-    return moment.replace(minute=0, second=0, microsecond=0)
-
-
-_COUNTER_BUMPS = "channelshift.counter_bumps"
-_COUNTER_KEYS = ("hour", "mailbox", "category", "channel", "outcome")
-
-
-def bump_counter(
-    session: Session, *, hour: datetime, mailbox: str, category: str, channel: str, outcome: str, amount: int = 1
-) -> None:
-    """Count in the hourly rollup within the caller's transaction.
-
-    Bumps are summed per row in the session and written together just before it commits (one upsert
-    statement for the whole transaction, rows in key order so concurrent writers lock them alike).
-    """
-    bumps: collections.Counter[tuple[datetime, str, str, str, str]] = session.info.setdefault(
-        _COUNTER_BUMPS, collections.Counter()
-    )
-    bumps[(hour_of(hour), mailbox, category, channel, outcome[:80])] += amount
-
-
-@event.listens_for(ORMSession, "before_commit")
-def _write_deferred(session: ORMSession) -> None:
-    write_deferred_inserts(session)
-    bumps = session.info.pop(_COUNTER_BUMPS, None)
-    if not bumps:
-        return
-    upsert, mark_dirty = _counter_upserts(session.get_bind().dialect.name)
-    rows = [{**dict(zip(_COUNTER_KEYS, key, strict=True)), "count": amount} for key, amount in sorted(bumps.items())]
-    session.execute(upsert, rows)
-    # the daily rollup rebuilds the days of these hours (services/store/rollup.py)
-    session.execute(mark_dirty, [{"hour": hour, "version": 1} for hour in sorted({key[0] for key in bumps})])
-
-
-@functools.cache
-def _counter_upserts(dialect: str) -> tuple[Insert, Insert]:
-    """The counter upsert and the dirty-hour mark for one dialect (PostgreSQL and SQLite spell ON CONFLICT alike)."""
-    counters = Counter.__table__  # type: ignore[attr-defined]
-    dirty = CounterDirtyHour.__table__  # type: ignore[attr-defined]
-    module: Any = postgresql if dialect == "postgresql" else sqlite
-    statement = module.insert(counters)
-    upsert = statement.on_conflict_do_update(
-        index_elements=list(_COUNTER_KEYS), set_={"count": counters.c.count + statement.excluded.count}
-    )
-    mark = module.insert(dirty)
-    return upsert, mark.on_conflict_do_update(index_elements=["hour"], set_={"version": dirty.c.version + 1})
-
-
-@event.listens_for(ORMSession, "after_rollback")
-def _drop_deferred(session: ORMSession) -> None:
-    session.info.pop(_COUNTER_BUMPS, None)
-    session.info.pop(_DEFERRED_INSERTS, None)
+        if rows:
+            connection.execute(insert_into(_KEYS), keys)
+            connection.execute(insert_into(_MESSAGES), sealed)
+        if counts:
+            counts.write(connection)
 
 
 def begin_decision(session: Session, message_id: str, pseudonym: str | None, new_state: str) -> bool:
@@ -176,39 +120,12 @@ def _send_by_id(model: type[Reply] | type[Delivery]) -> Any:
 
 def insert_now(session: Session, model: type[SQLModel], values: dict[str, object]) -> None:
     """INSERT one row of a table model from plain values (every column given, or the table's defaults apply)."""
-    session.execute(_insert_into(model.__table__), [values])  # type: ignore[attr-defined]
+    session.execute(insert_into(model.__table__), [values])  # type: ignore[attr-defined]
 
 
-_DEFERRED_INSERTS = "channelshift.deferred_inserts"
-
-
-def insert_at_commit(session: Session, model: type[SQLModel], values: dict[str, object]) -> None:
-    """INSERT one row when the transaction commits, together with the same table's other rows of that transaction.
-
-    One executemany per table instead of one statement per row, for rows nothing in the transaction reads
-    back before it commits (see `write_deferred_inserts` for reads that must see them). Rows of one table must
-    name the same columns.
-    """
-    deferred: dict[Table, list[dict[str, object]]] = session.info.setdefault(_DEFERRED_INSERTS, {})
-    deferred.setdefault(model.__table__, []).append(values)  # type: ignore[attr-defined]
-
-
-def write_deferred_inserts(session: ORMSession) -> None:
-    """Write the rows `insert_at_commit` holds back, now (before a read that must see them, and at commit)."""
-    deferred = session.info.pop(_DEFERRED_INSERTS, None)
-    for table, rows in (deferred or {}).items():
-        session.execute(_insert_into(table), rows)
-
-
-@functools.cache
-def _insert_into(table: Table) -> Insert:
-    return insert(table)
-
-
-def bump_message_counter(session: Session, message: Message, decision: Decision | Verdict, outcome: str) -> None:
+def bump_message_counter(uow: UnitOfWork, message: Message, decision: Decision | Verdict, outcome: str) -> None:
     """Count an outcome in the hour the message arrived, under its mailbox, category and channel."""
-    bump_counter(
-        session,
+    uow.count(
         hour=message.received_at,
         mailbox=message.mailbox,
         category=decision.category,
@@ -266,23 +183,22 @@ _DOMAIN_TODAY = select(func.count()).where(
 )
 
 
-def mark_repeat_contact(session: Session, pseudonym: str, now: datetime) -> None:
+def mark_repeat_contact(uow: UnitOfWork, pseudonym: str, now: datetime) -> None:
     """This sender writes again: mark their earlier steering replies (7 / 30 days) as followed by e-mail, once."""
-    earlier = session.execute(
+    earlier = uow.session.execute(
         _UNMARKED_REPLIES, {"pseudonym": pseudonym, "since": now - timedelta(days=30), "now": now}
     ).all()
     for entry in earlier:
         windows = ["30d"] + (["7d"] if entry.granted_at > now - timedelta(days=7) else [])
         for window in windows:
-            bump_counter(
-                session,
+            uow.count(
                 hour=entry.received_at,
                 mailbox=entry.mailbox,
                 category=entry.category,
                 channel=entry.channel,
                 outcome=f"repeat-{window}",
             )
-        session.execute(_MARK_REPEAT, {"entry_id": entry.id, "within_7d": "7d" in windows})
+        uow.session.execute(_MARK_REPEAT, {"entry_id": entry.id, "within_7d": "7d" in windows})
 
 
 _UNMARKED_REPLIES = select(
@@ -492,8 +408,8 @@ _MESSAGE_DELIVERY_STATE = (
 def settle_uncertain_replies(engine: Engine, stale_after: timedelta) -> int:
     """Replies whose transmission was cut off by a crash: never resend, record them as uncertain."""
     now = utcnow()
-    with session_scope(engine) as session:
-        rows = session.exec(
+    with session_scope(engine) as uow:
+        rows = uow.session.exec(
             model_select(Reply, Message, Decision)
             .where(col(Reply.message_id) == col(Message.id), col(Decision.message_id) == col(Message.id))
             .where(col(Reply.state) == JobState.TRANSMITTING, col(Reply.claimed_at) < now - stale_after)
@@ -502,8 +418,8 @@ def settle_uncertain_replies(engine: Engine, stale_after: timedelta) -> int:
         for reply, message, decision in rows:
             reply.state = JobState.UNCERTAIN
             reply.error = "worker stopped during transmission; not resent to avoid a duplicate"
-            session.add(reply)
-            bump_message_counter(session, message, decision, "reply-uncertain")
+            uow.session.add(reply)
+            bump_message_counter(uow, message, decision, "reply-uncertain")
         return len(rows)
 
 

@@ -96,34 +96,34 @@ def refresh_daily_rollup(engine: Engine, zone_name: str, *, max_marks: int = 200
         built_zone = state.zone if state is not None else None
     if built_zone != zone_name:
         return RollupResult(full_build=True, days=_full_build(engine, zone))
-    with session_scope(engine) as session:
-        _take_lock(session)
-        marks = _marks(session, max_marks)
+    with session_scope(engine) as uow:
+        _take_lock(uow.session)
+        marks = _marks(uow.session, max_marks)
         days = sorted({local_day(hour, zone) for hour, _version in marks})
         for day in days:
-            _rebuild(session, zone, day, day)
-        _clear_marks(session, marks)
+            _rebuild(uow.session, zone, day, day)
+        _clear_marks(uow.session, marks)
     return RollupResult(full_build=False, days=len(days))
 
 
 def _full_build(engine: Engine, zone: ZoneInfo) -> int:
     """Build every day from the hourly counters in month-sized transactions (never one long write lock)."""
-    with session_scope(engine) as session:
+    with session_scope(engine) as uow:
         # readers fall back to the hourly counters until the build is complete
-        session.execute(delete(RollupState.__table__))  # type: ignore[attr-defined]
-        session.execute(delete(CounterDay.__table__))  # type: ignore[attr-defined]
-        marks = _marks(session)
-        first_hour, last_hour = session.execute(select(func.min(Counter.hour), func.max(Counter.hour))).one()
+        uow.session.execute(delete(RollupState.__table__))  # type: ignore[attr-defined]
+        uow.session.execute(delete(CounterDay.__table__))  # type: ignore[attr-defined]
+        marks = _marks(uow.session)
+        first_hour, last_hour = uow.session.execute(select(func.min(Counter.hour), func.max(Counter.hour))).one()
     days = 0
     if first_hour is not None and last_hour is not None:
         day, last_day = local_day(first_hour, zone), local_day(last_hour, zone)
         while day <= last_day:
             chunk_end = min(day + timedelta(days=FULL_BUILD_CHUNK_DAYS - 1), last_day)
-            with session_scope(engine) as session:
-                _rebuild(session, zone, day, chunk_end)
+            with session_scope(engine) as uow:
+                _rebuild(uow.session, zone, day, chunk_end)
             days += (chunk_end - day).days + 1
             day = chunk_end + timedelta(days=1)
-    with session_scope(engine) as session:
-        _clear_marks(session, marks)
-        session.add(RollupState(id=1, zone=zone.key, built_at=utcnow()))
+    with session_scope(engine) as uow:
+        _clear_marks(uow.session, marks)
+        uow.session.add(RollupState(id=1, zone=zone.key, built_at=utcnow()))
     return days

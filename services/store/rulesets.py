@@ -103,11 +103,11 @@ class RuleSetStore:
             return False
         hashes = {path: sha256(data) for path, data in files.items()}
         self._store_blobs(files, hashes)
-        with session_scope(self.engine) as session:
-            previous = session.exec(
+        with session_scope(self.engine) as uow:
+            previous = uow.session.exec(
                 select(RuleSetVersion).order_by(col(RuleSetVersion.activated_at).desc()).limit(1)
             ).first()
-            previous_hashes = self._hashes(session, previous.version) if previous is not None else None
+            previous_hashes = self._hashes(uow.session, previous.version) if previous is not None else None
             row = {
                 "version": version,
                 "activated_at": utcnow(),
@@ -118,18 +118,18 @@ class RuleSetStore:
                 "changed": [c.as_dict() for c in changes(previous_hashes, hashes)],
                 "warnings": list(warnings),
             }
-            if not _insert_ignoring_duplicates(session, RuleSetVersion, [row]):
+            if not _insert_ignoring_duplicates(uow.session, RuleSetVersion, [row]):
                 return False  # another process recorded it between our check and now, with its files
             file_rows = [
                 {"version": version, "path": path, "sha256": digest, "size": len(files[path])}
                 for path, digest in sorted(hashes.items())
             ]
-            _insert_ignoring_duplicates(session, RuleSetFile, file_rows)
+            _insert_ignoring_duplicates(uow.session, RuleSetFile, file_rows)
         return True
 
     def _mark_model_checked(self, version: str) -> None:
-        with session_scope(self.engine) as session:
-            session.execute(
+        with session_scope(self.engine) as uow:
+            uow.session.execute(
                 update(RuleSetVersion).where(col(RuleSetVersion.version) == version).values(model_checked=True)
             )
 
@@ -155,8 +155,8 @@ class RuleSetStore:
 
     def _insert_blobs(self, batch: list[dict[str, Any]]) -> None:
         if batch:
-            with session_scope(self.engine) as session:
-                _insert_ignoring_duplicates(session, RuleSetBlob, batch)
+            with session_scope(self.engine) as uow:
+                _insert_ignoring_duplicates(uow.session, RuleSetBlob, batch)
 
     @staticmethod
     def _hashes(session: Session, version: str) -> dict[str, str]:

@@ -5,11 +5,21 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 from sqlalchemy import Engine
+
+
+class _ProcessSide:
+    """The lock as one process holds it: its own descriptor, and a re-entrant thread lock ordering its threads."""
+
+    def __init__(self) -> None:
+        self.threads = threading.RLock()
+        self.depth = 0
+        self.fd: int | None = None
 
 
 class WriteLock:
@@ -23,48 +33,66 @@ class WriteLock:
     SQLite's own lock.
 
     flock belongs to an open file description, which the threads of a process share: a re-entrant thread
-    lock orders them. A forked child starts with new locks (see `_forget_after_fork`).
+    lock orders them, and one thread may nest. Each engine has its own lock (`attach_write_lock`), so two
+    engines on one file exclude each other like two processes (a thread must not nest their transactions,
+    which SQLite would refuse as well). A forked child inherits the parent's descriptor, which shares the
+    parent's flock, and maybe a thread lock held at the fork: the first time it writes it opens its own
+    descriptor and closes the inherited ones (an inherited one left open would keep a killed parent's lock).
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._threads = threading.RLock()
-        self._depth = 0
-        self._fd: int | None = None
+        self._sides: dict[int, _ProcessSide] = {}
 
-    def _descriptor(self) -> int:
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        return self._fd
+    def _side(self) -> _ProcessSide:
+        pid = os.getpid()
+        side = self._sides.get(pid)
+        if side is None:
+            # setdefault is atomic: of two threads of a new child arriving at once, both get the same side
+            side = self._sides.setdefault(pid, _ProcessSide())
+        return side
+
+    def _descriptor(self, side: _ProcessSide) -> int:
+        if side.fd is None:
+            for pid in [pid for pid in list(self._sides) if pid != os.getpid()]:
+                inherited = self._sides.pop(pid)
+                if inherited.fd is not None:
+                    os.close(inherited.fd)
+            side.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        return side.fd
+
+    def close(self) -> None:
+        """Close the descriptors (when the engine is gone: nothing can hold the lock through it any more)."""
+        for side in list(self._sides.values()):
+            if side.fd is not None:
+                os.close(side.fd)
+        self._sides = {}
 
     @contextmanager
     def held(self) -> Iterator[None]:
-        with self._threads:
-            if self._depth == 0:
-                fcntl.flock(self._descriptor(), fcntl.LOCK_EX)
-            self._depth += 1
+        side = self._side()
+        with side.threads:
+            if side.depth == 0:
+                fcntl.flock(self._descriptor(side), fcntl.LOCK_EX)
+            side.depth += 1
             try:
                 yield
             finally:
-                self._depth -= 1
-                if self._depth == 0:
-                    fcntl.flock(self._descriptor(), fcntl.LOCK_UN)
+                side.depth -= 1
+                if side.depth == 0:
+                    fcntl.flock(self._descriptor(side), fcntl.LOCK_UN)
 
 
-_locks: dict[str, WriteLock | None] = {}  # by the engine's database as written; None: no lock
-_by_file: dict[Path, WriteLock] = {}  # one per file: two descriptors of one process would exclude each other
-_locks_guard = threading.Lock()
+# an engine cannot carry an attribute of ours; the lock lives as long as its engine
+_ENGINE_LOCKS: weakref.WeakKeyDictionary[Engine, WriteLock] = weakref.WeakKeyDictionary()
 
 
-def _forget_after_fork() -> None:
-    # the inherited descriptors share the parent's lock, and a lock held at fork time would look held
-    global _locks_guard
-    _locks.clear()
-    _by_file.clear()
-    _locks_guard = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_after_fork)
+def attach_write_lock(engine: Engine) -> None:
+    """Give a file-backed SQLite engine its writer lock (`make_engine` does); other engines need none."""
+    database = sqlite_file(engine)
+    if database is not None:
+        lock = _ENGINE_LOCKS[engine] = WriteLock(database.with_name(database.name + "-writer.lock"))
+        weakref.finalize(engine, lock.close)
 
 
 def sqlite_file(engine: Engine) -> Path | None:
@@ -79,13 +107,5 @@ def sqlite_file(engine: Engine) -> Path | None:
 
 def write_lock(engine: Engine) -> AbstractContextManager[None]:
     """Hold this around a write transaction; a no-op where the database has no single write lock."""
-    key = f"{engine.dialect.name}:{engine.url.database}"
-    lock = _locks.get(key)
-    if lock is None and key not in _locks:
-        # resolving the path costs system calls: once per database, not once per transaction
-        database = sqlite_file(engine)
-        with _locks_guard:
-            if database is not None and database not in _by_file:
-                _by_file[database] = WriteLock(database.with_name(database.name + "-writer.lock"))
-            lock = _locks.setdefault(key, _by_file[database] if database is not None else None)
+    lock = _ENGINE_LOCKS.get(engine)
     return lock.held() if lock is not None else nullcontext()

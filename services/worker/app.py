@@ -56,7 +56,7 @@ class LeasedWorker(Worker):
         if held:
             try:
                 await asyncio.wait_for(
-                    self._deps.batcher.run(lambda session: renew_claims(session, held)), self._renew_every
+                    self._deps.batcher.run(lambda uow: renew_claims(uow.session, held)), self._renew_every
                 )
             except Exception as exc:  # a slow database must not let the keys run out meanwhile
                 log.warning("worker.renew_failed", error=type(exc).__name__)

@@ -15,6 +15,7 @@ from services.store.decisions import Decided, Pending, message_to_decide, record
 from services.store.models import Message, Reply
 from services.store.queries import release_untransmitted
 from services.store.records import SendRecord
+from services.store.uow import UnitOfWork
 from services.worker.deps import Deps
 
 log = structlog.get_logger(__name__)
@@ -57,7 +58,7 @@ async def decide_message(
     transmitting = reply_data is not None
     write = asyncio.ensure_future(
         deps.batcher.run(
-            lambda session: record_verdict(session, deps.settings, message, verdict, reply_transmitting=transmitting)
+            lambda uow: record_verdict(uow, deps.settings, message, verdict, reply_transmitting=transmitting)
         )
     )
     try:
@@ -97,9 +98,9 @@ async def _release_after_stop(deps: Deps, write: asyncio.Future[Decided | Pendin
         return
     claims = [record for record in (decided.reply, decided.delivery) if record is not None]
 
-    def release(session: Session) -> None:
+    def release(uow: UnitOfWork) -> None:
         for record in claims:
-            release_untransmitted(session, record)
+            release_untransmitted(uow.session, record)
 
     await asyncio.shield(deps.batcher.run(release))
     log.info("process.released_after_stop", claims=len(claims))

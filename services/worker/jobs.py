@@ -50,6 +50,7 @@ from services.store.queries import (
 )
 from services.store.records import SendRecord
 from services.store.rollup import refresh_daily_rollup
+from services.store.uow import UnitOfWork
 from services.worker.decide import decide_message
 from services.worker.deps import Deps
 
@@ -156,7 +157,7 @@ async def _send_inline(ctx: dict[str, Any], loaded: Loaded, kind: str, reply_dat
 
 
 async def _send(deps: Deps, model: type[Reply] | type[Delivery], message_id: str, kind: str) -> str:
-    loaded = await deps.batcher.run(lambda session: _claim_and_load(session, model, message_id, deps.stale_sending))
+    loaded = await deps.batcher.run(lambda uow: _claim_and_load(uow.session, model, message_id, deps.stale_sending))
     if loaded is None:
         return "skipped"
     if isinstance(loaded, Held):
@@ -177,7 +178,7 @@ async def _transmit_or_release(deps: Deps, loaded: Loaded, kind: str, reply_data
             return await _transmit(deps, loaded, kind, reply_data)
     except asyncio.CancelledError:
         # shielded: a second cancellation must not cut the release short
-        released = await asyncio.shield(deps.batcher.run(lambda session: release_claim(session, loaded.row)))
+        released = await asyncio.shield(deps.batcher.run(lambda uow: release_claim(uow.session, loaded.row)))
         log.info(f"{kind}.released" if released else f"{kind}.stopped")
         raise
 
@@ -198,7 +199,7 @@ async def _transmit(deps: Deps, loaded: Loaded, kind: str, reply_data: bytes | N
             if data is None:
                 data = _reply_bytes(deps, message, decision, row)
                 # from here on, a crash leaves the reply "transmitting": settled as uncertain, never resent
-                ours = await deps.batcher.run(lambda session: mark_transmitting(session, row))
+                ours = await deps.batcher.run(lambda uow: mark_transmitting(uow.session, row))
                 if not ours:
                     log.warning("reply.claim_taken_over", attempt=row.attempts)
                     return "skipped"
@@ -232,7 +233,7 @@ def _failure(exc: Exception) -> TransientSendError | PermanentSendError:
 
 
 def _finish(
-    session: Session,
+    uow: UnitOfWork,
     model: type[Reply] | type[Delivery],
     message: Message,
     decision: Verdict,
@@ -240,9 +241,9 @@ def _finish(
     error: str | None,
     *outcomes: str,
 ) -> None:
-    record_send_outcome(session, model, message.id, state, error)
+    record_send_outcome(uow.session, model, message.id, state, error)
     for outcome in outcomes:
-        bump_message_counter(session, message, decision, outcome)
+        bump_message_counter(uow, message, decision, outcome)
 
 
 def _reply_bytes_or_none(deps: Deps, message: Message, decision: Verdict, reply: SendRecord) -> bytes | None:
