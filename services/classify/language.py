@@ -1,11 +1,12 @@
-"""Language detection of the sender's own words with lingua, limited to the languages we answer in."""
+"""Language detection of the sender's own words: CLD2 where it is sure, lingua otherwise, in the languages we know."""
 
 from __future__ import annotations
 
 import re
 import threading
 
-from lingua import IsoCode639_1, Language, LanguageDetector, LanguageDetectorBuilder
+import pycld2
+from lingua import Language, LanguageDetector, LanguageDetectorBuilder
 
 _SUPPORTED = {
     Language.GERMAN: "de",
@@ -23,7 +24,13 @@ _LETTERS = re.compile(r"[^\W\d_]", re.UNICODE)
 _detector: LanguageDetector | None = None
 _lock = threading.Lock()
 DEFAULT_LANGUAGE = "de"
-_ = IsoCode639_1  # re-exported for callers that map codes
+_CODES = frozenset(_SUPPORTED.values())
+# CLD2 decides alone when it calls its answer reliable, finds at least 90 % of the sample in one of our languages
+# and read at least 50 bytes of text: on the 5,390 labelled and corpus mails it then decides 4,701 in about a
+# sixth of lingua's time, and where the two differ (17 mails, lingua unsure and falling back to German) CLD2 has
+# the labelled language every time (docs/classification.md, "Languages")
+_CLD2_MIN_PERCENT = 90
+_CLD2_MIN_BYTES = 50
 
 
 def _get_detector() -> LanguageDetector:
@@ -47,10 +54,25 @@ def _get_detector() -> LanguageDetector:
 SAMPLE_CHARS = 300
 
 
+def _cld2_language(sample: str) -> str | None:
+    """CLD2's answer where it is sure of one of our languages, else None (lingua then decides)."""
+    try:
+        reliable, text_bytes, details = pycld2.detect(sample)
+    except (pycld2.error, UnicodeError, ValueError):  # text CLD2 cannot take (lone surrogates, control bytes)
+        return None
+    code, percent = details[0][1], details[0][2]
+    if reliable and code in _CODES and percent >= _CLD2_MIN_PERCENT and text_bytes >= _CLD2_MIN_BYTES:
+        return str(code)
+    return None
+
+
 def detect_language(text: str) -> str:
     """ISO 639-1 code of the dominant language, German when unsure (German is always in the reply)."""
     sample = text[:SAMPLE_CHARS]
     if len(_LETTERS.findall(sample)) < 8:
         return DEFAULT_LANGUAGE
+    quick = _cld2_language(sample)
+    if quick is not None:
+        return quick
     detected = _get_detector().detect_language_of(sample)
     return _SUPPORTED.get(detected, DEFAULT_LANGUAGE) if detected is not None else DEFAULT_LANGUAGE
