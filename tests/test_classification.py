@@ -337,8 +337,9 @@ def test_classify_many_equals_classify_of_each_mail() -> None:
 
 
 def test_language_detection_on_the_eval_split_holds_its_measured_level() -> None:
-    """438 of 440 labelled languages (lingua's low-accuracy mode on 300 characters; the high-accuracy mode on
-    600, used before, got 437: it called e0300, an English note above a forwarded German letter, German)."""
+    """439 of 440 labelled languages: CLD2 where it is sure, lingua's low-accuracy mode on 300 characters
+    otherwise (lingua alone got 438: unsure about e0106, an English objection with German words, it fell back
+    to German; its high-accuracy mode on 600 characters got 437, calling e0300 German as well)."""
     from services.classify.language import detect_language
     from services.mail import parse_mail
 
@@ -349,8 +350,26 @@ def test_language_detection_on_the_eval_split_holds_its_measured_level() -> None
         mail = parse_mail((EVAL_SPLIT / row["file"]).read_bytes())
         detected[row["file"]] = detect_language(mail.subject + "\n" + mail.own_text)
     wrong = sorted(row["file"] for row in rows if detected[row["file"]] != row["language"])
-    assert len(wrong) <= 2, wrong
+    assert len(wrong) <= 1, wrong
     assert detected["e0300-documents.eml"] == "en"
+    assert detected["e0106-objection.eml"] == "en"
+
+
+def test_cld2_decides_only_where_it_is_sure_and_lingua_takes_the_rest() -> None:
+    from services.classify import language
+
+    assert language._cld2_language("Sehr geehrte Damen und Herren, ich möchte meinen Termin verschieben.") == "de"
+    assert language._cld2_language("Доброго дня, я хочу перенести зустріч на наступний тиждень") == "uk"
+    # too short for CLD2 to be sure: lingua decides
+    assert language._cld2_language("hallo ich bin krank") is None
+    assert language.detect_language("hallo ich bin krank") == "de"
+    # sure, but of a language we do not detect (Dutch): lingua picks among ours
+    assert (
+        language._cld2_language("Goedemiddag, ik wil graag mijn afspraak van morgen verzetten naar volgende week.")
+        is None
+    )
+    # a lone surrogate cannot be encoded for CLD2: no error, lingua's turn
+    assert language._cld2_language("Sehr geehrte Damen und Herren \ud800 ich bin krank und komme nicht") is None
 
 
 def test_a_cached_model_rebuilds_its_numpy_features_instead_of_pickling_them() -> None:
