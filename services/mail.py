@@ -15,6 +15,7 @@ from email.policy import compat32
 
 from selectolax.lexbor import LexborHTMLParser, LexborNode
 
+from services.header_addresses import address_pairs, parsed_address
 from services.mailbounds import PARSE_PREFIX_BYTES, bound, parse_bytes
 
 MAX_PARTS = 500
@@ -156,6 +157,9 @@ def single_line(text: str, limit: int = MAX_HEADER_VALUE_CHARS) -> str:
 def decode_header_value(value: object) -> str:
     """Decode RFC 2047 encoded-words leniently; unknown charsets fall back instead of raising."""
     raw = str(value)
+    if "=?" not in raw:
+        # what decode_header returns for a value without an encoded-word: the value itself, one chunk
+        return single_line(raw)
     try:
         chunks = decode_header(raw)
     except Exception:
@@ -202,7 +206,7 @@ def _addresses(values: list[str]) -> tuple[str, ...]:
         capped.append(str(value)[:room])
         room -= len(capped[-1])
     try:
-        pairs = email.utils.getaddresses(capped)
+        pairs = address_pairs(capped)
     except Exception:
         return ()
     for _name, addr in pairs[:MAX_ADDRESSES]:
@@ -556,7 +560,7 @@ def _build(message: Message, defects: list[str]) -> InboundMail:
     from_name = ""
     if raw_values.get("from"):
         try:
-            from_name = decode_header_value(email.utils.parseaddr(raw_values["from"][0])[0])[:200]
+            from_name = decode_header_value(parsed_address(raw_values["from"][0])[0])[:200]
         except Exception:
             from_name = ""
     content_type = _content_type(message)
