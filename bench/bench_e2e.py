@@ -193,6 +193,24 @@ def run_phase(
     }
 
 
+def wait_until_ready(port: int, sink: ReplySink | DumpSink, pids: list[int], workers: int) -> None:
+    """Until every worker has loaded its rule set and models: a warm-up reply per worker, then the processes idle.
+
+    The gateway listens long before a worker has trained or loaded its model (seconds with a cached model, about
+    25 s without one); a phase started at the open port would measure that start-up as queueing.
+    """
+    warm_up = run_phase(port, sink, [f"warmup{i}" for i in range(4 * workers)], 0, 1, pids, timeout=600)
+    if warm_up["replied"] < warm_up["mails"]:
+        raise SystemExit(f"workers did not answer the warm-up mails: {warm_up}")
+    deadline = time.perf_counter() + 300
+    while time.perf_counter() < deadline:
+        before = [cpu_seconds(pid) for pid in pids]
+        time.sleep(1.0)
+        if all(cpu_seconds(pid) - used < 0.05 for pid, used in zip(pids, before, strict=True)):
+            return
+    raise SystemExit("gateway and workers did not become idle within 300 s of the warm-up")
+
+
 def _postfix_ids() -> tuple[int, int]:
     import pwd
 
@@ -263,8 +281,8 @@ def main() -> None:
     processes += [start([python(), "-m", "services", "worker"], env=env, cwd=work) for _ in range(args.workers)]
     try:
         wait_port(smtp_port, timeout=180)  # gateway and workers start together: slow on a busy machine
-        time.sleep(2)
         pids = [p.pid for p in processes]
+        wait_until_ready(smtp_port, sink, pids, args.workers)
         steady_tokens = [f"steady{i}" for i in range(int(args.rate * args.seconds))]
         steady = run_phase(smtp_port, sink, steady_tokens, args.rate, 10, pids, timeout=120)
         print(f"offered {args.rate:.0f}/s for {args.seconds:.0f} s: {steady}", flush=True)
