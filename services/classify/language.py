@@ -7,23 +7,13 @@ import threading
 
 from lingua import IsoCode639_1, Language, LanguageDetector, LanguageDetectorBuilder
 
-_SUPPORTED = {
-    Language.GERMAN: "de",
-    Language.ENGLISH: "en",
-    Language.UKRAINIAN: "uk",
-    Language.ARABIC: "ar",
-    Language.RUSSIAN: "ru",
-    Language.TURKISH: "tr",
-    # detected so that the model and the statistics see them; replies in German + English (no templates)
-    Language.ROMANIAN: "ro",
-    Language.PERSIAN: "fa",
-    Language.POLISH: "pl",
-}
+from services.domain import DEFAULT_LANGUAGE, DETECTED_LANGUAGES
+
+# the detector knows only the languages of services/domain.py: fewer models, and no guess outside them
+_SUPPORTED = {Language.from_iso_code_639_1(getattr(IsoCode639_1, code.upper())): code for code in DETECTED_LANGUAGES}
 _LETTERS = re.compile(r"[^\W\d_]", re.UNICODE)
 _detector: LanguageDetector | None = None
 _lock = threading.Lock()
-DEFAULT_LANGUAGE = "de"
-_ = IsoCode639_1  # re-exported for callers that map codes
 
 
 def _get_detector() -> LanguageDetector:
