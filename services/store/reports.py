@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date, timedelta
-from typing import Any
+from typing import Any, Literal, get_args
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import ColumnElement, Engine, Table, and_, func, or_, select
@@ -15,8 +15,11 @@ from services.domain import SUPPRESSED_PREFIX, Outcome
 from services.store.models import Counter, CounterDay, CounterDirtyHour, RollupState
 from services.store.rollup import local_day, utc_bounds
 
-GROUP_BY = ("day", "week", "month")
-BY = ("none", "mailbox", "category", "channel", "outcome")
+# the API names its enums after these (services/web/schemas.py, openapi.py)
+GroupBy = Literal["day", "week", "month"]
+By = Literal["none", "mailbox", "category", "channel", "outcome"]
+GROUP_BY: tuple[GroupBy, ...] = get_args(GroupBy)
+BY: tuple[By, ...] = get_args(By)
 
 
 @dataclass(frozen=True)
