@@ -3,8 +3,6 @@
 - SMTP addresses: aiosmtpd's own `SMTP._getaddr` vs the quick path (services/gateway/addresses.py), per MAIL/RCPT.
 - Reply headers: stock compat32 vs the quick fold through the public `fold`/`fold_binary` (services/reply/compose.py)
   vs the former override of compat32's private `_fold`, per composed and flattened reply.
-- Rule regexes: the rule set with the literal prefilter (services/classify/prefilter.py) vs without it, rule
-  matching per mail over the corpus and the rule-set load.
 
 .venv/bin/python bench/bench_private_apis.py [--corpus /work/shared/corpus] [--rounds 5]
 """
@@ -27,8 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import ROOT, save
 
-from services.classify import regex_tree
-from services.classify.engine import MailFacts
 from services.gateway.addresses import with_quick_addresses
 from services.mail import parse_mail
 from services.reply import compose
@@ -37,7 +33,6 @@ from services.reply.render import ReplyRenderer
 from services.ruleset.loader import load_rules
 
 RECEIVED = datetime(2026, 3, 16, 7, 42, tzinfo=UTC)
-ENVELOPE_TO = ("info@jobcenter-musterstadt.example",)
 
 
 def best_of(rounds: int, run: Callable[[], None], count: int) -> float:
@@ -119,51 +114,13 @@ def replies(rounds: int, corpus: Path) -> dict[str, Any]:
     }
 
 
-def prefilter(rounds: int, corpus: Path) -> dict[str, Any]:
-    raws = [p.read_bytes() for d in ("citizen-mails", "thirdparty") for p in sorted((corpus / d).rglob("*.eml"))]
-    mails = [parse_mail(raw) for raw in raws]
-
-    def load() -> Any:
-        return load_rules(ROOT / "routing_rules", ROOT / "templates", with_model=False)
-
-    def load_time() -> float:
-        return best_of(max(2, rounds // 2), load, 1)
-
-    with_filter = load()
-    load_with = load_time()
-    regex_tree.AVAILABLE = False  # the adapter's fallback: no requirement from any pattern, every regex runs
-    try:
-        without_filter = load()
-        load_without = load_time()
-    finally:
-        regex_tree.AVAILABLE = True
-    now = datetime.now(UTC)
-    rulesets = {"with_prefilter": with_filter, "without_prefilter": without_filter}
-    samples: dict[str, list[float]] = {name: [] for name in rulesets}
-    for _ in range(rounds):  # alternating, so a busy neighbour slows both alike
-        for name, ruleset in rulesets.items():
-            # fresh facts per run (the folded text the prefilter reads is cached on them), built off the clock;
-            # classify_many as the worker calls it (rules, and the safety rules again over an automated mail)
-            facts = [MailFacts.of(mail, mail.from_address, ENVELOPE_TO, now) for mail in mails]
-            start = time.process_time()
-            ruleset.classify_many(facts)
-            samples[name].append((time.process_time() - start) / len(mails))
-    rules = {name: min(values) * 1e6 for name, values in samples.items()}
-    return {
-        "mails": len(mails),
-        "us_per_mail_rules": rules,
-        "ratio_rules": rules["without_prefilter"] / rules["with_prefilter"],
-        "load_ms": {"with_prefilter": load_with * 1e3, "without_prefilter": load_without * 1e3},
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument(
         "--corpus", type=Path, default=Path(os.environ.get("CHANNELSHIFT_CORPUS_DIR", "../shared/corpus"))
     )
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--only", choices=["addresses", "replies", "prefilter"])
+    parser.add_argument("--only", choices=["addresses", "replies"])
     args = parser.parse_args()
     payload: dict[str, Any] = {}
     if args.only in (None, "addresses"):
@@ -172,9 +129,6 @@ def main() -> None:
     if args.only in (None, "replies"):
         payload["replies"] = replies(args.rounds, args.corpus)
         print("replies", payload["replies"], flush=True)
-    if args.only in (None, "prefilter"):
-        payload["prefilter"] = prefilter(args.rounds, args.corpus)
-        print("prefilter", payload["prefilter"], flush=True)
     if args.only is None:
         print(save("private_apis", payload))
 

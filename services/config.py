@@ -23,7 +23,8 @@ def _shipped(folder: str) -> Path:
 class Settings(BaseSettings):
     """Runtime configuration; every field maps to CHANNELSHIFT_<FIELD>."""
 
-    model_config = SettingsConfigDict(env_prefix="CHANNELSHIFT_", extra="ignore")
+    # frozen: a process and a test see one configuration; a variant is a copy (`model_copy(update=...)`)
+    model_config = SettingsConfigDict(env_prefix="CHANNELSHIFT_", extra="ignore", frozen=True)
 
     var_dir: Path = Path("var")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default sqlite file under var_dir")

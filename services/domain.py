@@ -1,4 +1,4 @@
-"""The decision's vocabulary every layer shares: the Verdict, the envelope, priorities, paths, safety categories."""
+"""The decision's vocabulary every layer shares: Verdict, envelope, priorities, paths, outcomes, channels, languages."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal, get_args
 
 
 class Priority(StrEnum):
@@ -25,6 +25,70 @@ class DecisionPath(StrEnum):
     UNCERTAIN = "uncertain"
     # classification did not finish within its time limit: delivered to staff flagged, never answered
     LIMIT = "limit"
+
+
+class Outcome(StrEnum):
+    """What the hourly counters count about a mail (the `outcome` column); the stored values are these strings."""
+
+    RECEIVED = "received"
+    REPLIED = "replied"  # a reply is due (planned); REPLY_SENT once the relay took it
+    NO_REPLY = "no-reply"
+    HELD = "held"
+    REPLY_SENT = "reply-sent"
+    REPLY_FAILED = "reply-failed"
+    REPLY_UNCERTAIN = "reply-uncertain"
+    DELIVERED = "delivered"
+    DELIVERED_WRAPPED = "delivered-wrapped"
+    DELIVERY_FAILED = "delivery-failed"
+    REPEAT_7D = "repeat-7d"
+    REPEAT_30D = "repeat-30d"
+    CLICK = "click"
+    CLICK_UNIQUE = "click-unique"
+    # click cohorts: booked to the hour the replied mail arrived (services/store/cohort.py)
+    REPLY_CLICKED = "reply-clicked"
+    LINK_OPENED = "link-opened"
+
+
+# outcomes that carry a reason after the prefix: `suppressed:daily-cap`, `rejected:unknown-recipient`
+SUPPRESSED_PREFIX = "suppressed:"
+REJECTED_PREFIX = "rejected:"
+REPEAT_PREFIX = "repeat-"
+
+
+def suppressed(reason: str) -> str:
+    """The outcome of a reply stopped for `reason`."""
+    return SUPPRESSED_PREFIX + reason
+
+
+def rejected(reason: str) -> str:
+    """The outcome of a recipient refused in the SMTP dialogue for `reason`."""
+    return REJECTED_PREFIX + reason
+
+
+class Channel(StrEnum):
+    """The channels the shipped rule set steers to. A deployment's settings may name others, so a decision's
+    channel stays a `str`; the code itself names only NONE and OVERVIEW."""
+
+    UPLOAD = "upload"
+    PORTAL = "portal"
+    APPOINTMENT = "appointment"
+    PHONE = "phone"
+    LEGAL = "legal"
+    FEEDBACK = "feedback"
+    OVERVIEW = "overview"  # where a link whose channel is unknown lands
+    NONE = "none"  # no channel (automated mail): needs no entry in settings.channels
+
+
+# ISO 639-1 codes. Replies are written in these (beside German); a rule set may restrict them.
+ReplyLanguage = Literal["de", "en", "uk", "ar", "ru", "tr"]
+# the detector also tells these apart, so that the model, rules and statistics see them (replies: German + English)
+DetectedLanguage = Literal[ReplyLanguage, "ro", "fa", "pl"]
+# the dashboard's, workbench's and feedback pages' languages
+PageLanguage = Literal["de", "en"]
+REPLY_LANGUAGES: tuple[ReplyLanguage, ...] = get_args(ReplyLanguage)
+DETECTED_LANGUAGES: tuple[DetectedLanguage, ...] = get_args(DetectedLanguage)
+PAGE_LANGUAGES: tuple[PageLanguage, ...] = get_args(PageLanguage)
+DEFAULT_LANGUAGE: ReplyLanguage = "de"  # German is always in a reply, and the guess when unsure
 
 
 # Non-negotiable 5: these always reach a human with a priority flag, whatever a rule file says. Order matters:

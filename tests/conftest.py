@@ -9,6 +9,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -112,15 +113,31 @@ def clean_redis(redis_url: str) -> str:
 @pytest.fixture
 async def client(pipeline: Pipeline) -> AsyncIterator[TestClient[object, object]]:
     """The web app over the pipeline's database and Redis, with ADMIN_TOKEN required."""
-    pipeline.deps.settings.admin_token = ADMIN_TOKEN
-    app = create_app(pipeline.deps.settings, pipeline.deps.engine, pipeline.pool, pipeline.deps.rules)
+    app = create_app(
+        pipeline.settings_with(admin_token=ADMIN_TOKEN), pipeline.deps.engine, pipeline.pool, pipeline.deps.rules
+    )
     async with TestClient(TestServer(app)) as test_client:
         yield test_client
 
 
 @pytest.fixture
-async def pipeline(tmp_path: Path, clean_database: str, clean_redis: str) -> AsyncIterator[Pipeline]:
-    running = await start_pipeline(tmp_path, clean_database, clean_redis)
+def pipeline_settings(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    """What `pipeline` starts with beyond start_pipeline's defaults: `@pytest.mark.settings(name=value)` on the
+    test, its class or module (the closest wins); a value that is a callable gets the test's tmp_path.
+
+    Settings are frozen, so a test says what it needs before the pipeline starts instead of changing it after.
+    """
+    overrides: dict[str, Any] = {}
+    for marker in reversed(list(request.node.iter_markers("settings"))):
+        overrides.update(marker.kwargs)
+    return {name: value(tmp_path) if callable(value) else value for name, value in overrides.items()}
+
+
+@pytest.fixture
+async def pipeline(
+    tmp_path: Path, clean_database: str, clean_redis: str, pipeline_settings: dict[str, Any]
+) -> AsyncIterator[Pipeline]:
+    running = await start_pipeline(tmp_path, clean_database, clean_redis, **pipeline_settings)
     yield running
     await running.close()
     await running.pool.aclose()

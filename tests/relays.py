@@ -65,5 +65,5 @@ async def use_staff_relay(pipeline: Pipeline, *, smtputf8: bool = False) -> Stri
     pipeline.servers.append(server)
     await pipeline.deps.delivery_sender.close()
     pipeline.deps.delivery_sender = SmtpSender(url)
-    pipeline.deps.settings.delivery_url = url
+    pipeline.reconfigure(delivery_url=url)
     return relay

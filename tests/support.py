@@ -213,6 +213,17 @@ class Pipeline:
         )
         return server, server.sockets[0].getsockname()[1]
 
+    def settings_with(self, **overrides: Any) -> Settings:
+        """A copy of the pipeline's settings with `overrides`, for a web app of its own (Settings are frozen)."""
+        return self.deps.settings.model_copy(update=overrides)
+
+    def reconfigure(self, **overrides: Any) -> None:
+        """What the worker reads from now on: for values known only once the pipeline runs (a port, a URL).
+
+        The settings are swapped, not changed; the gateway keeps the ones it started with.
+        """
+        self.settings = self.deps.settings = self.settings_with(**overrides)
+
     async def work(self) -> None:
         """Run a burst worker until the queue is empty (follow-up jobs included)."""
         for handler in self.handlers:

@@ -86,13 +86,13 @@ def _plain(value: object) -> object:
     return list(value) if isinstance(value, tuple | list) else value
 
 
+# 1 ms: no 900 KB mail parses that fast, so the limit is reached without a slowed-down double
+@pytest.mark.settings(classify_timeout_seconds=0.001)
 async def test_a_mail_past_the_classification_time_limit_goes_to_staff_flagged_unanswered(
     pipeline: Pipeline,
 ) -> None:
     if "postgresql" in pipeline.settings.effective_database_url:
         pytest.skip("the limit does not depend on the database")
-    # 1 ms: no 900 KB mail parses that fast, so the limit is reached without a slowed-down double
-    pipeline.deps.settings.classify_timeout_seconds = 0.001
     body = "Sehr geehrte Damen und Herren, ich schicke meine Unterlagen. " * 15_000
     await pipeline.send(make_mail(subject="Unterlagen", body=body))
     await pipeline.work()

@@ -157,9 +157,9 @@ async def test_utf8_recipient_goes_to_a_relay_offering_smtputf8_as_it_is(pipelin
     assert message.state == MessageState.DELIVERED and delivery.error is None
 
 
+@pytest.mark.settings(delivery_fallback_to=FALLBACK)
 async def test_utf8_recipient_to_a_relay_without_smtputf8_goes_to_the_ascii_fallback(pipeline: Pipeline) -> None:
     staff = await use_staff_relay(pipeline, smtputf8=False)
-    pipeline.deps.settings.delivery_fallback_to = FALLBACK
     await asyncio.to_thread(_send_utf8, pipeline.smtp_port, [UTF8_MAILBOX], make_mail(to=UTF8_MAILBOX))
     await pipeline.work()
 
@@ -182,9 +182,9 @@ async def test_utf8_and_ascii_recipients_wrapper_goes_to_the_ascii_one(pipeline:
     assert received.rcpt_tos == [SERVED] and "X-Channelshift-Wrapped" in received.message
 
 
+@pytest.mark.settings(delivery_fallback_to=FALLBACK)
 async def test_utf8_and_ascii_recipients_with_fallback_set_both_get_the_wrapper(pipeline: Pipeline) -> None:
     staff = await use_staff_relay(pipeline, smtputf8=False)
-    pipeline.deps.settings.delivery_fallback_to = FALLBACK
     await asyncio.to_thread(_send_utf8, pipeline.smtp_port, [UTF8_MAILBOX, SERVED], make_mail(to=UTF8_MAILBOX))
     await pipeline.work()
 
@@ -230,8 +230,8 @@ async def test_relay_refusing_everything_is_counted_and_shown(
     assert _attempts("wrapper", "permanent") == refused_wrappers + 1
 
 
+@pytest.mark.settings(retry_base_seconds=0.2)
 async def test_wrapper_refused_for_now_is_retried_with_the_original(pipeline: Pipeline) -> None:
-    pipeline.deps.settings.retry_base_seconds = 0.2
     staff = await use_staff_relay(pipeline)
     staff.refuse_data = ["451 4.3.0 busy"]  # the original fails on its long line first, then the wrapper on this
     data = make_mail(subject="Frage", body="Wann?").replace(

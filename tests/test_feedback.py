@@ -125,8 +125,9 @@ def test_precision_and_the_export_count_the_newest_answer(pipeline: Pipeline) ->
 
 
 async def serve(pipeline: Pipeline) -> tuple[web.AppRunner, str]:
-    pipeline.deps.settings.admin_token = ADMIN_TOKEN
-    app = create_app(pipeline.deps.settings, pipeline.deps.engine, pipeline.pool, pipeline.deps.rules)
+    app = create_app(
+        pipeline.settings_with(admin_token=ADMIN_TOKEN), pipeline.deps.engine, pipeline.pool, pipeline.deps.rules
+    )
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -149,7 +150,7 @@ async def test_a_delivered_originals_link_records_a_correction_seen_on_workbench
 ) -> None:
     chromium_or_skip()
     runner, base = await serve(pipeline)
-    pipeline.deps.settings.feedback_base_url = base  # staff reach this web process
+    pipeline.reconfigure(feedback_base_url=base)  # staff reach this web process
     body = "Guten Tag,\r\nanbei meine Kontoauszüge für März.\r\nMit freundlichen Grüßen"
     raw = make_mail(subject="Kontoauszüge", body=body)
     try:
@@ -211,9 +212,7 @@ async def test_the_feedback_page_needs_no_login_but_a_valid_link_csrf_and_keeps_
     with Session(pipeline.deps.engine) as session:
         add_decision(session, 40, "general", now, pipeline.deps.rules.current.version)
         session.commit()
-    settings = pipeline.deps.settings
-    settings.admin_token = ADMIN_TOKEN
-    settings.feedback_max_per_hour = 4
+    settings = pipeline.settings_with(admin_token=ADMIN_TOKEN, feedback_max_per_hour=4)
     message_id = f"{40:032x}"
     key = settings.effective_pseudonym_key
     link = "/f/" + make_token(key, message_id, "general", int(time.time()) + 600)

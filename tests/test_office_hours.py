@@ -9,6 +9,7 @@ import pytest
 
 from services.classify.schema import ChannelInfo, OpeningHours
 from services.config import PROJECT_ROOT
+from services.domain import REPLY_LANGUAGES
 from services.reply.hours import format_moment, format_week, office_status
 from services.reply.render import ReplyRenderer
 from services.ruleset.loader import load_rules
@@ -17,7 +18,7 @@ RULESET = load_rules(PROJECT_ROOT / "routing_rules", PROJECT_ROOT / "templates",
 SETTINGS = RULESET.settings
 RENDERER = ReplyRenderer(PROJECT_ROOT / "templates")
 BERLIN = ZoneInfo("Europe/Berlin")
-LANGUAGES = ["de", "en", "uk", "ar", "ru", "tr"]
+LANGUAGES = list(REPLY_LANGUAGES)
 
 
 def berlin(year: int, month: int, day: int, hour: int, minute: int = 0) -> datetime:

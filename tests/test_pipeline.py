@@ -168,6 +168,7 @@ async def test_database_unreachable_answers_451_never_250(pipeline: Pipeline) ->
     dead.dispose()
 
 
+@pytest.mark.settings(sweep_after_seconds=0)
 async def test_redis_down_at_arrival_mail_is_stored_and_swept_later(pipeline: Pipeline) -> None:
     from tests.support import send
 
@@ -184,7 +185,6 @@ async def test_redis_down_at_arrival_mail_is_stored_and_swept_later(pipeline: Pi
     server.close()
     [stored] = _messages(pipeline)
     assert stored.state == MessageState.RECEIVED
-    pipeline.deps.settings.sweep_after_seconds = 0
     counts = await sweep({"deps": pipeline.deps, "redis": pipeline.pool})
     assert counts["received"] == 1
     await pipeline.work()

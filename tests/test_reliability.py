@@ -44,8 +44,8 @@ async def _later(seconds: float, action: object) -> None:
     action()  # type: ignore[operator]
 
 
+@pytest.mark.settings(retry_base_seconds=0.2)
 async def test_relay_answering_4xx_is_retried_and_sent_once(pipeline: Pipeline) -> None:
-    pipeline.deps.settings.retry_base_seconds = 0.2
     pipeline.relay.answer = "451 4.3.0 relay busy"
     await pipeline.send(make_mail(subject="Frage", body="Wann haben Sie geöffnet?"))
     recover = asyncio.create_task(_later(1.5, lambda: setattr(pipeline.relay, "answer", "250 2.0.0 OK")))
@@ -57,8 +57,8 @@ async def test_relay_answering_4xx_is_retried_and_sent_once(pipeline: Pipeline) 
     assert reply.state == JobState.SENT and reply.attempts >= 2
 
 
+@pytest.mark.settings(retry_base_seconds=0.2)
 async def test_relay_down_then_back(pipeline: Pipeline) -> None:
-    pipeline.deps.settings.retry_base_seconds = 0.2
     working = pipeline.deps.reply_sender
     pipeline.deps.reply_sender = SmtpSender(f"smtp://127.0.0.1:{free_port()}")  # nobody listens there
     await pipeline.send(make_mail(subject="Frage", body="Wann haben Sie geöffnet?"))
@@ -68,8 +68,8 @@ async def test_relay_down_then_back(pipeline: Pipeline) -> None:
     assert len(pipeline.relay.received) == 1 and len(pipeline.delivery.received) == 1
 
 
+@pytest.mark.settings(retry_base_seconds=0.2)
 async def test_staff_mailbox_full_is_retried(pipeline: Pipeline) -> None:
-    pipeline.deps.settings.retry_base_seconds = 0.2
     pipeline.delivery.answer = "452 4.2.2 mailbox full"
     await pipeline.send(make_mail(subject="Widerspruch", body="Hiermit lege ich Widerspruch ein."))
     recover = asyncio.create_task(_later(1.5, lambda: setattr(pipeline.delivery, "answer", "250 2.0.0 OK")))
@@ -79,8 +79,8 @@ async def test_staff_mailbox_full_is_retried(pipeline: Pipeline) -> None:
     assert _states(pipeline) == Counter({MessageState.DELIVERED: 1})
 
 
+@pytest.mark.settings(retry_base_seconds=0.2)
 async def test_maildir_write_error_is_retried_not_lost(pipeline: Pipeline, tmp_path: Path) -> None:
-    pipeline.deps.settings.retry_base_seconds = 0.2
     broken = tmp_path / "delivered"
     broken.mkdir()
     (broken / "new").write_text("a file where the maildir's new/ should be: every write fails")

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from sqlmodel import Session, select
 
 from services.config import PROJECT_ROOT
+from services.domain import REPLY_LANGUAGES
 from services.mail import parse_mail
 from services.reply.compose import REPLY_POLICY, compose_reply, threading_headers
 from services.reply.render import ReplyRenderer
@@ -31,7 +32,7 @@ TEMPLATES = sorted(
     {r.rule.then.reply for r in RULESET.rules if r.rule.then.reply}
     | {c.reply for c in RULESET.settings.categories.values() if c.reply}
 )
-LANGUAGES = ["de", "en", "uk", "ar", "ru", "tr"]
+LANGUAGES = list(REPLY_LANGUAGES)
 SCRIPT = {"uk": "[іїєґ]", "ru": "[ыэъё]|[а-я]", "ar": "[\u0600-\u06ff]", "tr": "[ğışçöü]", "en": "[a-z]"}
 RECEIVED = datetime(2026, 3, 16, 7, 42, tzinfo=UTC)
 

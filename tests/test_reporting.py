@@ -203,14 +203,14 @@ async def test_demo_traffic_and_dashboard_in_chromium(outbox_pipeline: Pipeline,
     rules.current = dataclasses.replace(
         rules.current, settings=rules.current.settings.model_copy(update={"cutover": cutover})
     )
-    pipeline.deps.settings.admin_token = None  # headless Chromium cannot send a bearer header
-    app = create_app(pipeline.deps.settings, pipeline.deps.engine, pipeline.pool, rules)
+    # headless Chromium cannot send a bearer header
+    app = create_app(pipeline.settings_with(admin_token=None), pipeline.deps.engine, pipeline.pool, rules)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     web_port = runner.addresses[0][1]
-    pipeline.deps.settings.public_url = f"http://127.0.0.1:{web_port}"  # the demo opens the replies' links here
+    pipeline.reconfigure(public_url=f"http://127.0.0.1:{web_port}")  # the demo opens the replies' links here
     server, port = await demo_gateway(pipeline)
     try:
         demo = asyncio.ensure_future(

@@ -266,8 +266,9 @@ async def test_activation_markers_drawn_in_chromium(pipeline: Pipeline, tmp_path
     assert answers == {}
     await pipeline.work()
     RuleSetStore(pipeline.deps.engine).record("c0ffee", lambda: {"rules/a.yaml": b"x"}, activated_by="serve")
-    pipeline.deps.settings.admin_token = None  # headless Chromium cannot send a bearer header
-    app = create_app(pipeline.deps.settings, pipeline.deps.engine, pipeline.pool, pipeline.deps.rules)
+    # headless Chromium cannot send a bearer header
+    settings = pipeline.settings_with(admin_token=None)
+    app = create_app(settings, pipeline.deps.engine, pipeline.pool, pipeline.deps.rules)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

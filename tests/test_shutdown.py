@@ -160,9 +160,9 @@ async def test_drain_deadline_releases_claims_not_yet_transmitting(pipeline: Pip
     assert len(pipeline.delivery.received) == 1 and pipeline.relay.received == []
 
 
+@pytest.mark.settings(stale_after_seconds=3)  # renewed every 0.6 s
 async def test_running_worker_keeps_its_leases_past_the_stale_bound(pipeline: Pipeline) -> None:
     """The other side of a short lease: work of a live worker is never taken over, however long it takes."""
-    pipeline.deps.settings.stale_after_seconds = 3  # renewed every 0.6 s
     reply_sink, delivery_sink = _slow_relays(pipeline)
     for number in range(2):  # two of each: renewed together (one executemany)
         sender = f"citizen{number}@example.org"

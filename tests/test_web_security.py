@@ -36,10 +36,12 @@ def set_cookies(response: object) -> dict[str, SimpleCookie]:
 
 
 async def web_client(pipeline: Pipeline, **settings: object) -> Client:
-    pipeline.deps.settings.admin_token = ADMIN_TOKEN
-    for name, value in settings.items():
-        setattr(pipeline.deps.settings, name, value)
-    app = create_app(pipeline.deps.settings, pipeline.deps.engine, pipeline.pool, pipeline.deps.rules)
+    app = create_app(
+        pipeline.settings_with(admin_token=ADMIN_TOKEN, **settings),
+        pipeline.deps.engine,
+        pipeline.pool,
+        pipeline.deps.rules,
+    )
     client: Client = TestClient(TestServer(app))
     await client.start_server()
     return client
@@ -221,8 +223,9 @@ async def test_dashboard_login_draws_and_logout_in_chromium_under_the_csp(pipeli
     chromium_or_skip()
     await pipeline.send(make_mail(subject="Neue Adresse", body="Ich bin umgezogen."))
     await pipeline.work()
-    pipeline.deps.settings.admin_token = ADMIN_TOKEN
-    app = create_app(pipeline.deps.settings, pipeline.deps.engine, pipeline.pool, pipeline.deps.rules)
+    app = create_app(
+        pipeline.settings_with(admin_token=ADMIN_TOKEN), pipeline.deps.engine, pipeline.pool, pipeline.deps.rules
+    )
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -52,8 +52,9 @@ def decided_categories(pipeline: Pipeline) -> dict[str, str]:
 
 @pytest.fixture
 async def client(pipeline: Pipeline) -> AsyncIterator[Client]:
-    pipeline.deps.settings.admin_token = ADMIN_TOKEN
-    app = create_app(pipeline.deps.settings, pipeline.deps.engine, pipeline.pool, pipeline.deps.rules)
+    app = create_app(
+        pipeline.settings_with(admin_token=ADMIN_TOKEN), pipeline.deps.engine, pipeline.pool, pipeline.deps.rules
+    )
     async with TestClient(TestServer(app)) as test_client:
         yield test_client
 
@@ -120,8 +121,8 @@ async def test_workbench_needs_the_admin_session(client: Client) -> None:
     assert with_token.status == 200 and 'id="verdict"' in await with_token.text()
 
 
+@pytest.mark.settings(workbench_max_upload_bytes=2048)
 async def test_the_upload_limit_is_kept(pipeline: Pipeline, client: Client) -> None:
-    pipeline.deps.settings.workbench_max_upload_bytes = 2048
     big = make_mail(body="Guten Tag, " + "lang " * 1000)
     response = await client.post("/workbench/try", data={"eml": big.decode()}, headers=AUTH)
     assert response.status == 413
@@ -152,8 +153,9 @@ def cli_part(output: str, kind: str) -> str:
 
 
 async def serve(pipeline: Pipeline) -> tuple[web.AppRunner, str]:
-    pipeline.deps.settings.admin_token = ADMIN_TOKEN
-    app = create_app(pipeline.deps.settings, pipeline.deps.engine, pipeline.pool, pipeline.deps.rules)
+    app = create_app(
+        pipeline.settings_with(admin_token=ADMIN_TOKEN), pipeline.deps.engine, pipeline.pool, pipeline.deps.rules
+    )
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -249,11 +251,11 @@ def candidate_folder(root: Path) -> Path:
     return folder
 
 
+@pytest.mark.settings(workbench_candidates_dir=lambda tmp_path: tmp_path / "candidates")
 async def test_replay_of_a_candidate_folder_shows_the_shift(pipeline: Pipeline, client: Client, tmp_path: Path) -> None:
     folder = candidate_folder(tmp_path)
     (tmp_path / "outside").mkdir()
     (folder.parent / "link-out").symlink_to(tmp_path / "outside")
-    pipeline.deps.settings.workbench_candidates_dir = folder.parent
     for n in range(3):
         await pipeline.send(make_mail(subject=f"Umzugskarton {n}", body="Ich bin umgezogen, neue Adresse folgt."))
     await pipeline.send(make_mail(subject="Termin", body="Ich kann meinen Termin morgen nicht wahrnehmen."))
@@ -287,13 +289,13 @@ async def test_replay_without_an_allowed_folder_is_refused(client: Client) -> No
     assert response.status == 403
 
 
+@pytest.mark.settings(workbench_candidates_dir=lambda tmp_path: tmp_path / "candidates")
 async def test_an_invalid_candidate_is_refused_with_its_file_and_line(
     pipeline: Pipeline, client: Client, tmp_path: Path
 ) -> None:
     folder = tmp_path / "candidates" / "broken"
     folder.mkdir(parents=True)
     (folder / "50-broken.yaml").write_text("rules:\n  - id: Bad Id\n    then: {category: general}\n")
-    pipeline.deps.settings.workbench_candidates_dir = folder.parent
     response = await client.post("/workbench/replay", data={"candidate": "broken"}, headers=AUTH)
     assert response.status == 422
     html = await response.text()

@@ -8,7 +8,6 @@ from typing import Literal
 
 from services.classify.keywords import KeywordIndex
 from services.classify.language import detect_language
-from services.classify.prefilter import filter_fold
 from services.classify.text import as_written, fold
 from services.mail import InboundMail
 
@@ -38,7 +37,6 @@ class MailFacts:
         self.timeouts: list[str] = []
         # per text: the index it was scanned with and what it found (a mail may meet more than one rule set)
         self._keyword_hits: dict[TextField, tuple[KeywordIndex, dict[str, int]]] = {}
-        self._prefiltered: dict[TextField, str] = {}
 
     @classmethod
     def build(
@@ -97,13 +95,6 @@ class MailFacts:
         hits = index.scan(self.folded(field))
         self._keyword_hits[field] = (index, hits)
         return hits
-
-    def prefiltered(self, field: TextField) -> str:
-        """The as-written text folded as the regex prefilter compares it."""
-        text = self._prefiltered.get(field)
-        if text is None:
-            text = self._prefiltered[field] = filter_fold(self.written(field))
-        return text
 
     @property
     def senders(self) -> tuple[str, ...]:

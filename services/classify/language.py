@@ -6,24 +6,15 @@ import re
 import threading
 
 import pycld2
-from lingua import Language, LanguageDetector, LanguageDetectorBuilder
+from lingua import IsoCode639_1, Language, LanguageDetector, LanguageDetectorBuilder
 
-_SUPPORTED = {
-    Language.GERMAN: "de",
-    Language.ENGLISH: "en",
-    Language.UKRAINIAN: "uk",
-    Language.ARABIC: "ar",
-    Language.RUSSIAN: "ru",
-    Language.TURKISH: "tr",
-    # detected so that the model and the statistics see them; replies in German + English (no templates)
-    Language.ROMANIAN: "ro",
-    Language.PERSIAN: "fa",
-    Language.POLISH: "pl",
-}
+from services.domain import DEFAULT_LANGUAGE, DETECTED_LANGUAGES
+
+# the detector knows only the languages of services/domain.py: fewer models, and no guess outside them
+_SUPPORTED = {Language.from_iso_code_639_1(getattr(IsoCode639_1, code.upper())): code for code in DETECTED_LANGUAGES}
 _LETTERS = re.compile(r"[^\W\d_]", re.UNICODE)
 _detector: LanguageDetector | None = None
 _lock = threading.Lock()
-DEFAULT_LANGUAGE = "de"
 _CODES = frozenset(_SUPPORTED.values())
 # CLD2 decides alone when it calls its answer reliable, finds at least 90 % of the sample in one of our languages
 # and read at least 50 bytes of text: on the 5,390 labelled and corpus mails it then decides 4,701 in about a

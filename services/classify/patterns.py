@@ -2,7 +2,7 @@
 
 Python's `re` backtracks without bound: one pattern like `^(\\w+\\s?)+$` and a 31-byte body froze a worker
 for 52 s. The `regex` package has the same syntax and semantics for everything `re` accepts (rules are
-still validated with `re`, which the literal prefilter also reads) and stops a search after `timeout`.
+still validated with `re`) and stops a search after `timeout`.
 """
 
 from __future__ import annotations

@@ -16,10 +16,9 @@ from pydantic import ConfigDict, Field, RootModel, create_model, field_validator
 from services.classify.conditions import CONDITION_KEYS, KINDS
 from services.classify.conditions.base import ConditionKind
 from services.classify.conditions.base import Strict as _Strict
+from services.domain import REPLY_LANGUAGES, PageLanguage, ReplyLanguage
 
 PRIORITIES = ("low", "normal", "high", "urgent")
-Language = Literal["de", "en", "uk", "ar", "ru", "tr"]
-LANGUAGES: tuple[Language, ...] = ("de", "en", "uk", "ar", "ru", "tr")
 
 
 STAFF_TARGET = "staff"
@@ -30,8 +29,8 @@ def _default_targets() -> dict[str, str | None]:
     return {STAFF_TARGET: None}
 
 
-def _all_languages() -> list[Language]:
-    return list(LANGUAGES)
+def _all_languages() -> list[ReplyLanguage]:
+    return list(REPLY_LANGUAGES)
 
 
 def _field_name(key: str) -> str:
@@ -277,7 +276,7 @@ class RuleSettings(_Strict):
     )
     timezone: str = "Europe/Berlin"
     holidays: list[date] = Field(default_factory=list, description="local dates every channel with hours is closed")
-    reply_languages: list[Language] = Field(default_factory=_all_languages)
+    reply_languages: list[ReplyLanguage] = Field(default_factory=_all_languages)
     categories: dict[str, CategoryAction] = Field(
         default_factory=dict, description="category -> action when the intent model decides it"
     )
@@ -286,7 +285,7 @@ class RuleSettings(_Strict):
     cutover: date | None = Field(
         default=None, description="the day e-mail reachability was cut; the dashboard compares before and after it"
     )
-    labels: dict[Literal["de", "en"], DisplayNames] = Field(
+    labels: dict[PageLanguage, DisplayNames] = Field(
         default_factory=dict, description="page language -> display names of categories and channels"
     )
 

@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 from sqlalchemy import Engine
 
-from services.domain import is_mailbox
+from services.domain import is_mailbox, rejected
 from services.gateway import replies
 from services.gateway.commit import Count, EnqueueBatch, GroupCommitter
 from services.gateway.spool import Spool
@@ -159,7 +159,7 @@ class GatewayHandler:
                     mailbox="(unserved)",
                     category="(none)",
                     channel="(none)",
-                    outcome="rejected:unknown-recipient",
+                    outcome=rejected("unknown-recipient"),
                 )
             )
         except Exception:

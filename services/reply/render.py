@@ -14,7 +14,8 @@ from zoneinfo import ZoneInfo
 import jinja2
 from markupsafe import Markup, escape
 
-from services.classify.schema import LANGUAGES, RuleSettings
+from services.classify.schema import RuleSettings
+from services.domain import REPLY_LANGUAGES
 from services.reply.hours import format_moment, format_week, office_status
 
 RTL_LANGUAGES = frozenset({"ar"})
@@ -535,7 +536,7 @@ class ReplyRenderer:
         problems: list[TemplateProblem] = []
         warnings: list[str] = []
         for template in sorted(set(templates)):
-            for language in LANGUAGES:
+            for language in REPLY_LANGUAGES:
                 if self._has_file(template, language, "txt"):
                     problem = self._check_one(template, language, settings)
                     if problem is not None:

@@ -17,9 +17,8 @@ from services.classify.rulefiles import MAX_LIST_FILE_BYTES, MAX_RULE_FILE_BYTES
 from services.classify.schema import Condition, Rule, RuleFile, RuleSettings
 from services.classify.wording import plain_message
 from services.classify.yamlsource import Path_, YamlSyntaxError, line_for, load_with_lines
+from services.domain import Channel
 from services.reply.render import ReplyRenderer
-
-NO_CHANNEL = "none"
 
 
 @dataclass(frozen=True)
@@ -330,7 +329,7 @@ def _semantic_errors(
                 )
             )
         action = rule.then
-        if action.channel != NO_CHANNEL and action.channel not in settings.channels:
+        if action.channel != Channel.NONE and action.channel not in settings.channels:
             errors.append(
                 RuleError(
                     name,
@@ -364,7 +363,7 @@ def _semantic_errors(
             catch_all = f"{rule.id!r} ({name}:{line})"
     for category, spec in settings.categories.items():
         where = f"settings.categories.{category}"
-        if spec.channel != NO_CHANNEL and spec.channel not in settings.channels:
+        if spec.channel != Channel.NONE and spec.channel not in settings.channels:
             errors.append(RuleError(settings_file, 1, f"{where}.channel", f"unknown channel {spec.channel!r}"))
         if spec.deliver and spec.deliver_to not in settings.targets:
             errors.append(

@@ -11,6 +11,7 @@ from sqlalchemy import Engine, Table, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col
 
+from services.domain import Outcome
 from services.store.cohort import count_first_open
 from services.store.db import session_scope
 from services.store.models import Decision, LinkClick, Message
@@ -80,7 +81,7 @@ def record_clicks(engine: Engine, clicks: list[Click]) -> None:
                     update(_LINKS).where(_LINKS.c.token == token[:64]).values(clicks=_LINKS.c.clicks + count)
                 )
                 unique = 0
-            for outcome, amount in (("click", count), ("click-unique", unique)):
+            for outcome, amount in ((Outcome.CLICK, count), (Outcome.CLICK_UNIQUE, unique)):
                 if amount:
                     uow.count(
                         hour=click.at,

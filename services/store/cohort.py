@@ -7,11 +7,9 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlmodel import col
 
+from services.domain import Outcome
 from services.store.models import JobState, LinkClick, Reply
 from services.store.uow import UnitOfWork
-
-REPLY_CLICKED = "reply-clicked"
-LINK_OPENED = "link-opened"
 
 
 def count_first_open(
@@ -45,6 +43,6 @@ def count_first_open(
     def count(channel: str, outcome: str) -> None:
         uow.count(hour=received_at, mailbox=mailbox, category=category, channel=channel, outcome=outcome)
 
-    count(link_channel, LINK_OPENED)
+    count(link_channel, Outcome.LINK_OPENED)
     if opened == 1:
-        count(reply_channel, REPLY_CLICKED)
+        count(reply_channel, Outcome.REPLY_CLICKED)

@@ -8,7 +8,7 @@ from datetime import timedelta
 from sqlmodel import Session
 
 from services.config import Settings
-from services.domain import Verdict
+from services.domain import Outcome, Verdict, suppressed
 from services.store.models import Decision, Delivery, JobState, Message, MessageState, Reply, ReplyLedger, utcnow
 from services.store.queries import (
     begin_decision,
@@ -174,15 +174,15 @@ def _count(uow: UnitOfWork, message: Message, verdict: Verdict) -> None:
     def count(outcome: str) -> None:
         bump_message_counter(uow, message, verdict, outcome)
 
-    count("received")
+    count(Outcome.RECEIVED)
     if verdict.sender_pseudonym is not None and verdict.category != "automated":
         # windows (repeat senders) are measured on arrival time, not on processing time
         mark_repeat_contact(uow, verdict.sender_pseudonym, message.received_at)
     if verdict.reply:
-        count("replied")
+        count(Outcome.REPLIED)
     elif verdict.suppressed is not None:
-        count(f"suppressed:{verdict.suppressed}")
+        count(suppressed(verdict.suppressed))
     else:
-        count("no-reply")
+        count(Outcome.NO_REPLY)
     if verdict.held:
-        count("held")
+        count(Outcome.HELD)

@@ -4,6 +4,7 @@ rule-set history."""
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from enum import StrEnum, nonmember
 
 from sqlalchemy import JSON, Column, Index, LargeBinary, text
 from sqlmodel import Field, SQLModel
@@ -13,7 +14,7 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class MessageState:
+class MessageState(StrEnum):
     """Life cycle of a stored message. DELIVERED and HELD are final.
 
     FAILED (the staff relay refused the original and its wrapper) needs a person; it is not purged, because
@@ -25,10 +26,10 @@ class MessageState:
     DELIVERED = "delivered"
     HELD = "held"
     FAILED = "failed"
-    FINAL = (DELIVERED, HELD)
+    FINAL = nonmember((DELIVERED, HELD))
 
 
-class JobState:
+class JobState(StrEnum):
     """State of a reply or a delivery to staff.
 
     pending -> sending (claimed by one worker) -> transmitting (talking to the relay) -> sent | failed,

@@ -16,7 +16,7 @@ from sqlalchemy import BigInteger, Engine, Table, bindparam, case, func, or_, se
 from sqlmodel import Session, SQLModel, col
 from sqlmodel import select as model_select
 
-from services.domain import Verdict
+from services.domain import REPEAT_PREFIX, Outcome, Verdict
 from services.privacy import mask_addresses
 from services.store.db import session_scope
 from services.store.models import (
@@ -196,7 +196,7 @@ def mark_repeat_contact(uow: UnitOfWork, pseudonym: str, now: datetime) -> None:
                 mailbox=entry.mailbox,
                 category=entry.category,
                 channel=entry.channel,
-                outcome=f"repeat-{window}",
+                outcome=REPEAT_PREFIX + window,
             )
         uow.session.execute(_MARK_REPEAT, {"entry_id": entry.id, "within_7d": "7d" in windows})
 
@@ -419,7 +419,7 @@ def settle_uncertain_replies(engine: Engine, stale_after: timedelta) -> int:
             reply.state = JobState.UNCERTAIN
             reply.error = "worker stopped during transmission; not resent to avoid a duplicate"
             uow.session.add(reply)
-            bump_message_counter(uow, message, decision, "reply-uncertain")
+            bump_message_counter(uow, message, decision, Outcome.REPLY_UNCERTAIN)
         return len(rows)
 
 

@@ -5,18 +5,21 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date, timedelta
-from typing import Any
+from typing import Any, Literal, get_args
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import ColumnElement, Engine, Table, and_, func, or_, select
 from sqlmodel import Session, col
 
-from services.store.cohort import LINK_OPENED, REPLY_CLICKED
+from services.domain import SUPPRESSED_PREFIX, Outcome
 from services.store.models import Counter, CounterDay, CounterDirtyHour, RollupState
 from services.store.rollup import local_day, utc_bounds
 
-GROUP_BY = ("day", "week", "month")
-BY = ("none", "mailbox", "category", "channel", "outcome")
+# the API names its enums after these (services/web/schemas.py, openapi.py)
+GroupBy = Literal["day", "week", "month"]
+By = Literal["none", "mailbox", "category", "channel", "outcome"]
+GROUP_BY: tuple[GroupBy, ...] = get_args(GroupBy)
+BY: tuple[By, ...] = get_args(By)
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,7 @@ def volumes(
     *,
     group_by: str = "day",
     by: str = "category",
-    outcome: str = "received",
+    outcome: str = Outcome.RECEIVED,
     filters: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Counts per period bucket and key. `outcome` is a counter outcome, or a prefix ending in ':'."""
@@ -143,7 +146,7 @@ def _by_outcome(
     for (category, channel, outcome), count in counts_per_day(engine, period, keys, per_day=False).items():
         categories[str(category)][str(outcome)] += count
         channels[str(channel)][str(outcome)] += count
-        if outcome == "reply-sent" and category not in unlinked:
+        if outcome == Outcome.REPLY_SENT and category not in unlinked:
             categories[str(category)][REPLY_SENT_WITH_LINK] += count
             channels[str(channel)][REPLY_SENT_WITH_LINK] += count
     return categories, channels
@@ -164,33 +167,33 @@ def _ratio(part: int, whole: int) -> float | None:
 
 def figures(outcomes: dict[str, int]) -> dict[str, Any]:
     """The numbers of one group; docs/metrics.md defines each (keep both in step)."""
-    received = outcomes.get("received", 0)
-    replied = outcomes.get("replied", 0)
-    sent = outcomes.get("reply-sent", 0)
+    received = outcomes.get(Outcome.RECEIVED, 0)
+    replied = outcomes.get(Outcome.REPLIED, 0)
+    sent = outcomes.get(Outcome.REPLY_SENT, 0)
     with_link = outcomes.get(REPLY_SENT_WITH_LINK, 0)
     # clamped although the counters cannot exceed it (services/store/cohort.py): a share is never above 100 %
-    clicked = min(outcomes.get(REPLY_CLICKED, 0), with_link)
+    clicked = min(outcomes.get(Outcome.REPLY_CLICKED, 0), with_link)
     return {
         "received": received,
         "replied": replied,
         "reply_rate": _ratio(replied, received),
-        "suppressed": sum(n for o, n in outcomes.items() if o.startswith("suppressed:")),
-        "no_reply": outcomes.get("no-reply", 0),
-        "held": outcomes.get("held", 0),
+        "suppressed": sum(n for o, n in outcomes.items() if o.startswith(SUPPRESSED_PREFIX)),
+        "no_reply": outcomes.get(Outcome.NO_REPLY, 0),
+        "held": outcomes.get(Outcome.HELD, 0),
         "replies_sent": sent,
-        "replies_failed": outcomes.get("reply-failed", 0),
-        "replies_uncertain": outcomes.get("reply-uncertain", 0),
-        "delivered": outcomes.get("delivered", 0),
-        "deliveries_failed": outcomes.get("delivery-failed", 0),
-        "repeat_7d": outcomes.get("repeat-7d", 0),
-        "repeat_30d": outcomes.get("repeat-30d", 0),
-        "repeat_rate_7d": _ratio(outcomes.get("repeat-7d", 0), replied),
-        "repeat_rate_30d": _ratio(outcomes.get("repeat-30d", 0), replied),
+        "replies_failed": outcomes.get(Outcome.REPLY_FAILED, 0),
+        "replies_uncertain": outcomes.get(Outcome.REPLY_UNCERTAIN, 0),
+        "delivered": outcomes.get(Outcome.DELIVERED, 0),
+        "deliveries_failed": outcomes.get(Outcome.DELIVERY_FAILED, 0),
+        "repeat_7d": outcomes.get(Outcome.REPEAT_7D, 0),
+        "repeat_30d": outcomes.get(Outcome.REPEAT_30D, 0),
+        "repeat_rate_7d": _ratio(outcomes.get(Outcome.REPEAT_7D, 0), replied),
+        "repeat_rate_30d": _ratio(outcomes.get(Outcome.REPEAT_30D, 0), replied),
         "replies_with_link": with_link,
         "replies_clicked": clicked,
         "click_through": _ratio(clicked, with_link),
-        "links_opened": outcomes.get(LINK_OPENED, 0),
-        "clicks": outcomes.get("click", 0),
+        "links_opened": outcomes.get(Outcome.LINK_OPENED, 0),
+        "clicks": outcomes.get(Outcome.CLICK, 0),
     }
 
 
@@ -227,7 +230,7 @@ def summary(engine: Engine, period: Period, unlinked: frozenset[str] = frozenset
     result = figures(overall)
     result["period"] = {"from": period.start.isoformat(), "to": period.end.isoformat(), "days": period.days}
     workdays = set(working_days(period))
-    daily = counts_per_day(engine, period, ("category", "channel"), outcome="received")
+    daily = counts_per_day(engine, period, ("category", "channel"), outcome=Outcome.RECEIVED)
     on_workdays: dict[tuple[str, str], int] = defaultdict(int)
     for (day, category, channel), count in daily.items():
         if day in workdays:
@@ -242,7 +245,7 @@ def summary(engine: Engine, period: Period, unlinked: frozenset[str] = frozenset
     per_day(result, ("all", "all"))
     result["working_days"] = len(workdays)
     result["suppressed_by_reason"] = {
-        o.split(":", 1)[1]: n for o, n in sorted(overall.items()) if o.startswith("suppressed:")
+        o.split(":", 1)[1]: n for o, n in sorted(overall.items()) if o.startswith(SUPPRESSED_PREFIX)
     }
     result["rejected_at_smtp"] = {
         o.split(":", 1)[1]: n for o, n in sorted(overall.items()) if o.startswith("rejected:")

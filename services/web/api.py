@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 from sqlalchemy import Engine
 
+from services.domain import Outcome
 from services.ruleset.reload import RuleSetHolder
 from services.store import reports
 from services.web.replylinks import unlinked_categories
@@ -101,7 +102,7 @@ class ReportsApi:
             "period": period_from(request, self.zone),
             "group_by": _choice(request, "group_by", reports.GROUP_BY, "day"),
             "by": _choice(request, "by", reports.BY, "category"),
-            "outcome": request.query.get("outcome", "received")[:80],
+            "outcome": request.query.get("outcome", Outcome.RECEIVED)[:80],
             "filters": {name: request.query[name] for name in FILTERS if request.query.get(name)},
         }
 

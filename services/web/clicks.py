@@ -12,6 +12,7 @@ from aiohttp import web
 from prometheus_client import Counter
 from sqlalchemy import Engine
 
+from services.domain import Channel
 from services.links import read_token
 from services.metrics import PROCESS_REGISTRY
 from services.ruleset.reload import RuleSetHolder
@@ -19,7 +20,6 @@ from services.store.clicks import Click, record_clicks
 from services.store.models import utcnow
 
 log = structlog.get_logger(__name__)
-FALLBACK_CHANNEL = "overview"
 BATCH_SIZE = 500
 
 CLICKS_DROPPED = Counter(
@@ -94,8 +94,8 @@ def make_redirect_handler(
         token = request.match_info["token"]
         channels = rules.current.settings.channels
         parsed = read_token(secret, token)
-        channel = parsed[1] if parsed else FALLBACK_CHANNEL
-        target = channels.get(channel) or channels.get(FALLBACK_CHANNEL)
+        channel = parsed[1] if parsed else Channel.OVERVIEW
+        target = channels.get(channel) or channels.get(Channel.OVERVIEW)
         if target is None or not target.url:
             raise web.HTTPNotFound(text="unknown link")
         if parsed is not None and channel in channels:

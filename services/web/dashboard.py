@@ -15,9 +15,9 @@ from aiohttp import web
 from sqlalchemy import Engine
 
 from services.classify.schema import RuleSettings
+from services.domain import SUPPRESSED_PREFIX, Channel, Outcome
 from services.ruleset.reload import RuleSetHolder
 from services.store import reports
-from services.store.cohort import REPLY_CLICKED
 from services.store.rulesets import RuleSetStore
 from services.web.api import DEFAULT_DAYS, _date, around_cutover, period_from
 from services.web.auth import CSRF_FIELD, SESSION, Auth
@@ -230,13 +230,14 @@ def dashboard_data(
     def daily(outcome: str) -> dict[date, int]:
         return {key[0]: n for key, n in reports.counts_per_day(engine, period, (), outcome=outcome).items()}
 
-    received, replied = daily("received"), daily("replied")
+    received, replied = daily(Outcome.RECEIVED), daily(Outcome.REPLIED)
     markers = activation_markers(engine, period, days)
     sent: dict[date, int] = defaultdict(int)  # the click-through's denominator: replies with a link
-    for (day, category), n in reports.counts_per_day(engine, period, ("category",), outcome="reply-sent").items():
+    for (day, category), n in reports.counts_per_day(engine, period, ("category",), outcome=Outcome.REPLY_SENT).items():
         if category not in unlinked:
             sent[day] += n
-    clicked, repeat, suppressed, held = daily(REPLY_CLICKED), daily("repeat-7d"), daily("suppressed:"), daily("held")
+    clicked, repeat = daily(Outcome.REPLY_CLICKED), daily(Outcome.REPEAT_7D)
+    suppressed, held = daily(SUPPRESSED_PREFIX), daily(Outcome.HELD)
     click_line: list[float | None] = []
     repeat_line: list[float | None] = []
     for first, last in _buckets(view):
@@ -434,7 +435,7 @@ class Dashboard:
             loc=loc,
             t=TEXTS[loc.language],
             cutover=settings.cutover,
-            overview=loc.channel("overview"),
+            overview=loc.channel(Channel.OVERVIEW),
             first_address=served[0] if served else "info@example.org",
             other_language="en" if loc.language == "de" else "de",
             **self._page_context(request),

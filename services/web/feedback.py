@@ -12,11 +12,12 @@ from sqlalchemy import Engine
 
 from services.classify.examples import RULE_ONLY_CATEGORIES
 from services.config import Settings
+from services.domain import DEFAULT_LANGUAGE, PAGE_LANGUAGES
 from services.reply.feedback import PATH, FeedbackToken, read_token
 from services.ruleset.reload import RuleSetHolder
 from services.store.corrections import newest_answer, record_correction
 from services.web.auth import CSRF_FIELD, FEEDBACK_COOKIE, Auth, FailureLimiter
-from services.web.locale import LANGUAGES, PageLocale
+from services.web.locale import PageLocale
 from services.web.security import CSP_NONCE
 
 TEXTS: dict[str, dict[str, str]] = {
@@ -76,7 +77,7 @@ class FeedbackPage:
 
     def _render(self, request: web.Request, status: int, *, problem: str | None = None, **context: Any) -> web.Response:
         language = request.query.get("lang", "de")
-        language = language if language in LANGUAGES else "de"
+        language = language if language in PAGE_LANGUAGES else DEFAULT_LANGUAGE
         loc = PageLocale.of(language, self.rules.current.settings)
         secret, new = self.auth.login_secret(request, FEEDBACK_COOKIE)
         html = self.env.get_template("feedback.html.j2").render(
@@ -140,7 +141,9 @@ class FeedbackPage:
         if not recorded:
             return self._render(request, 404, problem="unknown")
         language = request.query.get("lang", "de")
-        raise web.HTTPSeeOther(f"{request.path}?saved=1&lang={language if language in LANGUAGES else 'de'}")
+        raise web.HTTPSeeOther(
+            f"{request.path}?saved=1&lang={language if language in PAGE_LANGUAGES else DEFAULT_LANGUAGE}"
+        )
 
     def register(self, app: web.Application) -> None:
         app.router.add_get(PATH + "{token}", self.form)

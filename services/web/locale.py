@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from datetime import date
 
 from services.classify.schema import DisplayNames, RuleSettings
+from services.domain import PAGE_LANGUAGES, PageLanguage
 
-LANGUAGES = ("de", "en")
 MINUS = "\u2212"  # a real minus sign, as typeset numbers use
 NBSP = "\u00a0"
 _MONTHS_EN = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -24,10 +24,10 @@ class PageLocale:
 
     @classmethod
     def of(cls, language: str, settings: RuleSettings) -> PageLocale:
-        language = language if language in LANGUAGES else "de"
+        page: PageLanguage = next((known for known in PAGE_LANGUAGES if known == language), "de")
         german = settings.labels.get("de", DisplayNames())
-        names = settings.labels.get(language, german)  # type: ignore[call-overload]
-        if language == "en":
+        names = settings.labels.get(page, german)
+        if page == "en":
             return cls("en", "en-GB", ".", ",", names, german)
         return cls("de", "de-DE", ",", ".", names, german)
 

@@ -17,16 +17,23 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 
 from services import queue
+from services.domain import REJECTED_PREFIX, REPEAT_PREFIX, SUPPRESSED_PREFIX, Outcome
 from services.metrics import PROCESS_REGISTRY
 from services.ruleset.reload import RuleSetHolder
 from services.store import reports
-from services.store.cohort import LINK_OPENED, REPLY_CLICKED
 from services.store.corrections import correction_pairs
 from services.store.reports import counter_totals
 from services.web.replylinks import unlinked_categories
 
 CACHE_SECONDS = 10.0
 COHORT_DAYS = 30
+# the `state` label of channelshift_replies per counter outcome
+_REPLY_STATES: dict[str, str] = {
+    Outcome.REPLIED: "planned",
+    Outcome.REPLY_SENT: "sent",
+    Outcome.REPLY_FAILED: "failed",
+    Outcome.REPLY_UNCERTAIN: "uncertain",
+}
 
 
 class RollupCollector(Collector):
@@ -94,36 +101,30 @@ class RollupCollector(Collector):
             sums[(metric, *labels)] = sums.get((metric, *labels), 0) + value
 
         for category, channel, outcome, count in self._cache:
-            if outcome == "received":
+            if outcome == Outcome.RECEIVED:
                 add("received", category, channel, value=count)
-            elif outcome in ("replied", "reply-sent", "reply-failed", "reply-uncertain"):
-                state = {
-                    "replied": "planned",
-                    "reply-sent": "sent",
-                    "reply-failed": "failed",
-                    "reply-uncertain": "uncertain",
-                }[outcome]
-                add("replies", category, channel, state, value=count)
-            elif outcome.startswith("suppressed:"):
-                add("suppressed", outcome.split(":", 1)[1], value=count)
-            elif outcome == "held":
+            elif outcome in _REPLY_STATES:
+                add("replies", category, channel, _REPLY_STATES[outcome], value=count)
+            elif outcome.startswith(SUPPRESSED_PREFIX):
+                add("suppressed", outcome.removeprefix(SUPPRESSED_PREFIX), value=count)
+            elif outcome == Outcome.HELD:
                 add("held", value=count)
-            elif outcome in ("delivered", "delivery-failed"):
-                add("deliveries", "delivered" if outcome == "delivered" else "failed", value=count)
-            elif outcome == "delivered-wrapped":
+            elif outcome in (Outcome.DELIVERED, Outcome.DELIVERY_FAILED):
+                add("deliveries", "delivered" if outcome == Outcome.DELIVERED else "failed", value=count)
+            elif outcome == Outcome.DELIVERED_WRAPPED:
                 add("wrapped", value=count)
-            elif outcome.startswith("rejected:"):
-                add("rejected", outcome.split(":", 1)[1], value=count)
-            elif outcome == "click":
+            elif outcome.startswith(REJECTED_PREFIX):
+                add("rejected", outcome.removeprefix(REJECTED_PREFIX), value=count)
+            elif outcome == Outcome.CLICK:
                 add("clicks", category, channel, value=count)
-            elif outcome == "click-unique":
+            elif outcome == Outcome.CLICK_UNIQUE:
                 add("unique", category, channel, value=count)
-            elif outcome == REPLY_CLICKED:
+            elif outcome == Outcome.REPLY_CLICKED:
                 add("replies_clicked", category, channel, value=count)
-            elif outcome == LINK_OPENED:
+            elif outcome == Outcome.LINK_OPENED:
                 add("links_opened", category, channel, value=count)
-            elif outcome.startswith("repeat-"):
-                add("repeat", outcome.split("-", 1)[1], value=count)
+            elif outcome.startswith(REPEAT_PREFIX):
+                add("repeat", outcome.removeprefix(REPEAT_PREFIX), value=count)
         families = {
             "received": received,
             "replies": replies,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from services.domain import Outcome
+from services.store import reports
 from services.web.schemas import component_schemas
 
 _JSON_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
@@ -20,16 +22,16 @@ _PERIOD = [
 ]
 _VOLUME_PARAMS = [
     *_PERIOD,
-    _query("group_by", "bucket size", {"type": "string", "enum": ["day", "week", "month"], "default": "day"}),
+    _query("group_by", "bucket size", {"type": "string", "enum": list(reports.GROUP_BY), "default": "day"}),
     _query(
         "by",
         "series key",
-        {"type": "string", "enum": ["none", "mailbox", "category", "channel", "outcome"], "default": "category"},
+        {"type": "string", "enum": list(reports.BY), "default": "category"},
     ),
     _query(
         "outcome",
         "counter outcome, or a prefix ending in ':' (e.g. suppressed:)",
-        {"type": "string", "default": "received"},
+        {"type": "string", "default": Outcome.RECEIVED.value},
     ),
     _query("mailbox", "only this served mailbox", {"type": "string"}),
     _query("category", "only this category", {"type": "string"}),

@@ -6,7 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from services.store.reports import COMPARED, FIGURE_NAMES, PER_DAY_FIELDS
+from services.domain import Priority
+from services.store.models import JobState, MessageState
+from services.store.reports import COMPARED, FIGURE_NAMES, PER_DAY_FIELDS, By, GroupBy
 
 Share = float | None
 
@@ -80,8 +82,8 @@ class VolumePoint(_Answer):
 class Volumes(_Answer):
     from_: str = Field(alias="from", json_schema_extra={"format": "date"})
     to: str = Field(json_schema_extra={"format": "date"})
-    group_by: Literal["day", "week", "month"]
-    by: Literal["none", "mailbox", "category", "channel", "outcome"]
+    group_by: GroupBy
+    by: By
     outcome: str
     series: list[VolumePoint]
 
@@ -92,7 +94,7 @@ class DecisionView(_Answer):
     rule: str
     ruleset_version: str
     template: str | None
-    priority: Literal["normal", "high", "urgent"]
+    priority: Priority
     language: str
     reply: bool
     suppressed: str | None
@@ -103,14 +105,14 @@ class DecisionView(_Answer):
 
 
 class ReplyView(_Answer):
-    state: str
+    state: JobState
     attempts: int
     sent_at: str | None
     error: str | None
 
 
 class DeliveryView(_Answer):
-    state: str
+    state: JobState
     attempts: int
     delivered_at: str | None
     error: str | None
@@ -120,7 +122,7 @@ class MessageView(_Answer):
     """One message's state, decision, reply and delivery; no addresses, subject or content."""
 
     id: str
-    state: Literal["received", "classified", "delivered", "held", "failed"]
+    state: MessageState
     protocol: Literal["smtp", "lmtp"]
     received_at: str | None = Field(json_schema_extra={"format": "date-time"})
     size: int

@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 
 from services.classify.engine import RuleSet
 from services.config import Settings
+from services.domain import DEFAULT_LANGUAGE, PAGE_LANGUAGES
 from services.reply.policy import policy_config
 from services.reply.render import ReplyRenderer
 from services.ruleset.loader import RuleSetInvalid, load_rules
@@ -29,7 +30,7 @@ from services.tools.explain import explain
 from services.tools.preview import Preview, preview
 from services.tools.replay import ReplayReport, replay
 from services.web.auth import CSRF_FIELD, SESSION, Auth
-from services.web.locale import LANGUAGES, PageLocale
+from services.web.locale import PageLocale
 from services.web.security import CSP_NONCE
 from services.web.workbench_texts import TEXTS
 
@@ -237,7 +238,7 @@ class Workbench:
     @staticmethod
     def locale_of(request: web.Request, ruleset: RuleSet) -> PageLocale:
         language = request.query.get("lang", "de")
-        return PageLocale.of(language if language in LANGUAGES else "de", ruleset.settings)
+        return PageLocale.of(language if language in PAGE_LANGUAGES else DEFAULT_LANGUAGE, ruleset.settings)
 
     async def _render(self, request: web.Request, form: Form, status: int = 200) -> web.Response:
         ruleset = self.rules.current

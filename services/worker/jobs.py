@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from services import queue
-from services.domain import Verdict
+from services.domain import Outcome, Verdict
 from services.mail import parse_mail
 from services.metrics import DELIVERY_ATTEMPTS, JOB_SECONDS, timed
 from services.reply.build import ReplyUnbuildable, build_reply, tracked_links
@@ -214,12 +214,14 @@ async def _transmit(deps: Deps, loaded: Loaded, kind: str, reply_data: bytes | N
             log.warning(f"{kind}.retry", attempt=row.attempts, error=error)
             defer = timedelta(seconds=backoff_seconds(row.attempts, deps.settings.retry_base_seconds))
             raise Retry(defer=defer) from exc
-        await deps.batcher.run(lambda s: _finish(s, model, message, decision, JobState.FAILED, error, f"{kind}-failed"))
+        failed = Outcome.REPLY_FAILED if kind == "reply" else Outcome.DELIVERY_FAILED
+        await deps.batcher.run(lambda s: _finish(s, model, message, decision, JobState.FAILED, error, failed))
         log.error(f"{kind}.failed", error=error)
         return "failed"
-    outcomes = (
-        ("reply-sent",) if kind == "reply" else ("delivered",) if note is None else ("delivered", "delivered-wrapped")
-    )
+    if kind == "reply":
+        outcomes: tuple[str, ...] = (Outcome.REPLY_SENT,)
+    else:
+        outcomes = (Outcome.DELIVERED,) if note is None else (Outcome.DELIVERED, Outcome.DELIVERED_WRAPPED)
     await deps.batcher.run(lambda s: _finish(s, model, message, decision, JobState.SENT, note, *outcomes))
     log.info(f"{kind}.sent", attempt=row.attempts, wrapped=note is not None)
     return "sent"

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from services.classify.conditions.base import Check, ConditionKind, Context, leaf
 from services.classify.facts import MailFacts
-
-# Detected as well, answered in German + English unless a template in the language exists.
-DetectedLanguage = Literal["de", "en", "uk", "ar", "ru", "tr", "ro", "fa", "pl"]
+from services.domain import DetectedLanguage
 
 
 def _compile(languages: list[DetectedLanguage], path: str, _context: Context) -> Check:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import re
-
 from pydantic import Field, field_validator, model_validator
 
 from services.classify.conditions.base import Check, ConditionKind, Context, Strict, bounded_search, check_regexes, leaf
 from services.classify.facts import MailFacts, TextField
 from services.classify.patterns import SafePattern
-from services.classify.prefilter import required_words
 
 MIN_KEYWORD_LETTERS = 3
 
@@ -61,17 +58,13 @@ def text_kind(field: TextField) -> ConditionKind[TextMatch]:
 
     def compile_match(spec: TextMatch, path: str, context: Context) -> Check:
         index = context.index
-        regexes = [(SafePattern(pattern), required_words(pattern, re.IGNORECASE)) for pattern in spec.regex]
+        regexes = [SafePattern(pattern) for pattern in spec.regex]
         words = [*spec.keywords, *(word.strip() for word in spec.exact)]
         wanted = index.register(words) if words else frozenset()
 
         def regex_hit(facts: MailFacts) -> str | None:
             written = facts.written(field)
-            for regex, required in regexes:
-                if required is not None:
-                    folded = facts.prefiltered(field)
-                    if not any(word in folded for word in required):
-                        continue  # none of the words every match contains: the regex cannot match
+            for regex in regexes:
                 if bounded_search(regex, written, facts):
                     return regex.pattern
             return None
