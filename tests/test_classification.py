@@ -31,6 +31,7 @@ TEMPLATES = PROJECT_ROOT / "templates"
 EVAL_SPLIT = PROJECT_ROOT / "tests" / "data" / "eval-split"
 FRESH_SPLIT = PROJECT_ROOT / "tests" / "data" / "fresh-split"
 THIRD_SPLIT = PROJECT_ROOT / "tests" / "data" / "third-split"
+FOURTH_SPLIT = PROJECT_ROOT / "tests" / "data" / "fourth-split"
 RULESET = load_rules(RULES, TEMPLATES)
 
 # The gate of issue 16, on 440 mails written apart from the training examples and never trained on.
@@ -41,18 +42,25 @@ GATE_EMERGENCY_RECALL = 1.0
 # a reply). This gate holds the measured level; the issue stays open on this point (docs/classification.md).
 GATE_FALSE_EMERGENCY_RATE = 0.016
 # The second held-out set (333 mails by another writer, never trained on), held at its measured level:
-# 324/333, emergency 40/40, objection 39/41, 4 false emergencies of 293 (docs/classification.md).
+# 327/333, emergency 40/40, objection 40/41, 2 false emergencies of 293 = 0.68 % (docs/classification.md).
 FRESH_GATE_ACCURACY = 0.95
-FRESH_GATE_OBJECTION_RECALL = 39 / 41
-FRESH_GATE_FALSE_EMERGENCY_RATE = 0.014
+FRESH_GATE_OBJECTION_RECALL = 40 / 41
+FRESH_GATE_FALSE_EMERGENCY_RATE = 0.007
 # The third held-out set (300 mails in a messy, non-native style by a third writer), held at its measured level:
-# 283/300, emergency 35/36, objection 35/36, 9 false emergencies of 264 (276, 32, 32 and 12 before the s- and
+# 284/300, emergency 35/36, objection 35/36, 7 false emergencies of 264 (276, 32, 32 and 12 before the s- and
 # m-rounds of examples). Below the issue's targets: this is where the classifier generalizes worst
 # (docs/classification.md, "The next round").
-THIRD_GATE_CORRECT = 283
+THIRD_GATE_CORRECT = 284
 THIRD_GATE_EMERGENCY_FOUND = 35
 THIRD_GATE_OBJECTION_FOUND = 35
-THIRD_GATE_FALSE_EMERGENCIES = 9
+THIRD_GATE_FALSE_EMERGENCIES = 7
+# The fourth held-out set (300 mails by a fourth writer: translation-app German, long formal letters, people
+# writing for someone, the concern in the last sentence), held at its measured level after the n-round and the
+# emergency threshold 0.35: 286/300, emergency 36/36, objection 33/36, 3 false emergencies of 264 (283, 35, 32
+# and 6 on the set shipped before; docs/classification.md, "The fourth round").
+FOURTH_GATE_CORRECT = 286
+FOURTH_GATE_OBJECTION_FOUND = 33
+FOURTH_GATE_FALSE_EMERGENCIES = 3
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -114,6 +122,23 @@ def test_third_split_gate(third_report) -> None:  # type: ignore[no-untyped-def]
     assert found["objection"] >= THIRD_GATE_OBJECTION_FOUND, third_report.missed_safety()
     assert third_report.false_alarms("emergency") <= THIRD_GATE_FALSE_EMERGENCIES
     assert third_report.replies_to_automated == 0
+
+
+@pytest.fixture(scope="module")
+def fourth_report(embeddings_on: None):  # type: ignore[no-untyped-def]
+    return evaluate(RULESET, FOURTH_SPLIT)
+
+
+def test_fourth_split_gate(fourth_report) -> None:  # type: ignore[no-untyped-def]
+    assert fourth_report.total == 300 and not fourth_report.missing_files
+    assert fourth_report.correct >= FOURTH_GATE_CORRECT, fourth_report.format()
+    recall = fourth_report.per_category()
+    assert recall["emergency"]["recall"] == 1.0, fourth_report.missed_safety()
+    assert fourth_report.confusion[("objection", "objection")] >= FOURTH_GATE_OBJECTION_FOUND, (
+        fourth_report.missed_safety()
+    )
+    assert fourth_report.false_alarms("emergency") <= FOURTH_GATE_FALSE_EMERGENCIES
+    assert fourth_report.replies_to_automated == 0
 
 
 def test_explain_json_carries_the_model_path_scores_and_neighbours() -> None:
