@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from services.classify.conditions.base import Check, ConditionKind, Context, Requirement, Trace
-from services.classify.facts import MailFacts
+from services.classify.conditions.base import Check, ConditionKind, Context, Requirement, combination
 
 if TYPE_CHECKING:
     from services.classify.schema import Condition
@@ -19,17 +18,7 @@ def required_by_any(parts: list[Check]) -> Requirement | None:
 
 
 def _compile(children: list[Condition], path: str, context: Context) -> Check:
-    name = path + ".any"
-    parts = [context.compile(child, f"{name}[{i}]") for i, child in enumerate(children)]
-    tests = [part.test for part in parts]
-
-    def test(facts: MailFacts) -> bool:
-        return any(one(facts) for one in tests)
-
-    def traced(facts: MailFacts, trace: Trace) -> bool:
-        return trace.record(name, any(part.traced(facts, trace) for part in parts))
-
-    return Check(test, traced, required_by_any(parts), any(part.may_time_out for part in parts))
+    return combination("any", children, path, context, any, required_by_any)
 
 
 def _children(children: list[Condition]) -> list[Condition]:

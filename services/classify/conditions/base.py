@@ -115,6 +115,29 @@ def leaf(
     return Check(test, traced, may_time_out=may_time_out)
 
 
+def combination(
+    key: str,
+    children: list[Condition],
+    path: str,
+    context: Context,
+    combine: Callable[[Any], bool],
+    requires: Callable[[list[Check]], Requirement | None],
+) -> Check:
+    """`all`/`any` over compiled children: `combine` is the builtin `all` or `any` (both stop at the first
+    answer), `requires` the keyword promise the combination can make from its children's."""
+    name = f"{path}.{key}"
+    parts = [context.compile(child, f"{name}[{i}]") for i, child in enumerate(children)]
+    tests = [part.test for part in parts]
+
+    def test(facts: MailFacts) -> bool:
+        return combine(one(facts) for one in tests)
+
+    def traced(facts: MailFacts, trace: Trace) -> bool:
+        return trace.record(name, combine(part.traced(facts, trace) for part in parts))
+
+    return Check(test, traced, requires(parts), any(part.may_time_out for part in parts))
+
+
 def bounded_search(pattern: SafePattern, text: str, facts: MailFacts) -> bool:
     """A search that ran out of time counts as no match, and the mail carries a defect that says so."""
     try:
