@@ -32,6 +32,7 @@ EVAL_SPLIT = PROJECT_ROOT / "tests" / "data" / "eval-split"
 FRESH_SPLIT = PROJECT_ROOT / "tests" / "data" / "fresh-split"
 THIRD_SPLIT = PROJECT_ROOT / "tests" / "data" / "third-split"
 FOURTH_SPLIT = PROJECT_ROOT / "tests" / "data" / "fourth-split"
+FIFTH_SPLIT = PROJECT_ROOT / "tests" / "data" / "fifth-split"
 RULESET = load_rules(RULES, TEMPLATES)
 
 # The gate of issue 16, on 440 mails written apart from the training examples and never trained on.
@@ -61,6 +62,12 @@ THIRD_GATE_FALSE_EMERGENCIES = 7
 FOURTH_GATE_CORRECT = 286
 FOURTH_GATE_OBJECTION_FOUND = 33
 FOURTH_GATE_FALSE_EMERGENCIES = 3
+# The fifth held-out set (300 mails by a fifth writer: mail that continues an earlier exchange, understated and
+# dramatic writers, emoji, transliterated Cyrillic, very short mails), measured once on the shipped set:
+# 287/300, emergency 35/36, objection 36/36, 4 false emergencies of 264 (docs/classification.md, "The fifth round").
+FIFTH_GATE_CORRECT = 287
+FIFTH_GATE_EMERGENCY_FOUND = 35
+FIFTH_GATE_FALSE_EMERGENCIES = 4
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -139,6 +146,23 @@ def test_fourth_split_gate(fourth_report) -> None:  # type: ignore[no-untyped-de
     )
     assert fourth_report.false_alarms("emergency") <= FOURTH_GATE_FALSE_EMERGENCIES
     assert fourth_report.replies_to_automated == 0
+
+
+@pytest.fixture(scope="module")
+def fifth_report(embeddings_on: None):  # type: ignore[no-untyped-def]
+    return evaluate(RULESET, FIFTH_SPLIT)
+
+
+def test_fifth_split_gate(fifth_report) -> None:  # type: ignore[no-untyped-def]
+    assert fifth_report.total == 300 and not fifth_report.missing_files
+    assert fifth_report.correct >= FIFTH_GATE_CORRECT, fifth_report.format()
+    recall = fifth_report.per_category()
+    assert fifth_report.confusion[("emergency", "emergency")] >= FIFTH_GATE_EMERGENCY_FOUND, (
+        fifth_report.missed_safety()
+    )
+    assert recall["objection"]["recall"] == 1.0, fifth_report.missed_safety()
+    assert fifth_report.false_alarms("emergency") <= FIFTH_GATE_FALSE_EMERGENCIES
+    assert fifth_report.replies_to_automated == 0
 
 
 def test_explain_json_carries_the_model_path_scores_and_neighbours() -> None:
