@@ -11,9 +11,15 @@ from typing import Any, Literal, get_args
 
 
 class Priority(StrEnum):
+    """How urgently staff should look at the original, lowest first (rules may set any; safety sets a floor)."""
+
+    LOW = "low"
     NORMAL = "normal"
     HIGH = "high"
     URGENT = "urgent"
+
+
+PRIORITY_ORDER: tuple[Priority, ...] = tuple(Priority)
 
 
 class DecisionPath(StrEnum):

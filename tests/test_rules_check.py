@@ -126,6 +126,12 @@ BROKEN = [
         "",
     ),
     (
+        "rules:\n  - id: a\n    when:\n      subject: {keywords: [xyz]}\n    then: {category: general, channel: overview, priority: urgnt}\n",
+        5,
+        "rules[0].then.priority",
+        "did you mean 'urgent'",
+    ),
+    (
         "rules:\n  - id: a\n    when:\n      time: {hours: '8-18'}\n    then: {category: general, channel: overview}\n",
         4,
         "rules[0].when.time.hours",

@@ -17,8 +17,8 @@ from services.classify.examples import AUTOMATED, RULE_ONLY_CATEGORIES
 from services.classify.facts import MailFacts
 from services.classify.features import model_text
 from services.classify.keywords import KeywordIndex
-from services.classify.schema import PRIORITIES, Action, Condition, Rule, RuleSettings
-from services.domain import SAFETY_CATEGORIES, SAFETY_PRIORITY, safety_outranks
+from services.classify.schema import Action, Condition, Rule, RuleSettings
+from services.domain import PRIORITY_ORDER, SAFETY_CATEGORIES, SAFETY_PRIORITY, safety_outranks
 from services.mail import InboundMail, is_machine_report
 
 if TYPE_CHECKING:
@@ -82,8 +82,8 @@ def _with_safety_floor(decided: Classification) -> Classification:
     if floor is None:
         return decided
     action = decided.action
-    if PRIORITIES.index(action.priority) < PRIORITIES.index(floor) or not action.deliver:
-        raised = max(action.priority, floor, key=PRIORITIES.index)
+    if PRIORITY_ORDER.index(action.priority) < PRIORITY_ORDER.index(floor) or not action.deliver:
+        raised = max(action.priority, floor, key=PRIORITY_ORDER.index)
         action = action.model_copy(update={"priority": raised, "deliver": True})
         return replace(decided, action=action)
     return decided

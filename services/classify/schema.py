@@ -8,7 +8,7 @@ import itertools
 import keyword
 import re
 from datetime import date
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import ConfigDict, Field, RootModel, create_model, field_validator, model_validator
@@ -16,10 +16,7 @@ from pydantic import ConfigDict, Field, RootModel, create_model, field_validator
 from services.classify.conditions import CONDITION_KEYS, KINDS
 from services.classify.conditions.base import ConditionKind
 from services.classify.conditions.base import Strict as _Strict
-from services.domain import REPLY_LANGUAGES, PageLanguage, ReplyLanguage
-
-PRIORITIES = ("low", "normal", "high", "urgent")
-
+from services.domain import REPLY_LANGUAGES, PageLanguage, Priority, ReplyLanguage
 
 STAFF_TARGET = "staff"
 POSTMASTER_TARGET = "postmaster"
@@ -97,7 +94,7 @@ class Action(_Strict):
     category: str
     channel: str
     reply: str | None = Field(default=None, description="reply template name; null = no reply")
-    priority: Literal["low", "normal", "high", "urgent"] = "normal"
+    priority: Priority = Priority.NORMAL
     deliver: bool = Field(
         default=True, description="hand the original on to staff; false = held: to the postmaster target instead"
     )
@@ -110,7 +107,7 @@ class CategoryAction(_Strict):
 
     channel: str
     reply: str | None = None
-    priority: Literal["low", "normal", "high", "urgent"] = "normal"
+    priority: Priority = Priority.NORMAL
     deliver: bool = True
     deliver_to: str = "staff"
     tags: list[str] = Field(default_factory=list)

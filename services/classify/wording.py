@@ -49,7 +49,7 @@ def plain_message(error: dict[str, Any], root: type[BaseModel]) -> str:
             "float_type": "a number",
         }[kind]
         return f"expected {wanted}, got {given!r}"[:300]
-    if kind == "literal_error":
+    if kind in ("literal_error", "enum"):
         expected = str((error.get("ctx") or {}).get("expected", ""))
         options = [part.strip().strip("'") for part in expected.replace(" or ", ",").split(",") if part.strip()]
         close = difflib.get_close_matches(str(given), options, n=1, cutoff=0.6)
