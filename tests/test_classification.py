@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,27 +48,35 @@ GATE_FALSE_EMERGENCY_RATE = 0.016
 FRESH_GATE_ACCURACY = 0.95
 FRESH_GATE_OBJECTION_RECALL = 40 / 41
 FRESH_GATE_FALSE_EMERGENCY_RATE = 0.007
-# The third held-out set (300 mails in a messy, non-native style by a third writer), held at its measured level:
-# 284/300, emergency 35/36, objection 35/36, 7 false emergencies of 264 (276, 32, 32 and 12 before the s- and
-# m-rounds of examples). Below the issue's targets: this is where the classifier generalizes worst
-# (docs/classification.md, "The next round").
-THIRD_GATE_CORRECT = 284
-THIRD_GATE_EMERGENCY_FOUND = 35
-THIRD_GATE_OBJECTION_FOUND = 35
-THIRD_GATE_FALSE_EMERGENCIES = 7
-# The fourth held-out set (300 mails by a fourth writer: translation-app German, long formal letters, people
-# writing for someone, the concern in the last sentence), held at its measured level after the n-round and the
-# emergency threshold 0.35: 286/300, emergency 36/36, objection 33/36, 3 false emergencies of 264 (283, 35, 32
-# and 6 on the set shipped before; docs/classification.md, "The fourth round").
-FOURTH_GATE_CORRECT = 286
-FOURTH_GATE_OBJECTION_FOUND = 33
-FOURTH_GATE_FALSE_EMERGENCIES = 3
-# The fifth held-out set (300 mails by a fifth writer: mail that continues an earlier exchange, understated and
-# dramatic writers, emoji, transliterated Cyrillic, very short mails), measured once on the shipped set:
-# 287/300, emergency 35/36, objection 36/36, 4 false emergencies of 264 (docs/classification.md, "The fifth round").
-FIFTH_GATE_CORRECT = 287
-FIFTH_GATE_EMERGENCY_FOUND = 35
-FIFTH_GATE_FALSE_EMERGENCIES = 4
+
+
+@dataclass(frozen=True)
+class CountGate:
+    """A held-out set of 300 mails held at its measured level, as counts (None: every one of them found)."""
+
+    split: Path
+    correct: int
+    emergency_found: int | None
+    objection_found: int | None
+    false_emergencies: int
+
+
+COUNT_GATES = {
+    # The third held-out set (300 mails in a messy, non-native style by a third writer): 284/300, emergency
+    # 35/36, objection 35/36, 7 false emergencies of 264 (276, 32, 32 and 12 before the s- and m-rounds of
+    # examples). Below the issue's targets: this is where the classifier generalizes worst
+    # (docs/classification.md, "The next round").
+    "third": CountGate(THIRD_SPLIT, correct=284, emergency_found=35, objection_found=35, false_emergencies=7),
+    # The fourth held-out set (300 mails by a fourth writer: translation-app German, long formal letters, people
+    # writing for someone, the concern in the last sentence), after the n-round and the emergency threshold
+    # 0.35: 286/300, emergency 36/36, objection 33/36, 3 false emergencies of 264 (283, 35, 32 and 6 on the set
+    # shipped before; docs/classification.md, "The fourth round").
+    "fourth": CountGate(FOURTH_SPLIT, correct=286, emergency_found=None, objection_found=33, false_emergencies=3),
+    # The fifth held-out set (300 mails by a fifth writer: mail that continues an earlier exchange, understated
+    # and dramatic writers, emoji, transliterated Cyrillic, very short mails), measured once on the shipped set:
+    # 287/300, emergency 35/36, objection 36/36, 4 false emergencies of 264 ("The fifth round").
+    "fifth": CountGate(FIFTH_SPLIT, correct=287, emergency_found=35, objection_found=None, false_emergencies=4),
+}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -116,53 +125,18 @@ def test_fresh_split_gate(fresh_report) -> None:  # type: ignore[no-untyped-def]
     assert fresh_report.replies_to_automated == 0
 
 
-@pytest.fixture(scope="module")
-def third_report(embeddings_on: None):  # type: ignore[no-untyped-def]
-    return evaluate(RULESET, THIRD_SPLIT)
-
-
-def test_third_split_gate(third_report) -> None:  # type: ignore[no-untyped-def]
-    assert third_report.total == 300 and not third_report.missing_files
-    assert third_report.correct >= THIRD_GATE_CORRECT, third_report.format()
-    found = {category: third_report.confusion[(category, category)] for category in ("emergency", "objection")}
-    assert found["emergency"] >= THIRD_GATE_EMERGENCY_FOUND, third_report.missed_safety()
-    assert found["objection"] >= THIRD_GATE_OBJECTION_FOUND, third_report.missed_safety()
-    assert third_report.false_alarms("emergency") <= THIRD_GATE_FALSE_EMERGENCIES
-    assert third_report.replies_to_automated == 0
-
-
-@pytest.fixture(scope="module")
-def fourth_report(embeddings_on: None):  # type: ignore[no-untyped-def]
-    return evaluate(RULESET, FOURTH_SPLIT)
-
-
-def test_fourth_split_gate(fourth_report) -> None:  # type: ignore[no-untyped-def]
-    assert fourth_report.total == 300 and not fourth_report.missing_files
-    assert fourth_report.correct >= FOURTH_GATE_CORRECT, fourth_report.format()
-    recall = fourth_report.per_category()
-    assert recall["emergency"]["recall"] == 1.0, fourth_report.missed_safety()
-    assert fourth_report.confusion[("objection", "objection")] >= FOURTH_GATE_OBJECTION_FOUND, (
-        fourth_report.missed_safety()
-    )
-    assert fourth_report.false_alarms("emergency") <= FOURTH_GATE_FALSE_EMERGENCIES
-    assert fourth_report.replies_to_automated == 0
-
-
-@pytest.fixture(scope="module")
-def fifth_report(embeddings_on: None):  # type: ignore[no-untyped-def]
-    return evaluate(RULESET, FIFTH_SPLIT)
-
-
-def test_fifth_split_gate(fifth_report) -> None:  # type: ignore[no-untyped-def]
-    assert fifth_report.total == 300 and not fifth_report.missing_files
-    assert fifth_report.correct >= FIFTH_GATE_CORRECT, fifth_report.format()
-    recall = fifth_report.per_category()
-    assert fifth_report.confusion[("emergency", "emergency")] >= FIFTH_GATE_EMERGENCY_FOUND, (
-        fifth_report.missed_safety()
-    )
-    assert recall["objection"]["recall"] == 1.0, fifth_report.missed_safety()
-    assert fifth_report.false_alarms("emergency") <= FIFTH_GATE_FALSE_EMERGENCIES
-    assert fifth_report.replies_to_automated == 0
+@pytest.mark.parametrize("name", list(COUNT_GATES))
+def test_held_out_set_gate(name: str, embeddings_on: None) -> None:
+    gate = COUNT_GATES[name]
+    report = evaluate(RULESET, gate.split)
+    assert report.total == 300 and not report.missing_files
+    assert report.correct >= gate.correct, report.format()
+    per_category = report.per_category()
+    for category, wanted in (("emergency", gate.emergency_found), ("objection", gate.objection_found)):
+        found = report.confusion[(category, category)]
+        assert found >= (per_category[category]["support"] if wanted is None else wanted), report.missed_safety()
+    assert report.false_alarms("emergency") <= gate.false_emergencies
+    assert report.replies_to_automated == 0
 
 
 def test_explain_json_carries_the_model_path_scores_and_neighbours() -> None:
