@@ -99,7 +99,7 @@ DEFAULT_LANGUAGE: ReplyLanguage = "de"  # German is always in a reply, and the g
 
 # Non-negotiable 5: these always reach a human with a priority flag, whatever a rule file says. Order matters:
 # an emergency outranks an objection when both are likely.
-SAFETY_PRIORITY: dict[str, str] = {"emergency": Priority.URGENT, "objection": Priority.HIGH}
+SAFETY_PRIORITY: dict[str, Priority] = {"emergency": Priority.URGENT, "objection": Priority.HIGH}
 SAFETY_CATEGORIES: tuple[str, ...] = tuple(SAFETY_PRIORITY)
 
 

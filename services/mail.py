@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import email.utils
 import re
 from dataclasses import dataclass
 from email.header import decode_header
@@ -328,7 +327,7 @@ def own_words(text: str) -> str:
 def _bare_from(values: list[str]) -> str:
     """A From without a domain, e.g. '<MAILER-DAEMON>', still tells us who sent it."""
     try:
-        _name, addr = email.utils.parseaddr(str(values[0])) if values else ("", "")
+        _name, addr = parsed_address(str(values[0])) if values else ("", "")
     except Exception:
         return ""
     return single_line(addr, 64).lower()

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import ColumnElement, Engine, Table, and_, func, or_, select
 from sqlmodel import Session, col
 
-from services.domain import SUPPRESSED_PREFIX, Outcome
+from services.domain import REJECTED_PREFIX, SUPPRESSED_PREFIX, Outcome
 from services.store.models import Counter, CounterDay, CounterDirtyHour, RollupState
 from services.store.rollup import local_day, utc_bounds
 
@@ -245,10 +245,10 @@ def summary(engine: Engine, period: Period, unlinked: frozenset[str] = frozenset
     per_day(result, ("all", "all"))
     result["working_days"] = len(workdays)
     result["suppressed_by_reason"] = {
-        o.split(":", 1)[1]: n for o, n in sorted(overall.items()) if o.startswith(SUPPRESSED_PREFIX)
+        o.removeprefix(SUPPRESSED_PREFIX): n for o, n in sorted(overall.items()) if o.startswith(SUPPRESSED_PREFIX)
     }
     result["rejected_at_smtp"] = {
-        o.split(":", 1)[1]: n for o, n in sorted(overall.items()) if o.startswith("rejected:")
+        o.removeprefix(REJECTED_PREFIX): n for o, n in sorted(overall.items()) if o.startswith(REJECTED_PREFIX)
     }
     result["by_category"] = {
         name: figures(outcomes) for name, outcomes in sorted(by_category.items()) if not name.startswith("(")
