@@ -11,6 +11,7 @@ from email.header import decode_header
 from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
+from itertools import islice
 
 from selectolax.lexbor import LexborHTMLParser, LexborNode
 
@@ -67,6 +68,18 @@ _QUOTE_HEADER = re.compile(
     r"|(von|from):\s.+\s(gesendet|sent):\s)",
     re.IGNORECASE,
 )
+# A forwarded message some clients (and people) close again: "-----", "--- Ende der weitergeleiteten Nachricht ---".
+_FORWARD_START = re.compile(
+    r"^\s*-{2,}\s*(forwarded message|weitergeleitete nachricht|original message|ursprüngliche nachricht)",
+    re.IGNORECASE,
+)
+_FORWARD_END = re.compile(
+    r"^\s*(-{5,}|-{2,}\s*(ende der weitergeleiteten nachricht|end of forwarded message|end forwarded message)"
+    r"\s*-*)\s*$",
+    re.IGNORECASE,
+)
+# how far a closing line is looked for (a forwarded letter is rarely longer; it bounds the look-ahead's cost)
+_FORWARD_END_WITHIN = 200
 _OUTLOOK_BLOCK_START = re.compile(r"^\s*(von|from)\s*:\s*\S", re.IGNORECASE)
 _OUTLOOK_BLOCK_NEXT = re.compile(r"^\s*(gesendet|sent|datum|date)\s*:\s*\S", re.IGNORECASE)
 
@@ -146,6 +159,15 @@ AUTOMATED_SIGNALS = frozenset(
 
 def is_machine_report(mail: InboundMail) -> bool:
     return bool(MACHINE_REPORT_SIGNALS.intersection(mail.automated_signals))
+
+
+# A newsletter carries both: list headers (RFC 2369/2919) and bulk precedence. One of them alone is also set by
+# mailing services that relay contact forms, or by a citizen's own client, so it says less about who wrote.
+NEWSLETTER_SIGNALS = frozenset({"mailing-list", "precedence"})
+
+
+def is_newsletter(mail: InboundMail) -> bool:
+    return NEWSLETTER_SIGNALS.issubset(mail.automated_signals)
 
 
 def single_line(text: str, limit: int = MAX_HEADER_VALUE_CHARS) -> str:
@@ -301,14 +323,34 @@ def _paragraphs(text: str) -> str:
 
 
 def own_words(text: str) -> str:
-    """The sender's own words: drop '>' quoted lines and everything from a reply/forward header on."""
-    lines = text.splitlines()
+    """The sender's own words: drop '>' quoted lines and everything from a reply/forward header on.
+
+    A forwarded block that is closed again ("-----") with the sender's text below it is skipped, not the end.
+    """
+    return "\n".join(_split_own_words(text.splitlines())[0]).strip()
+
+
+def forwarded_blocks(text: str) -> str:
+    """The closed forwarded blocks `own_words` skipped, for the model's quoted-text features."""
+    if "-" not in text:
+        return ""
+    return "\n".join(_split_own_words(text.splitlines())[1])
+
+
+def _split_own_words(lines: list[str]) -> tuple[list[str], list[str]]:
     kept: list[str] = []
+    skipped: list[str] = []
+    skip_to = 0
     for index, line in enumerate(lines):
-        if line.lstrip().startswith(">"):
+        if index < skip_to or line.lstrip().startswith(">"):
             continue
         if _QUOTE_HEADER.match(line):
-            break
+            closed = _forward_end(lines, index) if _FORWARD_START.match(line) else None
+            if closed is None:
+                break
+            skipped += lines[index : closed + 1]
+            skip_to = closed + 1  # the sender wrote below a closed forwarded block: that text is theirs
+            continue
         if _OUTLOOK_BLOCK_START.match(line) and any(
             _OUTLOOK_BLOCK_NEXT.match(following) for following in lines[index + 1 : index + 4]
         ):
@@ -321,7 +363,24 @@ def own_words(text: str) -> str:
         ):
             break
         kept.append(line)
-    return "\n".join(kept).strip()
+    return kept, skipped
+
+
+def _forward_end(lines: list[str], start: int) -> int | None:
+    """The line closing the forwarded block opened at `start`, if the sender's own text follows it."""
+    for index in range(start + 1, min(len(lines), start + _FORWARD_END_WITHIN)):
+        if _FORWARD_END.match(lines[index]):
+            following = next((line for line in islice(lines, index + 1, None) if line.strip()), "")
+            # text of the sender's own, not the next quoted or forwarded layer
+            if (
+                following
+                and not following.lstrip().startswith(">")
+                and not _QUOTE_HEADER.match(following)
+                and not _OUTLOOK_BLOCK_START.match(following)
+            ):
+                return index
+            return None
+    return None
 
 
 def _bare_from(values: list[str]) -> str:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from services.classify.engine import MailFacts
 from services.config import PROJECT_ROOT
-from services.mail import decode_header_value, html_to_text, own_words, parse_mail
+from services.mail import decode_header_value, forwarded_blocks, html_to_text, own_words, parse_mail
 from services.ruleset.loader import load_rules
 from services.store.models import utcnow
 
@@ -36,6 +36,40 @@ def test_quotes_and_reply_headers_are_not_the_senders_words() -> None:
     assert own_words(outlook) == "Danke."
     forwarded = "FYI\n---------- Forwarded message ---------\nFrom: a\nobjection"
     assert own_words(forwarded) == "FYI"
+
+
+FORWARDED_PAYSLIP = (
+    "---------- Weitergeleitete Nachricht ----------\n"
+    "Von: Personalbüro <personal@example.org>\n"
+    "Betreff: Lohnabrechnung\n"
+    "Anbei Ihre Abrechnung.\n"
+    "----------\n"
+    "\n"
+    "Hier die Abrechnung, der Bescheid stimmt so nicht.\n"
+)
+
+
+def test_the_senders_words_below_a_closed_forwarded_block_are_theirs() -> None:
+    assert own_words(FORWARDED_PAYSLIP) == "Hier die Abrechnung, der Bescheid stimmt so nicht."
+    assert own_words("Hallo,\n" + FORWARDED_PAYSLIP) == "Hallo,\n\nHier die Abrechnung, der Bescheid stimmt so nicht."
+    ended = FORWARDED_PAYSLIP.replace("----------\n\n", "--- Ende der weitergeleiteten Nachricht ---\n")
+    assert own_words(ended) == "Hier die Abrechnung, der Bescheid stimmt so nicht."
+    assert "Anbei" in forwarded_blocks(FORWARDED_PAYSLIP) and "Hier" not in forwarded_blocks(FORWARDED_PAYSLIP)
+    mail = parse_mail(b"Subject: WG: Lohnabrechnung\r\n\r\n" + FORWARDED_PAYSLIP.replace("\n", "\r\n").encode())
+    assert mail.own_text == "Hier die Abrechnung, der Bescheid stimmt so nicht."
+
+
+def test_a_forwarded_block_that_is_not_closed_by_the_sender_ends_their_words() -> None:
+    # a dashed line inside the forwarded letter followed by another quoted layer is not the sender's text
+    nested = FORWARDED_PAYSLIP.replace(
+        "\nHier die Abrechnung", "Am 1. Dezember 2026 um 10:00 schrieb A <a@b.de>:\n> alt"
+    )
+    assert own_words("FYI\n" + nested) == "FYI"
+    # underscores (Outlook's separator, signatures) do not close a block
+    underscored = FORWARDED_PAYSLIP.replace("----------\n\n", "__________\n")
+    assert own_words("FYI\n" + underscored) == "FYI"
+    # a closing line with nothing of the sender's below it
+    assert own_words("FYI\n" + FORWARDED_PAYSLIP.split("----------\n\n")[0] + "----------\n") == "FYI"
 
 
 def test_html_only_mail_and_blockquotes() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from services.classify.text import fold
-from services.mail import InboundMail
+from services.mail import InboundMail, forwarded_blocks
 
 # Enough for every intent we saw (the longest labelled own text is under 3,000 characters); bounds the cost.
 OWN_CHARS = 3000
@@ -36,11 +36,13 @@ def model_text(mail: InboundMail) -> str:
 
 
 def _quoted_text(body: str, own: str) -> str:
-    """What follows the sender's own words in the body (their last line is found again in it)."""
+    """What follows the sender's own words in the body (their last line is found again in it), and a closed
+    forwarded block above them."""
     if own:
         tail = own[-40:]
         position = body.find(tail)
         rest = body[position + len(tail) :] if position >= 0 else ""
+        rest = forwarded_blocks(body) + "\n" + rest
     else:
         rest = body
     lines = [line.lstrip("> ").strip() for line in rest.splitlines()]
