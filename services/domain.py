@@ -101,6 +101,8 @@ DEFAULT_LANGUAGE: ReplyLanguage = "de"  # German is always in a reply, and the g
 # an emergency outranks an objection when both are likely.
 SAFETY_PRIORITY: dict[str, Priority] = {"emergency": Priority.URGENT, "objection": Priority.HIGH}
 SAFETY_CATEGORIES: tuple[str, ...] = tuple(SAFETY_PRIORITY)
+# the tag of automated mail whose words a safety rule matched (a newsletter): "safety-words:emergency"
+SAFETY_WORDS_TAG = "safety-words"
 
 
 def safety_outranks(model_category: str | None, rule_category: str) -> bool:

@@ -321,6 +321,41 @@ async def test_safety_mail_with_an_automated_signal_reaches_staff_without_reply(
     assert message.state == MessageState.DELIVERED
 
 
+NEWSLETTER_TEXT = (
+    "Stromsperre droht? In unserem Ratgeber erfahren Sie, wie Sie eine Stromsperre vermeiden und wo Sie Hilfe "
+    "bekommen. Sie erhalten diese Mail, weil Sie unseren Newsletter abonniert haben."
+)
+
+
+@pytest.mark.parametrize("text", [NEWSLETTER_TEXT, SAFETY_TEXT], ids=["advice", "first-person"])
+async def test_a_newsletter_with_safety_words_stays_automated_but_reaches_staff_urgent(
+    pipeline: Pipeline, text: str
+) -> None:
+    """List headers and bulk precedence together: a newsletter. Its safety words raise the priority (someone
+    reads it first) without counting it as a citizen's emergency; it is never answered."""
+    headers = {"List-Id": "<tipps.verbraucher.example>", "Precedence": "bulk"}
+    await pipeline.send(make_mail(subject="Aktuell: Stromsperren vermeiden", body=text, headers=headers))
+    await pipeline.work()
+    [original] = pipeline.delivery.received
+    assert original.rcpt_tos == [SERVED]
+    assert original.message["X-Channelshift-Category"] == "automated"
+    assert original.message["X-Channelshift-Priority"] == "urgent"
+    assert original.message["X-Channelshift-Flags"] == "safety-words: emergency"
+    assert pipeline.relay.received == []
+    with Session(pipeline.deps.engine) as session:
+        [decision] = session.exec(select(Decision)).all()
+    assert decision.category == "automated" and decision.priority == "urgent"
+
+
+async def test_a_newsletter_without_safety_words_is_not_flagged(pipeline: Pipeline) -> None:
+    headers = {"List-Id": "<tipps.verbraucher.example>", "Precedence": "bulk"}
+    await pipeline.send(make_mail(subject="Neue Regelsätze", body="Die Regelsätze steigen im Januar.", headers=headers))
+    await pipeline.work()
+    [original] = pipeline.delivery.received
+    assert original.message["X-Channelshift-Priority"] == "normal"
+    assert original.message["X-Channelshift-Flags"] is None
+
+
 async def test_a_delivery_report_quoting_an_emergency_is_still_held(pipeline: Pipeline) -> None:
     """Held, not silent: without a postmaster target it reaches staff flagged automated, not as an emergency."""
     report = make_mail(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from services.domain import Priority, Verdict
+from services.domain import SAFETY_WORDS_TAG, Priority, Verdict
 
 _HEADER_END = re.compile(rb"(\r?\n)\r?\n")
 # a field whose line starts with x-channelshift- (lines end at CRLF, LF or a bare CR, as bytes.splitlines
@@ -43,8 +43,11 @@ def routing_headers(message_id: str, verdict: Verdict) -> dict[str, str]:
         "X-Channelshift-Confidence": verdict.confidence,
         "X-Channelshift-Id": message_id,
     }
+    flags = [tag.replace(":", ": ", 1) for tag in verdict.tags if tag.startswith(SAFETY_WORDS_TAG + ":")]
     if verdict.defects:
-        headers["X-Channelshift-Flags"] = "parse-problems: " + ", ".join(verdict.defects)[:300]
+        flags.append("parse-problems: " + ", ".join(verdict.defects)[:300])
+    if flags:
+        headers["X-Channelshift-Flags"] = "; ".join(flags)
     if verdict.priority in (Priority.HIGH, Priority.URGENT):
         headers["X-Priority"] = "1 (Highest)" if verdict.priority == Priority.URGENT else "2 (High)"
         headers["Importance"] = "high"
