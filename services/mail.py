@@ -11,7 +11,6 @@ from email.header import decode_header
 from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
-from itertools import islice
 
 from selectolax.lexbor import LexborHTMLParser, LexborNode
 
@@ -72,6 +71,11 @@ _QUOTE_HEADER = re.compile(
 _FORWARD_START = re.compile(
     r"^\s*-{2,}\s*(forwarded message|weitergeleitete nachricht|original message|ursprüngliche nachricht)",
     re.IGNORECASE,
+)
+# [ \t], not \s: at every line start of a long run of blank lines \s* would rescan the whole run (quadratic)
+_FORWARD_START_ANYWHERE = re.compile(
+    r"^[ \t]*-{2,}[ \t]*(forwarded message|weitergeleitete nachricht|original message|ursprüngliche nachricht)",
+    re.IGNORECASE | re.MULTILINE,
 )
 _FORWARD_END = re.compile(
     r"^\s*(-{5,}|-{2,}\s*(ende der weitergeleiteten nachricht|end of forwarded message|end forwarded message)"
@@ -332,7 +336,7 @@ def own_words(text: str) -> str:
 
 def forwarded_blocks(text: str) -> str:
     """The closed forwarded blocks `own_words` skipped, for the model's quoted-text features."""
-    if "-" not in text:
+    if not _FORWARD_START_ANYWHERE.search(text):  # one scan in C for the many mails without a forwarded block
         return ""
     return "\n".join(_split_own_words(text.splitlines())[1])
 
@@ -370,7 +374,7 @@ def _forward_end(lines: list[str], start: int) -> int | None:
     """The line closing the forwarded block opened at `start`, if the sender's own text follows it."""
     for index in range(start + 1, min(len(lines), start + _FORWARD_END_WITHIN)):
         if _FORWARD_END.match(lines[index]):
-            following = next((line for line in islice(lines, index + 1, None) if line.strip()), "")
+            following = next((lines[i] for i in range(index + 1, len(lines)) if lines[i].strip()), "")
             # text of the sender's own, not the next quoted or forwarded layer
             if (
                 following
