@@ -39,10 +39,10 @@ RULESET = load_rules(RULES, TEMPLATES)
 # The gate of issue 16, on 440 mails written apart from the training examples and never trained on.
 GATE_ACCURACY = 0.95
 GATE_EMERGENCY_RECALL = 1.0
-# Issue 16 asks for at most 1 %. Measured: 6 false emergencies among 392 other mails (1.53 %); one of them is a
-# spam-flagged mail with an emergency phrase, which issue 17 wants delivered to staff as an emergency (without
-# a reply). This gate holds the measured level; the issue stays open on this point (docs/classification.md).
-GATE_FALSE_EMERGENCY_RATE = 0.016
+# Issue 16 asks for at most 1 %. Measured: 4 false emergencies among 392 other mails (1.02 %; 6 before the
+# sixth round made a newsletter's safety words raise its priority, not its category, and the q-round). This
+# gate holds the measured level; the issue stays open on this point (docs/classification.md).
+GATE_FALSE_EMERGENCY_RATE = 0.011
 # The second held-out set (333 mails by another writer, never trained on), held at its measured level:
 # 327/333, emergency 40/40, objection 40/41, 2 false emergencies of 293 = 0.68 % (docs/classification.md).
 FRESH_GATE_ACCURACY = 0.95
@@ -62,20 +62,21 @@ class CountGate:
 
 
 COUNT_GATES = {
-    # The third held-out set (300 mails in a messy, non-native style by a third writer): 284/300, emergency
-    # 35/36, objection 35/36, 7 false emergencies of 264 (276, 32, 32 and 12 before the s- and m-rounds of
-    # examples). Below the issue's targets: this is where the classifier generalizes worst
-    # (docs/classification.md, "The next round").
-    "third": CountGate(THIRD_SPLIT, correct=284, emergency_found=35, objection_found=35, false_emergencies=7),
+    # The third held-out set (300 mails in a messy, non-native style by a third writer): 287/300, emergency
+    # 35/36, objection 35/36, 3 false emergencies of 264 (276, 32, 32 and 12 before the s- and m-rounds of
+    # examples; 283 and 8 before the sixth round, with the versions of constraints.txt). Below the issue's
+    # targets: this is where the classifier generalizes worst (docs/classification.md, "The next round").
+    "third": CountGate(THIRD_SPLIT, correct=287, emergency_found=35, objection_found=35, false_emergencies=3),
     # The fourth held-out set (300 mails by a fourth writer: translation-app German, long formal letters, people
     # writing for someone, the concern in the last sentence), after the n-round and the emergency threshold
-    # 0.35: 286/300, emergency 36/36, objection 33/36, 3 false emergencies of 264 (283, 35, 32 and 6 on the set
-    # shipped before; docs/classification.md, "The fourth round").
-    "fourth": CountGate(FOURTH_SPLIT, correct=286, emergency_found=None, objection_found=33, false_emergencies=3),
+    # 0.35, the sixth round and the q-round: 293/300, emergency 36/36, objection 34/36, no false emergency (283,
+    # 35, 32 and 6 before the fourth round, 286, 36, 33 and 3 before the sixth; docs/classification.md).
+    "fourth": CountGate(FOURTH_SPLIT, correct=293, emergency_found=None, objection_found=34, false_emergencies=0),
     # The fifth held-out set (300 mails by a fifth writer: mail that continues an earlier exchange, understated
     # and dramatic writers, emoji, transliterated Cyrillic, very short mails), measured once on the shipped set:
-    # 287/300, emergency 35/36, objection 36/36, 4 false emergencies of 264 ("The fifth round").
-    "fifth": CountGate(FIFTH_SPLIT, correct=287, emergency_found=35, objection_found=None, false_emergencies=4),
+    # 287/300, emergency 35/36, objection 36/36, 4 false emergencies of 264 ("The fifth round"); after the
+    # sixth round and the q-round 289/300 and 2.
+    "fifth": CountGate(FIFTH_SPLIT, correct=289, emergency_found=35, objection_found=None, false_emergencies=2),
 }
 
 
