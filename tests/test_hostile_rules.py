@@ -116,6 +116,27 @@ def test_hot_reload_keeps_serving_through_hostile_edits(tmp_path: Path) -> None:
     assert not holder.refresh() and holder.current.version == good and holder.errors
 
 
+def test_a_search_that_ran_out_of_wall_clock_while_waiting_for_a_core_is_run_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A preempted search is not a slow pattern: only CPU spent on it counts against the pattern."""
+    import services.classify.patterns as patterns
+
+    calls: list[float] = []
+    monkeypatch.setattr(patterns, "SEARCH_TIMEOUT", 1e-9)  # every real search runs out of time
+    # a thread that never got the CPU: its clock stands still while the wall clock runs out
+    monkeypatch.setattr(patterns.time, "thread_time", lambda: calls.append(0.0) or 0.0)
+    slow = SafePattern(r"(strom|gas)\w*\s+(\S+\s+){0,6}(abgestellt|gesperrt)")
+    with pytest.raises(RegexTimeout):
+        slow.search("wir haben kein gas mehr " * 20_000)
+    assert len(calls) == 2 * patterns.PREEMPTED_RETRIES  # retried, then the last attempt's timeout counts
+    calls.clear()
+    monkeypatch.setattr(patterns.time, "thread_time", lambda: calls.append(0.0) or len(calls) * 1.0)
+    with pytest.raises(RegexTimeout):  # a search that used its time on the CPU is not retried
+        slow.search("wir haben kein gas mehr " * 20_000)
+    assert len(calls) == 2
+
+
 def test_a_search_that_runs_away_stops_and_counts_as_no_match() -> None:
     assert catastrophic(r"(a|aa)+$") and not catastrophic(r"\bmiet\w*schulden")
     runaway = SafePattern(r"(a|aa)+$")  # refused at load; here built directly, as a pattern that slipped through
