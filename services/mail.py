@@ -72,9 +72,10 @@ _FORWARD_START = re.compile(
     r"^\s*-{2,}\s*(forwarded message|weitergeleitete nachricht|original message|ursprüngliche nachricht)",
     re.IGNORECASE,
 )
-# [ \t], not \s: at every line start of a long run of blank lines \s* would rescan the whole run (quadratic)
+# [^\S\n] (\s within one line), not \s: at every line start of a long run of blank lines \s* would rescan the
+# whole run (quadratic)
 _FORWARD_START_ANYWHERE = re.compile(
-    r"^[ \t]*-{2,}[ \t]*(forwarded message|weitergeleitete nachricht|original message|ursprüngliche nachricht)",
+    r"^[^\S\n]*-{2,}[^\S\n]*(forwarded message|weitergeleitete nachricht|original message|ursprüngliche nachricht)",
     re.IGNORECASE | re.MULTILINE,
 )
 _FORWARD_END = re.compile(
