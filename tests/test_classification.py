@@ -34,6 +34,7 @@ FRESH_SPLIT = PROJECT_ROOT / "tests" / "data" / "fresh-split"
 THIRD_SPLIT = PROJECT_ROOT / "tests" / "data" / "third-split"
 FOURTH_SPLIT = PROJECT_ROOT / "tests" / "data" / "fourth-split"
 FIFTH_SPLIT = PROJECT_ROOT / "tests" / "data" / "fifth-split"
+SIXTH_SPLIT = PROJECT_ROOT / "tests" / "data" / "sixth-split"
 RULESET = load_rules(RULES, TEMPLATES)
 
 # The gate of issue 16, on 440 mails written apart from the training examples and never trained on.
@@ -52,13 +53,14 @@ FRESH_GATE_FALSE_EMERGENCY_RATE = 0.007
 
 @dataclass(frozen=True)
 class CountGate:
-    """A held-out set of 300 mails held at its measured level, as counts (None: every one of them found)."""
+    """A held-out set held at its measured level, as counts (None: every one of them found)."""
 
     split: Path
     correct: int
     emergency_found: int | None
     objection_found: int | None
     false_emergencies: int
+    total: int = 300
 
 
 COUNT_GATES = {
@@ -77,6 +79,12 @@ COUNT_GATES = {
     # 287/300, emergency 35/36, objection 36/36, 4 false emergencies of 264 ("The fifth round"); after the
     # sixth round and the q-round 289/300 and 2.
     "fifth": CountGate(FIFTH_SPLIT, correct=289, emergency_found=35, objection_found=None, false_emergencies=2),
+    # The sixth held-out set (220 mails by a sixth writer: life situations, messenger and dictated mail,
+    # alternating languages), written after every decision and measured once on the shipped set: 211/220,
+    # emergency 28/28, objection 28/28, 4 false emergencies of 192 (docs/classification.md).
+    "sixth": CountGate(
+        SIXTH_SPLIT, correct=211, emergency_found=None, objection_found=None, false_emergencies=4, total=220
+    ),
 }
 
 
@@ -130,7 +138,7 @@ def test_fresh_split_gate(fresh_report) -> None:  # type: ignore[no-untyped-def]
 def test_held_out_set_gate(name: str, embeddings_on: None) -> None:
     gate = COUNT_GATES[name]
     report = evaluate(RULESET, gate.split)
-    assert report.total == 300 and not report.missing_files
+    assert report.total == gate.total and not report.missing_files
     assert report.correct >= gate.correct, report.format()
     per_category = report.per_category()
     for category, wanted in (("emergency", gate.emergency_found), ("objection", gate.objection_found)):
