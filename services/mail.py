@@ -61,22 +61,23 @@ _AUTOREPLY_SUBJECT = re.compile(
     r"|otomatik yan[ıi]t|automatic reply|автоматический ответ|автоматична відповідь)\b",
     re.IGNORECASE,
 )
+# the dashed header lines of a forwarded or an Outlook-quoted message
+_FORWARD_PHRASES = "original message|ursprüngliche nachricht|forwarded message|weitergeleitete nachricht"
 _QUOTE_HEADER = re.compile(
     r"^\s*(am\s.{4,120}schrieb.{0,120}:|on\s.{4,120}wrote:|le\s.{4,120}a écrit\s*:"
-    r"|-{2,}\s*(original message|ursprüngliche nachricht|forwarded message|weitergeleitete nachricht)"
+    rf"|-{{2,}}\s*({_FORWARD_PHRASES})"
     r"|(von|from):\s.+\s(gesendet|sent):\s)",
     re.IGNORECASE,
 )
 # A forwarded message some clients (and people) close again: "-----", "--- Ende der weitergeleiteten Nachricht ---".
-_FORWARD_START = re.compile(
-    r"^\s*-{2,}\s*(forwarded message|weitergeleitete nachricht|original message|ursprüngliche nachricht)",
-    re.IGNORECASE,
-)
-# [^\S\n] (\s within one line), not \s: at every line start of a long run of blank lines \s* would rescan the
-# whole run (quadratic)
+_FORWARD_START = re.compile(rf"^\s*-{{2,}}\s*({_FORWARD_PHRASES})", re.IGNORECASE)
+# _FORWARD_START at the start of any line str.splitlines() gives, in one scan of the whole text. Its spaces are
+# those that do not end a line: \s would run on across a long run of blank lines from each of its line starts
+# and rescan it (quadratic).
+_LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
+_SPACE_IN_LINE = rf"[^\S{_LINE_BREAKS}]"
 _FORWARD_START_ANYWHERE = re.compile(
-    r"^[^\S\n]*-{2,}[^\S\n]*(forwarded message|weitergeleitete nachricht|original message|ursprüngliche nachricht)",
-    re.IGNORECASE | re.MULTILINE,
+    rf"(?:^|(?<=[{_LINE_BREAKS}])){_SPACE_IN_LINE}*-{{2,}}{_SPACE_IN_LINE}*({_FORWARD_PHRASES})", re.IGNORECASE
 )
 _FORWARD_END = re.compile(
     r"^\s*(-{5,}|-{2,}\s*(ende der weitergeleiteten nachricht|end of forwarded message|end forwarded message)"
@@ -110,6 +111,7 @@ class InboundMail:
     content_type: str = "text/plain"
     body_text: str = ""
     own_text: str = ""
+    forwarded_text: str = ""  # closed forwarded blocks above the sender's own words (own_words skipped them)
     attachments: tuple[Attachment, ...] = ()
     automated_signals: tuple[str, ...] = ()
     addressed_to: tuple[str, ...] = ()  # To, Cc, Bcc and Resent-* addresses
@@ -332,17 +334,23 @@ def own_words(text: str) -> str:
 
     A forwarded block that is closed again ("-----") with the sender's text below it is skipped, not the end.
     """
-    return "\n".join(_split_own_words(text.splitlines())[0]).strip()
+    return own_words_and_forwarded(text)[0]
 
 
 def forwarded_blocks(text: str) -> str:
     """The closed forwarded blocks `own_words` skipped, for the model's quoted-text features."""
-    if not _FORWARD_START_ANYWHERE.search(text):  # one scan in C for the many mails without a forwarded block
-        return ""
-    return "\n".join(_split_own_words(text.splitlines())[1])
+    return own_words_and_forwarded(text)[1]
 
 
-def _split_own_words(lines: list[str]) -> tuple[list[str], list[str]]:
+def own_words_and_forwarded(text: str) -> tuple[str, str]:
+    """`own_words` and `forwarded_blocks` of a text from one pass over its lines."""
+    # one scan in C first: the many mails without a forwarded header never look for a closing line
+    may_close = _FORWARD_START_ANYWHERE.search(text) is not None
+    kept, skipped = _split_own_words(text.splitlines(), may_close)
+    return "\n".join(kept).strip(), "\n".join(skipped)
+
+
+def _split_own_words(lines: list[str], may_close: bool) -> tuple[list[str], list[str]]:
     kept: list[str] = []
     skipped: list[str] = []
     skip_to = 0
@@ -350,7 +358,7 @@ def _split_own_words(lines: list[str]) -> tuple[list[str], list[str]]:
         if index < skip_to or line.lstrip().startswith(">"):
             continue
         if _QUOTE_HEADER.match(line):
-            closed = _forward_end(lines, index) if _FORWARD_START.match(line) else None
+            closed = _forward_end(lines, index) if may_close and _FORWARD_START.match(line) else None
             if closed is None:
                 break
             skipped += lines[index : closed + 1]
@@ -656,6 +664,7 @@ def _build(message: Message, defects: list[str]) -> InboundMail:
         defects.append("limit:html")
     body_text = "\n\n".join(plain) if plain else "\n\n".join(html_to_text(h) for h in html)
     body_text = body_text[:MAX_TEXT_CHARS]
+    own_text, forwarded_text = own_words_and_forwarded(body_text)
     message_id = by_name.get("message-id", [None])[0]
     references = tuple(ref for ref in re.findall(r"<[^<>\s]{1,250}>", " ".join(by_name.get("references", []))))[-20:]
     to_addresses = _addresses(raw_values.get("to", []))
@@ -673,7 +682,8 @@ def _build(message: Message, defects: list[str]) -> InboundMail:
         headers=tuple(headers),
         content_type=content_type,
         body_text=body_text,
-        own_text=own_words(body_text),
+        own_text=own_text,
+        forwarded_text=forwarded_text,
         attachments=tuple(attachments),
         automated_signals=_automated_signals(
             by_name, content_type, from_address, subject, part_types, (*to_addresses, *cc_addresses)

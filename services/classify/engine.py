@@ -94,10 +94,10 @@ def _newsletter_with_safety_words(automated: Classification, safety: Classificat
     labelled theirs `automated`), but someone still reads it first: it stays `automated`, unanswered, and is
     delivered with the safety category's priority and a `safety-words:<category>` tag."""
     category = safety.action.category
-    floor = max(SAFETY_PRIORITY[category], safety.action.priority, key=PRIORITY_ORDER.index)
+    priorities = (automated.action.priority, safety.action.priority, SAFETY_PRIORITY[category])
     action = automated.action.model_copy(
         update={
-            "priority": max(automated.action.priority, floor, key=PRIORITY_ORDER.index),
+            "priority": max(priorities, key=PRIORITY_ORDER.index),
             "deliver": True,
             "tags": [*automated.action.tags, f"{SAFETY_WORDS_TAG}:{category}"],
         }

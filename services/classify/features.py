@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from services.classify.text import fold
-from services.mail import InboundMail, forwarded_blocks
+from services.mail import InboundMail
 
 # Enough for every intent we saw (the longest labelled own text is under 3,000 characters); bounds the cost.
 OWN_CHARS = 3000
@@ -31,18 +31,18 @@ def model_text(mail: InboundMail) -> str:
     names = [attachment.filename for attachment in mail.attachments[:20]]
     if names:
         parts.append("anhang: " + " ".join(names))
-    quoted = _quoted_text(mail.body_text, own)[:QUOTED_CHARS]
+    quoted = _quoted_text(mail.body_text, own, mail.forwarded_text)[:QUOTED_CHARS]
     return fold("\n".join(parts)).replace(SEPARATOR, " ") + SEPARATOR + fold(quoted).replace(SEPARATOR, " ")
 
 
-def _quoted_text(body: str, own: str) -> str:
-    """What follows the sender's own words in the body (their last line is found again in it), and a closed
-    forwarded block above them."""
+def _quoted_text(body: str, own: str, forwarded: str) -> str:
+    """What follows the sender's own words in the body (their last line is found again in it), and the closed
+    forwarded blocks above them."""
     if own:
         tail = own[-40:]
         position = body.find(tail)
         rest = body[position + len(tail) :] if position >= 0 else ""
-        rest = forwarded_blocks(body) + "\n" + rest
+        rest = forwarded + "\n" + rest
     else:
         rest = body
     lines = [line.lstrip("> ").strip() for line in rest.splitlines()]
