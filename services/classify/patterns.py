@@ -42,17 +42,14 @@ class SafePattern:
         self._compiled = regex.compile(pattern, regex.IGNORECASE | regex.VERSION0)
 
     def search(self, text: str) -> regex.Match[str] | None:
-        for _attempt in range(PREEMPTED_RETRIES):
+        for retries_left in range(PREEMPTED_RETRIES, -1, -1):
             started = time.thread_time()
             try:
                 return self._compiled.search(text, timeout=SEARCH_TIMEOUT)
             except TimeoutError as exc:
-                if time.thread_time() - started >= SEARCH_TIMEOUT / 2:
+                if not retries_left or time.thread_time() - started >= SEARCH_TIMEOUT / 2:
                     raise RegexTimeout(self.pattern) from exc
-        try:
-            return self._compiled.search(text, timeout=SEARCH_TIMEOUT)
-        except TimeoutError as exc:
-            raise RegexTimeout(self.pattern) from exc
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 @functools.lru_cache(maxsize=4096)
