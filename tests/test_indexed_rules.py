@@ -9,7 +9,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from services.classify.conditions.addresses import DomainPatterns, domain_matches
 from services.classify.engine import Classification, MailFacts, RuleSet
 from services.classify.envelope import assumed_envelope
 from services.config import PROJECT_ROOT
@@ -160,3 +163,26 @@ def test_the_index_skips_exactly_the_rules_that_need_a_missing_keyword(indexed_r
     tried = {compiled.rule.id for compiled in indexed_rules._tried(facts)}
     assert tried.isdisjoint(rule for rule, needed in requires.items() if needed is not None)
     assert {"regex-first", "header-regex-first", "keyword-or-sender"} <= tried
+
+
+_LABELS = st.sampled_from(["de", "example", "arbeitsagentur", "justiz", "bund", "a", "x-y", "", "ag-musterstadt"])
+_DOMAINS = st.lists(_LABELS, min_size=1, max_size=4).map(".".join)
+_PATTERNS = st.tuples(st.sampled_from(["", "*.", ".", " *.", "*. "]), _DOMAINS).map(lambda p: (p[0] + p[1]).upper())
+
+
+@settings(max_examples=3000, deadline=None)
+@given(patterns=st.lists(_PATTERNS, max_size=6), domain=_DOMAINS)
+def test_the_domain_set_matches_exactly_where_the_pattern_loop_does(patterns: list[str], domain: str) -> None:
+    """The partner list's set lookup (one per dot) decides as `domain_matches` over every pattern would."""
+    assert DomainPatterns(patterns).match(domain) == any(domain_matches(domain, p) for p in patterns)
+
+
+def test_the_partner_list_matches_subdomains_and_only_them() -> None:
+    partners = DomainPatterns(
+        ["arbeitsagentur.de", "*.arbeitsagentur.de", "*.justiz.de", ".bund.de", "Logistik-Meyer.example"]
+    )
+    assert partners.match("arbeitsagentur.de") and partners.match("jc.arbeitsagentur.de")
+    assert partners.match("ag-musterstadt.justiz.de") and partners.match("justiz.de")
+    assert partners.match("bamf.bund.de") and partners.match("logistik-meyer.example")
+    assert not partners.match("fake-arbeitsagentur.de") and not partners.match("justiz.de.evil.example")
+    assert not partners.match("sub.logistik-meyer.example") and not DomainPatterns([]).match("bund.de")
