@@ -387,6 +387,18 @@ def test_language_detection_on_the_eval_split_holds_its_measured_level() -> None
     assert detected["e0106-objection.eml"] == "en"
 
 
+_LETTER = re.compile(r"[^\W\d_]")
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(alphabet="ab_1 .\n½²١éß€😀Ⅷ\u0301\u200b-", max_size=30))
+def test_too_few_letters_means_fewer_than_eight_letter_characters(text: str) -> None:
+    """The one-pass check that a text has enough letters to detect a language counts what `findall` counted."""
+    from services.classify import language
+
+    assert (language._ENOUGH_LETTERS.match(text) is not None) == (len(_LETTER.findall(text)) >= 8)
+
+
 def test_cld2_decides_only_where_it_is_sure_and_lingua_takes_the_rest() -> None:
     from services.classify import language
 

@@ -12,7 +12,8 @@ from services.domain import DEFAULT_LANGUAGE, DETECTED_LANGUAGES
 
 # the detector knows only the languages of services/domain.py: fewer models, and no guess outside them
 _SUPPORTED = {Language.from_iso_code_639_1(getattr(IsoCode639_1, code.upper())): code for code in DETECTED_LANGUAGES}
-_LETTERS = re.compile(r"[^\W\d_]", re.UNICODE)
+# at least eight letters (anything but digits, underscores and non-word characters) anywhere in the text
+_ENOUGH_LETTERS = re.compile(r"(?:[\W\d_]*[^\W\d_]){8}")
 _detector: LanguageDetector | None = None
 _lock = threading.Lock()
 _CODES = frozenset(DETECTED_LANGUAGES)
@@ -60,7 +61,7 @@ def _cld2_language(sample: str) -> str | None:
 def detect_language(text: str) -> str:
     """ISO 639-1 code of the dominant language, German when unsure (German is always in the reply)."""
     sample = text[:SAMPLE_CHARS]
-    if len(_LETTERS.findall(sample)) < 8:
+    if _ENOUGH_LETTERS.match(sample) is None:
         return DEFAULT_LANGUAGE
     quick = _cld2_language(sample)
     if quick is not None:
